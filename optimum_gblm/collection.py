@@ -1,0 +1,238 @@
+"""`collect_gradients`: the per-sample gradient pass, from a plain loop, a dataloader, a Trainer or a custom step."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .configuration import GBLMConfig
+from .gradient_cache import check_cache, load_cache, model_fingerprint, save_cache, tensor_fingerprint
+from .gradients import GradientAccumulation, GradientCollector, per_sample_backward
+from .utils import DTYPES, model_device
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def required_norms(config: GBLMConfig) -> tuple[str, ...]:
+    """The accumulations a config needs: its gradient norm, plus l2 for gradient-based allocation."""
+    norms = {config.gradient_norm}
+    if config.effective_allocation == "gradient":
+        norms.add("l2")
+    return tuple(sorted(norms))
+
+
+def split_batch(batch: Any) -> Iterator[Any]:
+    """Yield single-sample views of a batch (dict, tensor, or tuple of tensors), so each backward sees one sample."""
+    if isinstance(batch, torch.Tensor):
+        for i in range(batch.shape[0]):
+            yield batch[i : i + 1]
+        return
+    if isinstance(batch, dict) or hasattr(batch, "keys"):
+        sizes = {v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+        if len(sizes) != 1:
+            raise ValueError(f"cannot split a batch whose tensors disagree on the batch size: {sorted(sizes)}")
+        for i in range(sizes.pop()):
+            yield {k: v[i : i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+        return
+    if isinstance(batch, (tuple, list)):
+        for i in range(batch[0].shape[0]):
+            yield type(batch)(x[i : i + 1] for x in batch)
+        return
+    raise TypeError(f"unsupported batch type {type(batch).__name__}: use a tensor, a dict of tensors or a tuple")
+
+
+def model_loss(model: nn.Module, sample: Any) -> torch.Tensor:
+    """Default step for dataloader batches: `model(**sample).loss`, which needs labels."""
+    if isinstance(sample, dict):
+        if "labels" not in sample:
+            raise ValueError(
+                f"a calibration batch has no 'labels' (keys: {sorted(sample)}): gradients need a loss; add labels "
+                "(for causal LMs, labels = input_ids) or pass train_step="
+            )
+        device = model_device(model)
+        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}).loss
+    raise ValueError("without train_step=, dataloader batches must be dicts with 'labels'")
+
+
+def _peak_memory_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    return f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(model: nn.Module, enabled: bool, kwargs: dict | None = None) -> Iterator[None]:
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    already = bool(getattr(model, flag, False))
+    if not enabled or already or not hasattr(model, "gradient_checkpointing_enable"):
+        yield
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or {"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.gradient_checkpointing_disable()
+
+
+def run_collection(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    samples: Iterable[Any],
+    loss_fn: LossFn,
+    config: GBLMConfig,
+    *,
+    total: int | None = None,
+    norms: tuple[str, ...] | None = None,
+    cache_path: str | Path | None = None,
+    cache_metadata: dict[str, str] | None = None,
+    checkpoint_every: int = 0,
+    offload_accumulators: bool = False,
+    train_mode: bool = False,
+    gradient_checkpointing: bool = False,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    tokens_fn: Callable[[Any], int] | None = None,
+    progress: bool = True,
+) -> GradientAccumulation:
+    """The shared loop. Resumes from a partial cache with matching metadata and returns the accumulators."""
+    norms = norms or required_norms(config)
+    device = model_device(model)
+    metadata = {**(cache_metadata or {}), "scale": str(config.gradient_scale), "gradient_dtype": config.gradient_dtype}
+    state: GradientAccumulation | None = None
+    skip = 0
+    if cache_path is not None and Path(cache_path).exists():
+        meta = check_cache(cache_path, metadata, norms)
+        state, meta = load_cache(cache_path, "cpu" if offload_accumulators else device)
+        if meta.get("complete") == "true":
+            logger.info("Reusing complete gradient cache %s (%d samples)", cache_path, state.nsamples)
+            return state
+        skip = state.nsamples
+        logger.info("Resuming gradient collection from %s after %d samples", cache_path, skip)
+
+    fp16 = config.gradient_dtype == "float16"
+    if autocast is None:
+        dtype = DTYPES[config.gradient_dtype]
+        use_autocast = dtype != torch.float32 and next(model.parameters()).dtype == torch.float32
+        autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if use_autocast else contextlib.nullcontext
+    collector = GradientCollector(
+        model,
+        targets,
+        norms=norms,
+        scale=config.gradient_scale,
+        accumulate_device="cpu" if offload_accumulators else None,
+        train_mode=train_mode,
+        defer_fold=fp16,
+        state=state,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start, tokens, done = time.perf_counter(), 0, 0
+    bar = tqdm(total=total, desc="gradients", unit="sample", disable=not progress)
+    with _gradient_checkpointing(model, gradient_checkpointing), collector:
+        for index, sample in enumerate(samples):
+            if index < skip:
+                bar.update(1)
+                continue
+            with autocast():
+                per_sample_backward(collector, lambda s=sample: loss_fn(model, s), index, fp16_scaling=fp16)
+            done += 1
+            tokens += tokens_fn(sample) if tokens_fn else 0
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(samples_s=f"{done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.0f}")
+            if cache_path is not None and checkpoint_every and collector.state.nsamples % checkpoint_every == 0:
+                save_cache(cache_path, collector.state, metadata, complete=False)
+    bar.close()
+    result = collector.state
+    if result.nsamples == 0:
+        raise ValueError("the calibration data yielded no samples: the dataloader is empty")
+    if "nsamples_target" in metadata and str(result.nsamples) != metadata["nsamples_target"]:
+        logger.warning("collected %d samples, expected %s", result.nsamples, metadata["nsamples_target"])
+    if cache_path is not None:
+        save_cache(cache_path, result, metadata, complete=True)
+    logger.info(
+        "Gradients: %d samples in %.1f s (%s)", result.nsamples, time.perf_counter() - start, _peak_memory_text(device)
+    )
+    return result
+
+
+def collect_gradients(
+    model: nn.Module | None = None,
+    config: GBLMConfig | None = None,
+    *,
+    dataloader: Iterable[Any] | None = None,
+    trainer: Any | None = None,
+    train_step: LossFn | None = None,
+    targets: dict[str, nn.Module] | None = None,
+    cache_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    offload_accumulators: bool = False,
+    train_mode: bool = False,
+    gradient_checkpointing: bool = False,
+    progress: bool = True,
+) -> GradientAccumulation:
+    """Collect per-sample gradient accumulations of the targeted linears.
+
+    - `dataloader=`: batches (dicts with labels, tensors or tuples) split into single samples;
+      the loss is `train_step(model, sample)` or `model(**sample).loss`.
+    - `trainer=`: a `transformers.Trainer`; its train dataloader, `compute_loss`, device placement, mixed
+      precision and gradient-checkpointing settings are reused; no optimizer is created, no weight changes.
+    Targets default to the model adapter's targeted linears filtered by `config.targets` / `config.ignore`.
+    """
+    config = config or GBLMConfig()
+    if trainer is not None:
+        from .trainer_integration import trainer_collection_args
+
+        model, dataloader, train_step, autocast, gradient_checkpointing = trainer_collection_args(
+            trainer, gradient_checkpointing
+        )
+    else:
+        autocast = None
+    if model is None:
+        raise ValueError("collect_gradients needs a model (or trainer=)")
+    if dataloader is None:
+        raise ValueError("collect_gradients needs dataloader= or trainer= (or use GBLMPruner.collect_gradients())")
+    if targets is None:
+        from .adapters import get_adapter
+
+        targets = get_adapter(model).target_linears(model, config.targets, config.ignore)
+    loss_fn = train_step or model_loss
+    samples: Iterable[Any] = (s for batch in dataloader for s in split_batch(batch))
+    metadata: dict[str, str] = {}
+    total = None
+    if cache_path is not None:
+        # The cache must identify its calibration set, so materialise the (small) per-sample list once.
+        samples = list(samples)
+        total = len(samples)
+        tensors = [t for s in samples for t in (s.values() if isinstance(s, dict) else [s] if isinstance(s, torch.Tensor) else s) if isinstance(t, torch.Tensor)]
+        metadata = {
+            "model_fingerprint": model_fingerprint(model, targets),
+            "calibration_fingerprint": tensor_fingerprint(*tensors),
+            "nsamples_target": str(total),
+        }
+    return run_collection(
+        model,
+        targets,
+        samples,
+        loss_fn,
+        config,
+        total=total,
+        cache_path=cache_path,
+        cache_metadata=metadata,
+        checkpoint_every=checkpoint_every,
+        offload_accumulators=offload_accumulators,
+        train_mode=train_mode,
+        gradient_checkpointing=gradient_checkpointing,
+        autocast=autocast,
+        progress=progress,
+    )

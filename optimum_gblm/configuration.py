@@ -1,0 +1,234 @@
+"""`GBLMConfig`: every pruning setting in one validated, JSON-serialisable dataclass."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "gblm_config.json"
+
+PATTERN_RE = re.compile(r"^(\d+):(\d+)$")
+GROUPS = ("row", "layer")
+GRADIENT_NORMS = ("l1", "l2")
+ALLOCATIONS = ("uniform", "gradient")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+GRADIENT_DTYPES = ("float32", "bfloat16", "float16")
+SCORE_DTYPES = ("float32", "float16")
+CALIBRATION_PRESETS = ("offline-corpus", "c4", "wikitext2")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """Return `(n, m)` for an `N:M` pattern ("prune N of every M"), `None` for `unstructured`."""
+    if pattern == "unstructured":
+        return None
+    match = PATTERN_RE.match(pattern)
+    if match is None:
+        raise ValueError(f"pattern={pattern!r} is invalid: use 'unstructured' or 'N:M' such as '2:4' or '4:8'")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ValueError(f"pattern={pattern!r} is invalid: N:M needs 0 < N < M (N pruned of every M), got N={n}, M={m}")
+    return n, m
+
+
+def _help(text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"help": text}
+    if choices is not None:
+        meta["choices"] = choices
+    return {"metadata": meta}
+
+
+@dataclass
+class GBLMConfig:
+    """Settings of one pruning run. Field metadata (`help`, `choices`) also drives the CLI options."""
+
+    method: str = field(default="gblm", **_help("Pruning method (see the method registry)."))
+    sparsity: float = field(default=0.5, **_help("Fraction of weights to prune in every targeted linear, in (0, 1)."))
+    pattern: str = field(default="unstructured", **_help("'unstructured' or 'N:M' (prune N of every M inputs), e.g. 2:4."))
+    group: str | None = field(
+        default=None,
+        **_help("Comparison group for unstructured selection: row or layer (default: the method's own).", GROUPS),
+    )
+    gradient_norm: str = field(default="l1", **_help("Per-sample gradient norm accumulated over samples.", GRADIENT_NORMS))
+    gradient_scale: float = field(default=100.0, **_help("Scale c applied to every per-sample gradient (the paper's alpha)."))
+    gradient_dtype: str = field(
+        default="float32", **_help("Compute dtype of the gradient pass (autocast; float16 uses loss scaling).", GRADIENT_DTYPES)
+    )
+    score_dtype: str = field(
+        default="float32",
+        **_help("Precision of the gradient term: float32, or float16 to mimic the reference code.", SCORE_DTYPES),
+    )
+    calibration: str = field(
+        default="offline-corpus",
+        **_help("Calibration text: offline-corpus, c4, wikitext2, a text file, or a datasets name/path."),
+    )
+    calibration_text_column: str = field(default="text", **_help("Text column of a datasets calibration source."))
+    num_samples: int = field(default=128, **_help("Number of calibration windows."))
+    seqlen: int = field(default=2048, **_help("Tokens per calibration window (never derived from the model)."))
+    seed: int = field(default=0, **_help("Seed of the calibration window sampler."))
+    targets: list[str] = field(default_factory=list, **_help("Regexes of linear names to prune (default: the adapter's)."))
+    ignore: list[str] = field(default_factory=list, **_help("Regexes of linear names never to prune."))
+    dtype: str = field(default="auto", **_help("Weight dtype to load and save.", DTYPES))
+    device: str = field(default="auto", **_help("Compute device: auto (CUDA when present), cpu, cuda, cuda:N."))
+    blocksize: int = field(default=128, **_help("SparseGPT column block size."))
+    percdamp: float = field(default=0.01, **_help("SparseGPT dampening, as a fraction of the mean Hessian diagonal."))
+    beta: float = field(default=1.0, **_help("gblm-obs: weight of the gradient term in the OBS selection score."))
+    allocation: str | None = field(
+        default=None,
+        **_help("Sparsity allocation across linears: uniform, or gradient (Fisher-based; unstructured only).", ALLOCATIONS),
+    )
+    gamma: float = field(default=0.5, **_help("Gradient allocation: strength of the move toward the global ranking."))
+    allocation_clip: float = field(default=0.2, **_help("Gradient allocation: maximum deviation from the target sparsity."))
+    offload_activations: bool = field(default=False, **_help("Keep captured block inputs on the CPU between blocks."))
+    trust_remote_code: bool = field(default=False, **_help("Allow custom modelling code from the Hub (off by default)."))
+    library_version: str = field(default=__version__, **_help("optimum-gblm version that wrote this config."))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -----------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise `ValueError` naming the field and the allowed values; no heavy work happens before this."""
+        from .methods import get_method, list_methods  # registry import is light; avoids an import cycle
+
+        if self.method not in list_methods():
+            raise ValueError(f"method={self.method!r} is unknown: choose one of {', '.join(list_methods())}")
+        if not isinstance(self.sparsity, (int, float)) or not (0.0 < float(self.sparsity) < 1.0):
+            raise ValueError(f"sparsity={self.sparsity!r} is invalid: it must be a number strictly between 0 and 1")
+        self.sparsity = float(self.sparsity)
+        nm = parse_pattern(self.pattern)
+        if nm is not None:
+            n, m = nm
+            if not math.isclose(self.sparsity, n / m, abs_tol=1e-9):
+                raise ValueError(
+                    f"pattern={self.pattern!r} prunes exactly {n}/{m} = {n / m:g} of the weights, but sparsity="
+                    f"{self.sparsity:g}: set sparsity={n / m:g} or use pattern='unstructured'"
+                )
+        method = get_method(self.method)
+        if self.group is not None and self.group not in GROUPS:
+            raise ValueError(f"group={self.group!r} is invalid: choose one of {', '.join(GROUPS)}")
+        if self.group is not None and self.group not in method.groups:
+            raise ValueError(
+                f"group={self.group!r} is not available for method={self.method!r}: allowed {', '.join(method.groups)}"
+            )
+        self._check_choice("gradient_norm", GRADIENT_NORMS)
+        self._check_choice("gradient_dtype", GRADIENT_DTYPES)
+        self._check_choice("score_dtype", SCORE_DTYPES)
+        self._check_choice("dtype", DTYPES)
+        if self.allocation is not None:
+            self._check_choice("allocation", ALLOCATIONS)
+            if self.allocation == "gradient" and nm is not None:
+                raise ValueError(
+                    "allocation='gradient' is only defined for pattern='unstructured': every N:M group has a fixed budget"
+                )
+        for name in ("num_samples", "seqlen", "blocksize"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer")
+        if self.gradient_scale <= 0:
+            raise ValueError(f"gradient_scale={self.gradient_scale!r} is invalid: it must be > 0")
+        if self.percdamp < 0:
+            raise ValueError(f"percdamp={self.percdamp!r} is invalid: it must be >= 0")
+        if self.beta < 0 or self.gamma < 0:
+            raise ValueError(f"beta={self.beta!r}, gamma={self.gamma!r} are invalid: both must be >= 0")
+        if not 0 <= self.allocation_clip < 1:
+            raise ValueError(f"allocation_clip={self.allocation_clip!r} is invalid: it must be in [0, 1)")
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
+            raise ValueError(f"device={self.device!r} is invalid: use auto, cpu, cuda, cuda:N or mps")
+        for name in ("targets", "ignore"):
+            patterns = getattr(self, name)
+            if isinstance(patterns, str):
+                patterns = [patterns]
+                setattr(self, name, patterns)
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"{name} contains an invalid regular expression {pattern!r}: {err}") from None
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is invalid: choose one of {', '.join(choices)}")
+
+    # -- derived values -------------------------------------------------------------------------------------------
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    @property
+    def effective_group(self) -> str:
+        from .methods import get_method
+
+        return self.group or get_method(self.method).groups[0]
+
+    @property
+    def effective_allocation(self) -> str:
+        from .methods import get_method
+
+        return self.allocation or get_method(self.method).default_allocation
+
+    @property
+    def needs_gradients(self) -> bool:
+        from .methods import get_method
+
+        return get_method(self.method).needs_gradients or self.effective_allocation == "gradient"
+
+    def fingerprint(self) -> str:
+        """Short hash of every setting that changes the result (not the version, device or dtype of loading)."""
+        import hashlib
+
+        data = self.to_dict()
+        for key in ("library_version", "device", "offload_activations", "trust_remote_code"):
+            data.pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    # -- serialisation --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GBLMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(
+                f"Ignoring unknown GBLMConfig keys {unknown} (written by a newer optimum-gblm?)", UserWarning, stacklevel=2
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        target = path / CONFIG_NAME
+        payload = {"config": self.to_dict()} if not target.exists() else {**json.loads(target.read_text()), "config": self.to_dict()}
+        target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return target
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> GBLMConfig:
+        """Read a config from a `gblm_config.json` file, or a folder holding one."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"No {CONFIG_NAME} found at {path}")
+        data = json.loads(path.read_text())
+        return cls.from_dict(data.get("config", data))
+
+
+def config_field_defaults() -> dict[str, Any]:
+    """Defaults of every field (for the CLI and docs)."""
+    out = {}
+    for f in fields(GBLMConfig):
+        out[f.name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return out

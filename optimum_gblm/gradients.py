@@ -1,0 +1,189 @@
+"""Per-sample gradient accumulation (GBLM stage 1), folded into fp32 accumulators as gradients arrive.
+
+Each targeted weight's gradient is folded into `l1 = sum_n |c g_n|` and / or `l2sq = sum_n (c g_n)^2` from a
+`register_post_accumulate_grad_hook` and freed at once, so no full gradient copy is kept (the reference keeps
+every `.grad` and copies it to the CPU per sample).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+NORMS = ("l1", "l2")
+
+
+@dataclass
+class GradientAccumulation:
+    """Accumulated per-sample gradient norms, keyed by module FQN (the module owning the weight)."""
+
+    scale: float
+    nsamples: int = 0
+    l1: dict[str, torch.Tensor] = field(default_factory=dict)
+    l2sq: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        return tuple(n for n, d in (("l1", self.l1), ("l2", self.l2sq)) if d)
+
+    def get(self, norm: str) -> dict[str, torch.Tensor]:
+        """G per module: the l1 sum, or the l2 norm sqrt(sum (c g)^2)."""
+        if norm == "l1" and self.l1:
+            return self.l1
+        if norm == "l2" and self.l2sq:
+            return {k: v.sqrt() for k, v in self.l2sq.items()}
+        raise KeyError(f"the {norm} accumulation was not collected (have: {', '.join(self.norms) or 'none'})")
+
+    def modules(self) -> list[str]:
+        return list(self.l1 or self.l2sq)
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A per-sample gradient contained NaN or inf."""
+
+
+class GradientCollector:
+    """Context manager that makes the targeted linear weights the only trainable tensors and folds their
+    per-sample gradients into fp32 accumulators.
+
+    On exit the model's `requires_grad` flags, train/eval mode and `.grad` fields are restored, also on errors.
+    Call `end_sample()` after each per-sample backward: it checks for non-finite values and counts the sample.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: dict[str, nn.Module],
+        norms: Iterable[str] = ("l1",),
+        scale: float = 100.0,
+        accumulate_device: torch.device | str | None = None,
+        train_mode: bool = False,
+        defer_fold: bool = False,
+        state: GradientAccumulation | None = None,
+    ) -> None:
+        norms = tuple(norms)
+        if not norms or any(n not in NORMS for n in norms):
+            raise ValueError(f"norms={norms!r} is invalid: choose from {NORMS}")
+        if not targets:
+            raise ValueError("no target modules to collect gradients for")
+        self.model = model
+        self.targets = targets
+        self.norms = norms
+        self.train_mode = train_mode
+        self.accumulate_device = accumulate_device
+        # fp16 with loss scaling folds only once the whole backward is known to be finite.
+        self.defer_fold = defer_fold
+        self.loss_scale = 1.0
+        self.state = state or GradientAccumulation(scale=scale)
+        self._pending: dict[str, torch.Tensor] = {}
+        self._finite_checks: list[tuple[str, torch.Tensor]] = []
+        self._handles: list[Any] = []
+        self._saved_flags: dict[str, bool] = {}
+        self._saved_training = model.training
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def __enter__(self) -> GradientCollector:
+        self._saved_flags = {name: p.requires_grad for name, p in self.model.named_parameters()}
+        self._saved_training = self.model.training
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for name, module in self.targets.items():
+            weight = module.weight
+            device = self.accumulate_device or weight.device
+            for norm, store in (("l1", self.state.l1), ("l2", self.state.l2sq)):
+                if norm in self.norms and name not in store:
+                    store[name] = torch.zeros(weight.shape, dtype=torch.float32, device=device)
+            weight.requires_grad_(True)
+            self._handles.append(weight.register_post_accumulate_grad_hook(lambda p, name=name: self._on_grad(name, p)))
+        self.model.train(self.train_mode)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pending.clear()
+        self._finite_checks.clear()
+        for name, p in self.model.named_parameters():
+            p.grad = None
+            p.requires_grad_(self._saved_flags.get(name, p.requires_grad))
+        self.model.train(self._saved_training)
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def _on_grad(self, name: str, param: torch.Tensor) -> None:
+        grad = param.grad
+        param.grad = None  # free it now: the hook is the only consumer
+        if grad is None:
+            return
+        if self.defer_fold:
+            self._pending[name] = grad
+        else:
+            self._fold(name, grad)
+
+    def _fold(self, name: str, grad: torch.Tensor) -> None:
+        g = grad.to(dtype=torch.float32)
+        factor = self.state.scale / self.loss_scale
+        g = g * factor
+        self._finite_checks.append((name, torch.isfinite(g).all()))
+        if "l1" in self.norms:
+            self.state.l1[name].add_(g.abs().to(self.state.l1[name].device))
+        if "l2" in self.norms:
+            self.state.l2sq[name].add_((g * g).to(self.state.l2sq[name].device))
+
+    def end_sample(self, sample_index: int) -> bool:
+        """Finish one per-sample backward. Returns False when a deferred (fp16) sample overflowed and must be
+        retried with a smaller loss scale; raises `NonFiniteGradientError` naming module and sample otherwise."""
+        if self.defer_fold:
+            finite = all(bool(torch.isfinite(g).all()) for g in self._pending.values())
+            if not finite:
+                self._pending.clear()
+                return False
+            for name, grad in self._pending.items():
+                self._fold(name, grad)
+            self._pending.clear()
+        if self._finite_checks:
+            flags = torch.stack([flag.to("cpu") for _, flag in self._finite_checks])
+            if not bool(flags.all()):
+                bad = self._finite_checks[int((~flags).nonzero()[0])][0]
+                self._finite_checks.clear()
+                raise NonFiniteGradientError(
+                    f"non-finite (NaN or inf) gradient in module {bad!r} at calibration sample {sample_index}"
+                )
+        self._finite_checks.clear()
+        self.state.nsamples += 1
+        return True
+
+
+def per_sample_backward(
+    collector: GradientCollector,
+    loss_fn: Callable[[], torch.Tensor],
+    sample_index: int,
+    fp16_scaling: bool = False,
+    max_retries: int = 24,
+) -> float:
+    """One sample's forward + backward through `loss_fn`, with dynamic loss scaling for fp16. Returns the loss."""
+    if fp16_scaling and collector.loss_scale == 1.0:
+        collector.loss_scale = 2.0**16
+    for _ in range(max_retries):
+        loss = loss_fn()
+        if loss is None or not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError(
+                "the calibration step returned no scalar loss: batches need 'labels' (or use a model/adapter that "
+                "computes its own loss)"
+            )
+        if not torch.isfinite(loss.detach()):
+            raise NonFiniteGradientError(f"non-finite loss {float(loss):g} at calibration sample {sample_index}")
+        (loss * collector.loss_scale if fp16_scaling else loss).backward()
+        if collector.end_sample(sample_index):
+            return float(loss.detach())
+        collector.loss_scale /= 2.0
+        logger.debug("fp16 overflow at sample %d: loss scale lowered to %g", sample_index, collector.loss_scale)
+    raise NonFiniteGradientError(f"fp16 gradients kept overflowing at calibration sample {sample_index}")

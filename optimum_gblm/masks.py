@@ -1,0 +1,76 @@
+"""Mask selection kernels: pure functions from a score tensor to a boolean prune mask.
+
+Convention: `True` in a mask means "prune this weight". Lowest scores are pruned; ties are broken
+deterministically by a stable sort, so the lower column (or flat) index is pruned first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .configuration import parse_pattern
+
+
+def prune_count(size: int, sparsity: float) -> int:
+    """Number of weights pruned out of `size` for a target `sparsity` (floor, with a guard against 0.7*10=6.999...)."""
+    return int(size * sparsity + 1e-9)
+
+
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the `k` lowest entries along the last dim (stable: lower index first on ties)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return mask
+    order = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
+    return mask.scatter_(-1, order, True)
+
+
+def select_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Per output row: prune exactly `floor(d_in * sparsity)` lowest scores of every row."""
+    return _lowest(scores, prune_count(scores.shape[-1], sparsity))
+
+
+def select_layer(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """One group over the whole matrix: prune exactly `floor(numel * sparsity)` lowest scores."""
+    flat = _lowest(scores.reshape(-1), prune_count(scores.numel(), sparsity))
+    return flat.reshape(scores.shape)
+
+
+def select_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """N:M along the input dimension: in every row, prune the `n` lowest of each `m` consecutive columns."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"N:M pattern with M={m} needs an input dimension divisible by {m}, got {cols}")
+    grouped = scores.reshape(rows, cols // m, m)
+    return _lowest(grouped, n).reshape(rows, cols)
+
+
+def select_mask(scores: torch.Tensor, sparsity: float, pattern: str = "unstructured", group: str = "row") -> torch.Tensor:
+    """Choose the prune mask of a 2-D score matrix for a pattern ("unstructured" or "N:M") and group (row/layer)."""
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be a 2-D [d_out, d_in] matrix, got shape {tuple(scores.shape)}")
+    nm = parse_pattern(pattern)
+    if nm is not None:
+        return select_nm(scores, *nm)
+    if group == "row":
+        return select_rows(scores, sparsity)
+    if group == "layer":
+        return select_layer(scores, sparsity)
+    raise ValueError(f"group={group!r} is invalid: choose row or layer")
+
+
+def check_pattern(weight: torch.Tensor, pattern: str) -> bool:
+    """True when every row-group of M consecutive inputs holds at most M-N non-zeros (always True unstructured)."""
+    nm = parse_pattern(pattern)
+    if nm is None:
+        return True
+    n, m = nm
+    rows, cols = weight.shape
+    if cols % m:
+        return False
+    nonzero = (weight.reshape(rows, cols // m, m) != 0).sum(dim=-1)
+    return bool((nonzero <= m - n).all())
+
+
+def sparsity_of(weight: torch.Tensor) -> float:
+    return float((weight == 0).sum().item()) / weight.numel()

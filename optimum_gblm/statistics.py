@@ -1,0 +1,50 @@
+"""Per-layer input statistics accumulated in fp32: add_batch -> finalize -> free."""
+
+from __future__ import annotations
+
+import torch
+
+
+class LayerStatistics:
+    """Running statistics of a linear layer's inputs over calibration samples.
+
+    activations: a_j = (1/N) sum_n sum_t x_{n,t,j}^2   (Wanda, GBLM)
+    hessian:     H   = (2/N) sum_n sum_t x x^T          (SparseGPT)
+    """
+
+    def __init__(self, in_features: int, kind: str, device: torch.device | str = "cpu") -> None:
+        if kind not in ("activations", "hessian"):
+            raise ValueError(f"unknown statistic {kind!r}")
+        self.kind = kind
+        self.nsamples = 0
+        shape = (in_features, in_features) if kind == "hessian" else (in_features,)
+        self._sum: torch.Tensor | None = torch.zeros(shape, dtype=torch.float32, device=device)
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        """Add a batch of inputs shaped [batch, ..., in_features]; each leading index is one sample."""
+        assert self._sum is not None, "statistics already freed"
+        batch = inputs.shape[0] if inputs.dim() > 2 else 1
+        x = inputs.detach().reshape(-1, inputs.shape[-1]).to(device=self._sum.device, dtype=torch.float32)
+        if self.kind == "hessian":
+            self._sum.addmm_(x.t(), x)
+        else:
+            self._sum.add_((x * x).sum(dim=0))
+        self.nsamples += batch
+
+    def _checked(self) -> torch.Tensor:
+        if self._sum is None or self.nsamples == 0:
+            raise RuntimeError("no calibration inputs were recorded for this layer")
+        return self._sum
+
+    def activation_sq_mean(self) -> torch.Tensor:
+        total = self._checked()
+        diag = total.diagonal() if self.kind == "hessian" else total
+        return diag / self.nsamples
+
+    def hessian(self) -> torch.Tensor:
+        if self.kind != "hessian":
+            raise RuntimeError("this layer collected activation norms, not a Hessian")
+        return self._checked() * (2.0 / self.nsamples)
+
+    def free(self) -> None:
+        self._sum = None

@@ -1,0 +1,99 @@
+"""transformers.Trainer integration: reuse a Trainer for the gradient pass, or collect during `trainer.train()`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback
+
+from .configuration import GBLMConfig
+from .gradients import GradientAccumulation, GradientCollector
+
+logger = logging.getLogger(__name__)
+
+
+def trainer_precision(trainer: Any) -> str:
+    """The gradient dtype matching the Trainer's mixed-precision setting."""
+    if getattr(trainer.args, "fp16", False):
+        return "float16"
+    if getattr(trainer.args, "bf16", False):
+        return "bfloat16"
+    return "float32"
+
+
+def trainer_collection_args(trainer: Any, gradient_checkpointing: bool) -> tuple:
+    """(model, dataloader, loss step, autocast factory, gradient checkpointing) taken from a Trainer.
+
+    The Trainer's own `compute_loss` (so custom losses and label handling apply), input preparation
+    (device placement) and accelerator autocast are used; no optimizer or scheduler is created.
+    """
+    model = trainer.model
+
+    def step(model: nn.Module, sample: dict) -> Any:
+        inputs = trainer._prepare_inputs(sample)
+        return trainer.compute_loss(model, inputs)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        stack.enter_context(trainer.accelerator.autocast())
+        stack.enter_context(trainer.compute_loss_context_manager())
+        return stack
+
+    use_ckpt = gradient_checkpointing or bool(getattr(trainer.args, "gradient_checkpointing", False))
+    return model, trainer.get_train_dataloader(), step, autocast, use_ckpt
+
+
+class GBLMGradientCallback(TrainerCallback):
+    """Collect GBLM gradient accumulations while a Trainer runs its own loop.
+
+    Every backward of `trainer.train()` is folded as one sample, so the Trainer must see one sample per
+    backward: `per_device_train_batch_size=1` (gradient accumulation steps are fine: each micro-batch is one
+    backward). Only the targeted linear weights get gradients, and each gradient is freed as soon as it is
+    folded, so the optimizer finds no gradient and no weight changes. Results: `callback.accumulation`.
+    """
+
+    def __init__(self, config: GBLMConfig | None = None, targets: dict[str, nn.Module] | None = None) -> None:
+        self.config = config or GBLMConfig()
+        self.targets = targets
+        self.collector: GradientCollector | None = None
+        self.accumulation: GradientAccumulation | None = None
+        self._sample = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+        if args.per_device_train_batch_size != 1:
+            raise ValueError(
+                "GBLMGradientCallback needs per-sample backward passes: set per_device_train_batch_size=1 "
+                f"(got {args.per_device_train_batch_size})"
+            )
+        if model is None:
+            raise ValueError("GBLMGradientCallback did not receive the model from the Trainer")
+        from .adapters import get_adapter
+        from .collection import required_norms
+
+        targets = self.targets or get_adapter(model).target_linears(model, self.config.targets, self.config.ignore)
+        self.collector = GradientCollector(
+            model, targets, norms=required_norms(self.config), scale=self.config.gradient_scale
+        )
+        self.collector.__enter__()
+        model.eval()  # dropout off, as in the plain path (the Trainer switches to train mode per step: see below)
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        self._end_sample()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        self._end_sample()
+
+    def _end_sample(self) -> None:
+        if self.collector is not None and (self.collector._finite_checks or self.collector._pending):
+            self.collector.end_sample(self._sample)
+            self._sample += 1
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if self.collector is not None:
+            self.collector.__exit__(None, None, None)
+            self.accumulation = self.collector.state
+            logger.info("GBLMGradientCallback: %d per-sample gradients folded", self.accumulation.nsamples)
+            self.collector = None

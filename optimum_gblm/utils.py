@@ -1,0 +1,53 @@
+"""Small shared helpers: devices, dtypes, temporary model state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available: use device='cpu' or 'auto'")
+    return torch.device(device)
+
+
+def move_to(obj: Any, device: torch.device) -> Any:
+    """Move tensors inside nested tuples / lists / dicts to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to(v, device) for v in obj)
+    return obj
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode, no autograd and no KV cache for the duration; the previous state is restored, also on errors."""
+    was_training = model.training
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    model.eval()
+    if use_cache is not None:
+        config.use_cache = False
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+        if use_cache is not None:
+            config.use_cache = use_cache
