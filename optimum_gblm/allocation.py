@@ -44,7 +44,10 @@ def gradient_allocation(
         raise ValueError(f"no l2 gradient accumulation for {missing[:3]}: collect gradients with the l2 norm")
     threshold = global_threshold(weights, g2, sparsity)
     sizes = {n: w.numel() for n, w in weights.items()}
-    raw = {n: sparsity + gamma * (float((_saliency(w, g2[n]) <= threshold).float().mean()) - sparsity) for n, w in weights.items()}
+    raw = {
+        n: sparsity + gamma * (float((_saliency(w, g2[n]) <= threshold).float().mean()) - sparsity)
+        for n, w in weights.items()
+    }
     lo_clip, hi_clip = max(sparsity - clip, 0.0), min(sparsity + clip, 1.0 - 1e-6)
     total = sum(sizes.values())
 
@@ -64,5 +67,7 @@ def gradient_allocation(
     biggest = max(free, key=lambda n: sizes[n])
     alloc[biggest] = min(max(alloc[biggest] + residue / sizes[biggest], lo_clip), hi_clip)
     values = list(alloc.values())
-    logger.info("gradient allocation: per-linear sparsity %.4f .. %.4f (target %.4f)", min(values), max(values), sparsity)
+    logger.info(
+        "gradient allocation: per-linear sparsity %.4f .. %.4f (target %.4f)", min(values), max(values), sparsity
+    )
     return alloc

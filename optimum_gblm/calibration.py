@@ -115,9 +115,15 @@ def load_texts(source: str, text_column: str = "text", split: str = "train") -> 
         args, kwargs, split, text_column, per_doc = DATASET_RECIPES[source]
         ds = datasets.load_dataset(*args, split=split, **kwargs)
     elif path.exists():
-        ds = datasets.load_from_disk(str(path)) if (path / "dataset_info.json").exists() or (path / "state.json").exists() else None
+        ds = (
+            datasets.load_from_disk(str(path))
+            if (path / "dataset_info.json").exists() or (path / "state.json").exists()
+            else None
+        )
         if ds is None:
-            builder = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "text")
+            builder = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}.get(
+                path.suffix, "text"
+            )
             ds = datasets.load_dataset(builder, data_files=str(path), split=split)
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]

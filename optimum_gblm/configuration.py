@@ -36,7 +36,9 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
         raise ValueError(f"pattern={pattern!r} is invalid: use 'unstructured' or 'N:M' such as '2:4' or '4:8'")
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
-        raise ValueError(f"pattern={pattern!r} is invalid: N:M needs 0 < N < M (N pruned of every M), got N={n}, M={m}")
+        raise ValueError(
+            f"pattern={pattern!r} is invalid: N:M needs 0 < N < M (N pruned of every M), got N={n}, M={m}"
+        )
     return n, m
 
 
@@ -53,15 +55,22 @@ class GBLMConfig:
 
     method: str = field(default="gblm", **_help("Pruning method (see the method registry)."))
     sparsity: float = field(default=0.5, **_help("Fraction of weights to prune in every targeted linear, in (0, 1)."))
-    pattern: str = field(default="unstructured", **_help("'unstructured' or 'N:M' (prune N of every M inputs), e.g. 2:4."))
+    pattern: str = field(
+        default="unstructured", **_help("'unstructured' or 'N:M' (prune N of every M inputs), e.g. 2:4.")
+    )
     group: str | None = field(
         default=None,
         **_help("Comparison group for unstructured selection: row or layer (default: the method's own).", GROUPS),
     )
-    gradient_norm: str = field(default="l1", **_help("Per-sample gradient norm accumulated over samples.", GRADIENT_NORMS))
-    gradient_scale: float = field(default=100.0, **_help("Scale c applied to every per-sample gradient (the paper's alpha)."))
+    gradient_norm: str = field(
+        default="l1", **_help("Per-sample gradient norm accumulated over samples.", GRADIENT_NORMS)
+    )
+    gradient_scale: float = field(
+        default=100.0, **_help("Scale c applied to every per-sample gradient (the paper's alpha).")
+    )
     gradient_dtype: str = field(
-        default="float32", **_help("Compute dtype of the gradient pass (autocast; float16 uses loss scaling).", GRADIENT_DTYPES)
+        default="float32",
+        **_help("Compute dtype of the gradient pass (autocast; float16 uses loss scaling).", GRADIENT_DTYPES),
     )
     score_dtype: str = field(
         default="float32",
@@ -75,7 +84,9 @@ class GBLMConfig:
     num_samples: int = field(default=128, **_help("Number of calibration windows."))
     seqlen: int = field(default=2048, **_help("Tokens per calibration window (never derived from the model)."))
     seed: int = field(default=0, **_help("Seed of the calibration window sampler."))
-    targets: list[str] = field(default_factory=list, **_help("Regexes of linear names to prune (default: the adapter's)."))
+    targets: list[str] = field(
+        default_factory=list, **_help("Regexes of linear names to prune (default: the adapter's).")
+    )
     ignore: list[str] = field(default_factory=list, **_help("Regexes of linear names never to prune."))
     dtype: str = field(default="auto", **_help("Weight dtype to load and save.", DTYPES))
     device: str = field(default="auto", **_help("Compute device: auto (CUDA when present), cpu, cuda, cuda:N."))
@@ -84,12 +95,24 @@ class GBLMConfig:
     beta: float = field(default=1.0, **_help("gblm-obs: weight of the gradient term in the OBS selection score."))
     allocation: str | None = field(
         default=None,
-        **_help("Sparsity allocation across linears: uniform, or gradient (Fisher-based; unstructured only).", ALLOCATIONS),
+        **_help(
+            "Sparsity allocation across linears: uniform, or gradient (Fisher-based; unstructured only).", ALLOCATIONS
+        ),
     )
     gamma: float = field(default=0.5, **_help("Gradient allocation: strength of the move toward the global ranking."))
-    allocation_clip: float = field(default=0.2, **_help("Gradient allocation: maximum deviation from the target sparsity."))
+    allocation_clip: float = field(
+        default=0.2, **_help("Gradient allocation: maximum deviation from the target sparsity.")
+    )
+    batch_size: int = field(
+        default=8, **_help("Samples per block forward in the layer-by-layer pass (statistics stay per sample).")
+    )
     offload_activations: bool = field(default=False, **_help("Keep captured block inputs on the CPU between blocks."))
-    trust_remote_code: bool = field(default=False, **_help("Allow custom modelling code from the Hub (off by default)."))
+    trust_remote_code: bool = field(
+        default=False, **_help("Allow custom modelling code from the Hub (off by default).")
+    )
+    pseudo_labels: bool = field(
+        default=False, **_help("Image models: use the dense model's predictions as targets for unlabelled images.")
+    )
     library_version: str = field(default=__version__, **_help("optimum-gblm version that wrote this config."))
 
     def __post_init__(self) -> None:
@@ -130,7 +153,7 @@ class GBLMConfig:
                 raise ValueError(
                     "allocation='gradient' is only defined for pattern='unstructured': every N:M group has a fixed budget"
                 )
-        for name in ("num_samples", "seqlen", "blocksize"):
+        for name in ("num_samples", "seqlen", "blocksize", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer")
@@ -142,6 +165,8 @@ class GBLMConfig:
             raise ValueError(f"beta={self.beta!r}, gamma={self.gamma!r} are invalid: both must be >= 0")
         if not 0 <= self.allocation_clip < 1:
             raise ValueError(f"allocation_clip={self.allocation_clip!r} is invalid: it must be in [0, 1)")
+        if not isinstance(self.pseudo_labels, bool):
+            raise ValueError(f"pseudo_labels={self.pseudo_labels!r} is invalid: it must be true or false")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
             raise ValueError(f"device={self.device!r} is invalid: use auto, cpu, cuda, cuda:N or mps")
         for name in ("targets", "ignore"):
@@ -173,8 +198,11 @@ class GBLMConfig:
 
     @property
     def effective_allocation(self) -> str:
+        """The allocation in force: N:M patterns are always uniform (each group of M has a fixed budget)."""
         from .methods import get_method
 
+        if self.allocation is None and self.nm is not None:
+            return "uniform"
         return self.allocation or get_method(self.method).default_allocation
 
     @property
@@ -188,7 +216,7 @@ class GBLMConfig:
         import hashlib
 
         data = self.to_dict()
-        for key in ("library_version", "device", "offload_activations", "trust_remote_code"):
+        for key in ("library_version", "device", "offload_activations", "trust_remote_code", "batch_size"):
             data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -202,7 +230,9 @@ class GBLMConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             warnings.warn(
-                f"Ignoring unknown GBLMConfig keys {unknown} (written by a newer optimum-gblm?)", UserWarning, stacklevel=2
+                f"Ignoring unknown GBLMConfig keys {unknown} (written by a newer optimum-gblm?)",
+                UserWarning,
+                stacklevel=2,
             )
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -210,7 +240,11 @@ class GBLMConfig:
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         target = path / CONFIG_NAME
-        payload = {"config": self.to_dict()} if not target.exists() else {**json.loads(target.read_text()), "config": self.to_dict()}
+        payload = (
+            {"config": self.to_dict()}
+            if not target.exists()
+            else {**json.loads(target.read_text()), "config": self.to_dict()}
+        )
         target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return target
 

@@ -44,8 +44,18 @@ def _is_timm_source(name: str) -> bool:
 def load_model(model: str | Path | nn.Module | None, config: GBLMConfig, **load_kwargs: Any) -> LoadedModel:
     tokenizer = load_kwargs.pop("tokenizer", None)
     if isinstance(model, nn.Module):
-        return LoadedModel(model, get_adapter(model), tokenizer, load_kwargs.pop("model_id", None) or getattr(
-            getattr(model, "config", None), "_name_or_path", None) or None)
+        if get_adapter(model).library == "timm":  # the timm loader binds the config and resolves preprocessing
+            from .adapters.timm_vit import load_timm_model
+
+            return load_timm_model(model, config, **load_kwargs)
+        return LoadedModel(
+            model,
+            get_adapter(model),
+            tokenizer,
+            load_kwargs.pop("model_id", None)
+            or getattr(getattr(model, "config", None), "_name_or_path", None)
+            or None,
+        )
     if model is None:
         from .assets import DEFAULT_MODEL_ID, default_model_path
 
@@ -75,4 +85,3 @@ def load_model(model: str | Path | nn.Module | None, config: GBLMConfig, **load_
         except (OSError, ValueError) as err:
             logger.warning("No tokenizer loaded from %s (%s): pass calibration tokens to prune()", source, err)
     return LoadedModel(loaded, get_adapter(loaded), tokenizer, model_id)
-

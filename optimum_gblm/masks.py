@@ -17,12 +17,20 @@ def prune_count(size: int, sparsity: float) -> int:
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the `k` lowest entries along the last dim (stable: lower index first on ties)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    """Boolean mask of the `k` lowest entries along the last dim; ties at the threshold go to the lower index.
+
+    Linear time: the k-th value is the threshold, everything strictly below it is pruned, and the remaining
+    budget is filled with threshold-equal entries in index order (the same result as a stable sort).
+    """
     if k <= 0:
-        return mask
-    order = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
-    return mask.scatter_(-1, order, True)
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= scores.shape[-1]:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    below = scores < threshold
+    ties = scores == threshold
+    budget = k - below.sum(dim=-1, keepdim=True)
+    return below | (ties & (torch.cumsum(ties, dim=-1) <= budget))
 
 
 def select_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -45,7 +53,9 @@ def select_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return _lowest(grouped, n).reshape(rows, cols)
 
 
-def select_mask(scores: torch.Tensor, sparsity: float, pattern: str = "unstructured", group: str = "row") -> torch.Tensor:
+def select_mask(
+    scores: torch.Tensor, sparsity: float, pattern: str = "unstructured", group: str = "row"
+) -> torch.Tensor:
     """Choose the prune mask of a 2-D score matrix for a pattern ("unstructured" or "N:M") and group (row/layer)."""
     if scores.dim() != 2:
         raise ValueError(f"scores must be a 2-D [d_out, d_in] matrix, got shape {tuple(scores.shape)}")

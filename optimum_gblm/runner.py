@@ -3,6 +3,7 @@ statistics, prune its targeted linears and re-run the pruned block to feed the n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -42,15 +43,48 @@ def capture_block_inputs(
     handle = adapter.blocks(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for sample in samples:
-            try:
+            with contextlib.suppress(_StopForward):
                 adapter.forward(model, sample)
-            except _StopForward:
-                pass
     finally:
         handle.remove()
     if len(hidden) != len(samples):
         raise RuntimeError(f"captured inputs for {len(hidden)} of {len(samples)} samples: does block 0 run?")
     return hidden, kwargs_list
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and (a is b or torch.equal(a, b.to(a.device)))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or (type(a) in (int, float, bool, str, type(None)) and a == b)
+
+
+def batch_groups(inputs: list[torch.Tensor], kwargs: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
+    """Consecutive samples that can share one block forward: same input shape, identical keyword arguments
+    (equal-length windows share their rotary embeddings and mask), at most `batch_size` per group."""
+    groups: list[list[int]] = []
+    for i, (states, kw) in enumerate(zip(inputs, kwargs)):
+        head = groups[-1][0] if groups else None
+        if (
+            head is not None
+            and len(groups[-1]) < batch_size
+            and states.shape == inputs[head].shape
+            and states.shape[0] == 1
+            and _same(kw, kwargs[head])
+        ):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _run_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -98,10 +132,14 @@ def prune_layerwise(
         if method.statistic is None:
             # magnitude / gradient: the score needs no forward pass.
             for index, block in enumerate(tqdm(blocks, desc=f"{config.method}: blocks", disable=not progress)):
-                prune_linears(adapter.block_targets(block, f"{adapter.block_path}.{index}", config.targets, config.ignore), {})
+                prune_linears(
+                    adapter.block_targets(block, f"{adapter.block_path}.{index}", config.targets, config.ignore), {}
+                )
             return report
 
         inputs, kwargs = capture_block_inputs(model, adapter, samples, config.offload_activations)
+        groups = batch_groups(inputs, kwargs, config.batch_size)
+        logger.debug("%d samples in %d block batches", len(inputs), len(groups))
         for index, block in enumerate(tqdm(blocks, desc=f"{config.method}: blocks", disable=not progress)):
             linears = adapter.block_targets(block, f"{adapter.block_path}.{index}", config.targets, config.ignore)
             device = next(block.parameters()).device
@@ -109,19 +147,21 @@ def prune_layerwise(
                 name: LayerStatistics(linear.in_features, method.statistic, device) for name, linear in linears.items()
             }
             handles = [
-                linear.register_forward_hook(lambda mod, inp, out, name=name: stats[name].add_batch(inp[0]))
+                linear.register_forward_hook(lambda mod, inp, out, st=stats[name]: st.add_batch(inp[0]))
                 for name, linear in linears.items()
             ]
             try:
-                for states, kw in zip(inputs, kwargs):
-                    _run_block(block, states, kw)
+                for group in groups:
+                    _run_block(block, torch.cat([inputs[j] for j in group]), kwargs[group[0]])
             finally:
                 for handle in handles:
                     handle.remove()
             prune_linears(linears, stats)
             # Re-run the pruned block: its outputs are the next block's inputs.
-            for j, (states, kw) in enumerate(zip(inputs, kwargs)):
-                out = _run_block(block, states, kw)
-                inputs[j] = out.cpu() if config.offload_activations else out
+            for group in groups:
+                out = _run_block(block, torch.cat([inputs[j] for j in group]), kwargs[group[0]])
+                out = out.cpu() if config.offload_activations else out
+                for k, j in enumerate(group):
+                    inputs[j] = out[k : k + 1]
             logger.debug("block %d pruned (%d linears)", index, len(linears))
     return report

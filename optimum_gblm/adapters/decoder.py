@@ -63,8 +63,15 @@ class DecoderAdapter(ModelAdapter):
     # -- evaluation -----------------------------------------------------------------------------------------------
     metric_name = "perplexity"
 
-    def evaluate(self, model: nn.Module, pruner: Any, seqlen: int | None = None, max_windows: int | None = None,
-                 source: str = "offline-corpus", progress: bool = True) -> float:
+    def evaluate(
+        self,
+        model: nn.Module,
+        pruner: Any,
+        seqlen: int | None = None,
+        max_windows: int | None = None,
+        source: str = "offline-corpus",
+        progress: bool = True,
+    ) -> float:
         from ..evaluation import evaluation_stream, perplexity
 
         if pruner.tokenizer is None:

@@ -34,6 +34,30 @@ def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, percdamp
     return torch.linalg.cholesky(Hinv, upper=True)
 
 
+def _block_sequential(
+    W1: torch.Tensor, Hinv1: torch.Tensor, mask1: torch.Tensor, nm: tuple[int, int] | None, score_fn: ScoreFn, col0: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's column-by-column OBS update of one block (N:M masks are chosen here, from current weights).
+
+    Returns the block's final weights Q1 and its scaled errors Err1; `mask1` is filled in place for N:M.
+    """
+    d = torch.diag(Hinv1)
+    Q1 = torch.zeros_like(W1)
+    Err1 = torch.zeros_like(W1)
+    for i in range(W1.shape[1]):
+        if nm is not None and i % nm[1] == 0:
+            n, m = nm
+            scores = score_fn(W1[:, i : i + m], d[i : i + m], slice(col0 + i, col0 + i + m))
+            mask1[:, i : i + m] = _lowest(scores, n)
+        w = W1[:, i]
+        q = w.masked_fill(mask1[:, i], 0)
+        Q1[:, i] = q
+        err = (w - q) / Hinv1[i, i]
+        W1[:, i:].sub_(torch.outer(err, Hinv1[i, i:]))
+        Err1[:, i] = err
+    return Q1, Err1
+
+
 def obs_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -58,31 +82,17 @@ def obs_prune(
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1)
         if nm is None:
             # Per-block share of the exact total, so rounding never drifts from floor(numel * s).
             k = prune_count(rows * i2, sparsity) - prune_count(rows * i1, sparsity)
             if i2 == cols:
                 k = total_k - int(mask.sum())
-            scores = score_fn(W1, d, slice(i1, i2))
+            scores = score_fn(W1, torch.diag(Hinv1), slice(i1, i2))
             mask1 = _lowest(scores.reshape(-1), k).reshape(rows, count)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(count):
-            if nm is not None and i % nm[1] == 0:
-                n, m = nm
-                scores = score_fn(W1[:, i : i + m], d[i : i + m], slice(i1 + i, i1 + i + m))
-                mask1[:, i : i + m] = _lowest(scores, n)
-            w = W1[:, i]
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (w - q) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
+        Q1, Err1 = _block_sequential(W1, Hinv1, mask1, nm, score_fn, i1)
         W[:, i1:i2] = Q1
         mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
