@@ -53,7 +53,8 @@ def split_batch(batch: Any) -> Iterator[Any]:
 
 
 def model_loss(model: nn.Module, sample: Any) -> torch.Tensor:
-    """Default step for dataloader batches: `model(**sample).loss`, which needs labels."""
+    """Default step: `model(**sample).loss` for dict batches (which need labels); for plain tensors, the model
+    adapter's loss (causal LMs: next-token loss over the whole window)."""
     if isinstance(sample, dict):
         if "labels" not in sample:
             raise ValueError(
@@ -62,7 +63,9 @@ def model_loss(model: nn.Module, sample: Any) -> torch.Tensor:
             )
         device = model_device(model)
         return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}).loss
-    raise ValueError("without train_step=, dataloader batches must be dicts with 'labels'")
+    from .adapters import get_adapter
+
+    return get_adapter(model).loss(model, sample)
 
 
 def _peak_memory_text(device: torch.device) -> str:
@@ -73,7 +76,11 @@ def _peak_memory_text(device: torch.device) -> str:
 
 @contextlib.contextmanager
 def _gradient_checkpointing(model: nn.Module, enabled: bool, kwargs: dict | None = None) -> Iterator[None]:
-    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    flag = (
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
     already = bool(getattr(model, flag, False))
     if not enabled or already or not hasattr(model, "gradient_checkpointing_enable"):
         yield
@@ -214,7 +221,12 @@ def collect_gradients(
         # The cache must identify its calibration set, so materialise the (small) per-sample list once.
         samples = list(samples)
         total = len(samples)
-        tensors = [t for s in samples for t in (s.values() if isinstance(s, dict) else [s] if isinstance(s, torch.Tensor) else s) if isinstance(t, torch.Tensor)]
+        tensors = [
+            t
+            for s in samples
+            for t in (s.values() if isinstance(s, dict) else [s] if isinstance(s, torch.Tensor) else s)
+            if isinstance(t, torch.Tensor)
+        ]
         metadata = {
             "model_fingerprint": model_fingerprint(model, targets),
             "calibration_fingerprint": tensor_fingerprint(*tensors),

@@ -102,7 +102,9 @@ class GradientCollector:
                 if norm in self.norms and name not in store:
                     store[name] = torch.zeros(weight.shape, dtype=torch.float32, device=device)
             weight.requires_grad_(True)
-            self._handles.append(weight.register_post_accumulate_grad_hook(lambda p, name=name: self._on_grad(name, p)))
+            self._handles.append(
+                weight.register_post_accumulate_grad_hook(lambda p, name=name: self._on_grad(name, p))
+            )
         self.model.train(self.train_mode)
         return self
 

@@ -50,8 +50,8 @@ class GBLMGradientCallback(TrainerCallback):
     """Collect GBLM gradient accumulations while a Trainer runs its own loop.
 
     Every backward of `trainer.train()` is folded as one sample, so the Trainer must see one sample per
-    backward: `per_device_train_batch_size=1` (gradient accumulation steps are fine: each micro-batch is one
-    backward). Only the targeted linear weights get gradients, and each gradient is freed as soon as it is
+    backward with an unscaled loss: `per_device_train_batch_size=1` and `gradient_accumulation_steps=1` (the
+    Trainer divides accumulated micro-batch losses, which would change the per-sample norms). Only the targeted linear weights get gradients, and each gradient is freed as soon as it is
     folded, so the optimizer finds no gradient and no weight changes. Results: `callback.accumulation`.
     """
 
@@ -67,6 +67,11 @@ class GBLMGradientCallback(TrainerCallback):
             raise ValueError(
                 "GBLMGradientCallback needs per-sample backward passes: set per_device_train_batch_size=1 "
                 f"(got {args.per_device_train_batch_size})"
+            )
+        if args.gradient_accumulation_steps != 1:
+            raise ValueError(
+                "GBLMGradientCallback needs unscaled per-sample losses: set gradient_accumulation_steps=1 "
+                f"(got {args.gradient_accumulation_steps}; the Trainer divides micro-batch losses)"
             )
         if model is None:
             raise ValueError("GBLMGradientCallback did not receive the model from the Trainer")

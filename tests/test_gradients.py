@@ -1,0 +1,258 @@
+"""Per-sample gradient collection: equals a naive loop; Trainer, callback and custom-step paths; cache; errors."""
+
+import copy
+import hashlib
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
+from optimum_gblm.adapters import get_adapter
+from optimum_gblm.gradient_cache import GradientCacheMismatch
+from optimum_gblm.gradients import NonFiniteGradientError
+from optimum_gblm.trainer_integration import GBLMGradientCallback
+
+SCALE = 100.0
+
+
+def naive_accumulation(model, samples, scale=SCALE):
+    """Reference strategy: keep every .grad, clone each per-sample gradient, add up afterwards."""
+    targets = get_adapter(model).target_linears(model)
+    l1 = {n: torch.zeros_like(m.weight) for n, m in targets.items()}
+    l2 = {n: torch.zeros_like(m.weight) for n, m in targets.items()}
+    model.eval()
+    for ids in samples:
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        for name, module in targets.items():
+            g = module.weight.grad.clone() * scale
+            l1[name] += g.abs()
+            l2[name] += g * g
+    model.zero_grad(set_to_none=True)
+    return l1, {n: v.sqrt() for n, v in l2.items()}
+
+
+def assert_close(a, b, rtol=1e-5):
+    for name in a:
+        err = (a[name] - b[name]).norm() / b[name].norm().clamp_min(1e-30)
+        assert err < rtol, f"{name}: relative error {err:.2e}"
+
+
+def samples_of(ids):
+    return [ids[i : i + 1] for i in range(ids.shape[0])]
+
+
+def batches(ids, size=2):
+    return [{"input_ids": ids[i : i + size], "labels": ids[i : i + size]} for i in range(0, ids.shape[0], size)]
+
+
+@pytest.fixture
+def config():
+    return GBLMConfig(method="gblm", gradient_norm="l1", device="cpu", num_samples=4, seqlen=16)
+
+
+def test_collector_equals_naive_loop_and_leaves_model_untouched(tiny_llama, calib_ids, config):
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in tiny_llama.named_parameters()}
+    tiny_llama.train()
+    l1, l2 = naive_accumulation(copy.deepcopy(tiny_llama), samples_of(calib_ids))
+    cfg = GBLMConfig(method="gblm-obs", device="cpu")  # needs l1 and l2
+    acc = collect_gradients(tiny_llama, cfg, dataloader=batches(calib_ids), progress=False)
+    assert acc.nsamples == 4
+    assert_close(acc.get("l1"), l1)
+    assert_close(acc.get("l2"), l2)
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+    assert {n: p.requires_grad for n, p in tiny_llama.named_parameters()} == flags
+    assert tiny_llama.training and all(p.grad is None for p in tiny_llama.parameters())
+
+
+def test_pruner_collect_gradients_uses_its_calibration(tiny_llama, calib_ids, config):
+    l1, _ = naive_accumulation(copy.deepcopy(tiny_llama), samples_of(calib_ids))
+    pruner = GBLMPruner(tiny_llama, config)
+    pruner.calibration_data(calib_ids)
+    acc = pruner.collect_gradients(progress=False)
+    assert_close(acc.get("l1"), l1)
+
+
+def test_state_restored_on_exception(tiny_llama, calib_ids, config):
+    flags = {n: p.requires_grad for n, p in tiny_llama.named_parameters()}
+
+    def failing_step(model, sample):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        collect_gradients(tiny_llama, config, dataloader=batches(calib_ids), train_step=failing_step, progress=False)
+    assert {n: p.requires_grad for n, p in tiny_llama.named_parameters()} == flags
+    assert not tiny_llama.training
+
+
+def test_custom_train_step_path(tiny_llama, calib_ids, config):
+    l1, _ = naive_accumulation(copy.deepcopy(tiny_llama), samples_of(calib_ids))
+
+    def step(model, sample):
+        return model(input_ids=sample, labels=sample).loss
+
+    acc = collect_gradients(tiny_llama, config, dataloader=[calib_ids], train_step=step, progress=False)
+    assert_close(acc.get("l1"), l1)
+
+
+def _dataset(ids):
+    return [{"input_ids": ids[i], "labels": ids[i]} for i in range(ids.shape[0])]
+
+
+def test_trainer_path_equals_plain_path(tiny_llama, calib_ids, config, tmp_path):
+    plain = collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=batches(calib_ids), progress=False)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True)
+    trainer = Trainer(model=tiny_llama, args=args, train_dataset=_dataset(calib_ids))
+    acc = collect_gradients(config=config, trainer=trainer, progress=False)
+    assert acc.nsamples == 4 and trainer.optimizer is None
+    assert_close(acc.get("l1"), plain.get("l1"))
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+
+
+def test_callback_path_equals_plain_path(tiny_llama, calib_ids, config, tmp_path):
+    plain = collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=batches(calib_ids), progress=False)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=1,
+        num_train_epochs=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-2,
+    )
+    callback = GBLMGradientCallback(config)
+    Trainer(model=tiny_llama, args=args, train_dataset=_dataset(calib_ids), callbacks=[callback]).train()
+    assert callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"per_device_train_batch_size": 2}, "per_device_train_batch_size=1"),
+        ({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps=1"),
+    ],
+)
+def test_callback_refuses_non_per_sample_settings(tiny_llama, calib_ids, config, tmp_path, kwargs, message):
+    args = TrainingArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, **{"per_device_train_batch_size": 1, **kwargs}
+    )
+    trainer = Trainer(
+        model=tiny_llama, args=args, train_dataset=_dataset(calib_ids), callbacks=[GBLMGradientCallback(config)]
+    )
+    with pytest.raises(ValueError, match=message):
+        trainer.train()
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_after_interruption_equals_uninterrupted(tiny_llama, calib_ids, config, tmp_path):
+    ids = torch.cat([calib_ids, calib_ids.flip(0)])
+    full = collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=[ids], progress=False)
+    cache = tmp_path / "grads.safetensors"
+    calls = {"n": 0}
+
+    def flaky(model, sample):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return model(input_ids=sample, labels=sample).loss
+
+    with pytest.raises(KeyboardInterrupt):
+        collect_gradients(
+            tiny_llama,
+            config,
+            dataloader=[ids],
+            train_step=flaky,
+            cache_path=cache,
+            checkpoint_every=2,
+            progress=False,
+        )
+    from optimum_gblm.gradient_cache import read_metadata
+
+    assert read_metadata(cache)["complete"] == "false" and read_metadata(cache)["nsamples"] == "4"
+    resumed = collect_gradients(
+        tiny_llama, config, dataloader=[ids], cache_path=cache, checkpoint_every=2, progress=False
+    )
+    assert resumed.nsamples == 8
+    assert all(torch.equal(resumed.l1[k], full.l1[k]) for k in full.l1)
+    # A complete cache is reused as is.
+    again = collect_gradients(tiny_llama, config, dataloader=[ids], cache_path=cache, progress=False)
+    assert all(torch.equal(again.l1[k], full.l1[k]) for k in full.l1)
+
+
+def test_cache_for_other_model_or_calibration_is_refused_and_left_intact(tiny_llama, calib_ids, config, tmp_path):
+    from tests.conftest import tiny_model
+
+    cache = tmp_path / "grads.safetensors"
+    collect_gradients(tiny_llama, config, dataloader=[calib_ids], cache_path=cache, progress=False)
+    digest = _digest(cache)
+    with pytest.raises(GradientCacheMismatch, match="model_fingerprint"):
+        collect_gradients(tiny_model(seed=5), config, dataloader=[calib_ids], cache_path=cache, progress=False)
+    with pytest.raises(GradientCacheMismatch, match="calibration_fingerprint"):
+        collect_gradients(tiny_llama, config, dataloader=[calib_ids + 1], cache_path=cache, progress=False)
+    with pytest.raises(GradientCacheMismatch, match="norms"):
+        collect_gradients(
+            tiny_llama,
+            GBLMConfig(gradient_norm="l2", device="cpu"),
+            dataloader=[calib_ids],
+            cache_path=cache,
+            progress=False,
+        )
+    assert _digest(cache) == digest
+
+
+def test_pruner_refuses_mismatching_cache(tiny_llama, calib_ids, config, tmp_path):
+    cache = tmp_path / "g.safetensors"
+    GBLMPruner(copy.deepcopy(tiny_llama), config).prune(calibration=calib_ids, gradients=cache, progress=False)
+    with pytest.raises(GradientCacheMismatch):
+        GBLMPruner(tiny_llama, config).prune(calibration=calib_ids[:2], gradients=cache, progress=False)
+
+
+def test_bad_input_errors(tiny_llama, calib_ids, config):
+    with pytest.raises(ValueError, match="empty"):
+        collect_gradients(tiny_llama, config, dataloader=[], progress=False)
+    with pytest.raises(ValueError, match="no 'labels'"):
+        collect_gradients(tiny_llama, config, dataloader=[{"input_ids": calib_ids}], progress=False)
+    target = "model.layers.1.mlp.up_proj"
+
+    def nan_step(model, sample):
+        weight = model.get_submodule(target).weight
+        # finite loss, NaN gradient: d sqrt(u)/du at u = 0 is inf, times the zero upstream gradient
+        return model(input_ids=sample, labels=sample).loss + 0 * torch.sqrt(weight - weight.detach()).sum()
+
+    with pytest.raises(NonFiniteGradientError, match=rf"module '{target}' at calibration sample 0"):
+        collect_gradients(tiny_llama, config, dataloader=[calib_ids], train_step=nan_step, progress=False)
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32(tiny_llama, calib_ids):
+    fp32 = collect_gradients(
+        copy.deepcopy(tiny_llama), GBLMConfig(device="cpu"), dataloader=[calib_ids], progress=False
+    )
+    bf16 = collect_gradients(
+        tiny_llama, GBLMConfig(device="cpu", gradient_dtype="bfloat16"), dataloader=[calib_ids], progress=False
+    )
+    assert_close(bf16.get("l1"), fp32.get("l1"), rtol=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_mixed_precision_gives_fp32_masks(dtype, calib_ids):
+    from tests.conftest import tiny_model
+
+    masks = {}
+    for name in ("float32", dtype):
+        cfg = GBLMConfig(method="gblm", device="cuda", gradient_dtype=name, num_samples=4, seqlen=16)
+        pruner = GBLMPruner(tiny_model(), cfg)
+        pruner.prune(calibration=calib_ids, progress=False)
+        masks[name] = {k: (v == 0).cpu() for k, v in pruner.model.state_dict().items() if k.endswith("proj.weight")}
+    agree = sum(int((masks["float32"][k] == masks[dtype][k]).sum()) for k in masks["float32"])
+    total = sum(v.numel() for v in masks["float32"].values())
+    assert agree / total > 0.995
