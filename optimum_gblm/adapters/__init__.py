@@ -21,11 +21,9 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
     from .timm_vit import TimmViTAdapter  # imported lazily: timm pulls in torchvision
 
     if TimmViTAdapter.supports(model):
-        return TimmViTAdapter()
+        return TimmViTAdapter(model)  # reads input size, classes and data config from the model
     kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
-    raise ValueError(
-        f"No adapter for architecture {kind!r}. Supported: {'; '.join(supported_architectures())}"
-    )
+    raise ValueError(f"No adapter for architecture {kind!r}. Supported: {'; '.join(supported_architectures())}")
 
 
 def check_model_type(model_type: str) -> None:
