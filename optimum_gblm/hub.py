@@ -1,0 +1,290 @@
+"""Publish saved checkpoints to the Hugging Face Hub: the exact folder `save_pretrained` wrote, card included.
+
+`model.push_to_hub` of transformers would rewrite the README from the remote or a default card, so the folder is
+uploaded as it is with `HfApi.upload_folder`. The token is only handed to `HfApi`; it is never logged or written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .configuration import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+
+    from .pruner import GBLMPruner
+
+logger = logging.getLogger(__name__)
+
+try:  # the HTTP client's own errors (connection refused, timeouts) are not OSErrors
+    from httpx2 import HTTPError as _ClientError
+except ImportError:  # pragma: no cover - older huggingface_hub releases use httpx
+    try:
+        from httpx import HTTPError as _ClientError
+    except ImportError:
+        _ClientError = OSError  # type: ignore[misc,assignment]
+
+_SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\]")
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, _ClientError)
+
+
+class HubPublishError(RuntimeError):
+    """The Hub refused or failed an operation; nothing local was changed, so the same call can simply be retried."""
+
+    def __init__(self, message: str, repo_id: str, reason: str, folder: Path | None = None) -> None:
+        super().__init__(message)
+        self.repo_id, self.reason, self.folder = repo_id, reason, folder
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """Belt and braces: server messages never echo the token, but an error must not leak it if one ever did."""
+    return text.replace(token, "***") if token else text
+
+
+def describe_error(err: BaseException, token: str | None = None) -> str:
+    """One line: HTTP status, request and the server's own message when there is one, else the exception."""
+    response = getattr(err, "response", None)
+    if response is not None and getattr(response, "request", None) is not None:
+        text = f"HTTP {response.status_code} on {response.request.method} {response.request.url}"
+        server = getattr(err, "server_message", None)
+        text += f": {server}" if server else ""
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return _scrub(" ".join(text.split()), token)
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Validate a repo id (`name` or `namespace/name`) before any work is done."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"invalid Hub repo id {repo_id!r}: {err}") from None
+    return repo_id
+
+
+def check_checkpoint_folder(folder: str | Path) -> Path:
+    """An optimum-gblm checkpoint: a folder with `gblm_config.json` and a README.md whose metadata parses."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder: save the model with save_pretrained first")
+    missing = [name for name in (CONFIG_NAME, "README.md") if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} is not an optimum-gblm checkpoint (missing {', '.join(missing)}): "
+            "write it with GBLMPruner.save_pretrained(..., model_card=True)"
+        )
+    from huggingface_hub import metadata_load
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    try:  # fail here, before any request, rather than in the Hub's YAML validation
+        metadata = metadata_load(folder / "README.md") or {}
+        if metadata.get("model-index"):
+            model_index_to_eval_results(metadata["model-index"])
+    except Exception as err:
+        raise ValueError(f"{folder / 'README.md'} has invalid metadata: {err}") from err
+    return folder
+
+
+def _default_message(folder: Path) -> str:
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())["config"]
+        return f"Upload {config['method']} {config['pattern']} {config['sparsity']:.0%} pruned model (optimum-gblm)"
+    except (KeyError, TypeError, ValueError):
+        return "Upload pruned model (optimum-gblm)"
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+) -> CommitInfo:
+    """Create the repo if needed and upload exactly `folder` (files on the Hub that the folder lacks are removed,
+    so stale shards never linger). Pushing an unchanged folder again makes no commit.
+
+    Returns the commit URL, a `str` whose `.oid` is the commit id. Server errors raise `HubPublishError`.
+    """
+    check_repo_id(repo_id)
+    folder = check_checkpoint_folder(folder)
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    logger.info("Pushing %s to %s%s", folder, repo_id, f" (revision {revision})" if revision else "")
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message or _default_message(folder),
+            revision=revision,
+            delete_patterns=["*"],  # never deletes .gitattributes; files being uploaded are kept
+        )
+    except NETWORK_ERRORS as err:
+        reason = describe_error(err, token)
+        raise HubPublishError(
+            f"pushing {folder} to the Hub repo {repo_id!r} failed ({reason}). The local folder {folder} is intact; "
+            "retrying is safe: files already on the Hub are skipped and the card is uploaded with the folder.",
+            repo_id,
+            reason,
+            folder,
+        ) from err
+    logger.info("Pushed %s: %s", repo_id, info.commit_url)
+    return info
+
+
+def push_pruner(
+    pruner: GBLMPruner,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    save_directory: str | Path | None = None,
+    overwrite: bool = False,
+) -> CommitInfo:
+    """`GBLMPruner.push_to_hub`: save_pretrained (to `save_directory` or a temporary folder), then `push_folder`."""
+    from .saving import save_pruned
+    from .serialization import check_output_dir
+
+    check_repo_id(repo_id)
+    if pruner.report is None:
+        logger.warning("Pushing a model that was not pruned by this pruner")
+    kwargs: dict[str, Any] = {"token": token, "private": private, "commit_message": commit_message}
+    kwargs.update(revision=revision, endpoint=endpoint)
+    if save_directory is not None:
+        check_output_dir(save_directory, overwrite)  # before any network call
+        folder = save_pruned(pruner, save_directory, overwrite=overwrite, repo_id=repo_id)
+        return push_folder(folder, repo_id, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="optimum-gblm-push-") as tmp:
+        folder = save_pruned(pruner, Path(tmp) / repo_id.split("/")[-1], repo_id=repo_id)
+        try:
+            return push_folder(folder, repo_id, **kwargs)
+        except HubPublishError as err:
+            raise HubPublishError(
+                f"pushing to the Hub repo {repo_id!r} failed ({err.reason}). The checkpoint was saved to a temporary "
+                "folder, now removed; retrying push_to_hub is safe (files already on the Hub are skipped), or pass "
+                "save_directory= to keep a local copy.",
+                repo_id,
+                err.reason,
+            ) from None
+
+
+def remote_sidecar(
+    repo_id: str, *, token: str | None = None, endpoint: str | None = None, revision: str | None = None
+) -> dict[str, Any] | None:
+    """The `gblm_config.json` of a published checkpoint, or None when the repo or the file does not exist."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    # A throw-away cache: a side-car is tiny and must reflect the Hub now, not an earlier download.
+    with tempfile.TemporaryDirectory(prefix="optimum-gblm-remote-") as tmp:
+        try:
+            path = hf_hub_download(
+                repo_id, CONFIG_NAME, revision=revision, token=token, endpoint=endpoint, cache_dir=tmp
+            )
+        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+            return None
+        try:
+            return json.loads(Path(path).read_text())
+        except ValueError:
+            logger.warning("%s has an unreadable %s: treating it as not published", repo_id, CONFIG_NAME)
+            return None
+
+
+def update_collection(
+    title: str,
+    namespace: str,
+    items: list[tuple[str, str]],
+    *,
+    description: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Create the collection once (or find it by title), add the model repos `(repo_id, note)` that are not in it
+    yet, and refresh its description. Returns the collection slug."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    collection = api.create_collection(
+        title, namespace=namespace, description=description, private=private, exists_ok=True
+    )
+    for repo_id, note in items:
+        api.add_collection_item(collection.slug, repo_id, "model", note=note, exists_ok=True)
+    if description is not None:
+        api.update_collection_metadata(collection.slug, description=description)
+    return collection.slug
+
+
+# -- base models: Hub ids and licenses --------------------------------------------------------------------------
+def hub_base_model(model_id: str | None) -> str | None:
+    """The Hub id behind `model_id`, or None for a local folder that is not a Hub cache snapshot (decided lexically)."""
+    if not model_id:
+        return None
+    match = _SNAPSHOT.search(model_id)
+    if match:
+        return f"{match['org']}/{match['name']}"
+    model_id = model_id.removeprefix("hf-hub:")
+    if model_id.startswith(("/", ".", "~")) or "\\" in model_id:
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        return None
+    return model_id
+
+
+def _card_license(readme: str | Path | None) -> str | None:
+    if readme is None or not Path(readme).is_file():
+        return None
+    from huggingface_hub import metadata_load
+
+    try:
+        license_ = (metadata_load(readme) or {}).get("license")
+    except (yaml.YAMLError, ValueError, OSError):  # an unreadable card: license unknown
+        return None
+    return license_ if isinstance(license_, str) else None
+
+
+def base_model_license(model_id: str | None, model: Any = None) -> str | None:
+    """The base model's license where known locally: the embedded default, a local card, the Hub cache, or timm."""
+    from .assets import DEFAULT_MODEL_ID, DEFAULT_MODEL_LICENSE
+
+    if model_id == DEFAULT_MODEL_ID:
+        return DEFAULT_MODEL_LICENSE
+    if model_id:
+        local = Path(model_id).expanduser()
+        if local.is_dir():
+            return _card_license(local / "README.md")
+        hub_id = hub_base_model(model_id)
+        if hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(hub_id, "README.md")
+            found = _card_license(cached) if isinstance(cached, str) else None
+            if found:
+                return found
+    pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(pretrained_cfg, dict) and isinstance(pretrained_cfg.get("license"), str):
+        return pretrained_cfg["license"]
+    return None

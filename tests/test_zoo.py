@@ -1,0 +1,162 @@
+"""Model-zoo publishing against the local Hub: publish, resume, report invalid and failing entries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from optimum_gblm import GBLMPruner, load_manifest, publish_zoo
+from tests.hub_server import LocalHubServer, patch_hub_in_process
+from tests.test_cards import write_text, write_tiny_model
+
+TOKEN = "hf_SeCrEt_zoo_token_0815"
+REPO = Path(__file__).resolve().parents[1]
+
+MANIFEST = """\
+organization: test-org
+collection:
+  title: Tiny GBLM zoo
+defaults:
+  num_samples: 4
+  seqlen: 16
+  calibration: ./text.txt
+  device: cpu
+evaluation:
+  seqlen: 16
+  max_windows: 2
+  source: ./text.txt
+  progress: false
+models:
+  - ./tiny-llama
+methods: [wanda, magnitude]
+patterns: [unstructured]
+sparsities: [0.5]
+"""
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalHubServer:
+    with LocalHubServer(tmp_path / "hub-store", token=TOKEN) as server:
+        patch_hub_in_process(monkeypatch, server.endpoint, token=TOKEN, cache_dir=tmp_path / "hf-cache")
+        yield server
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "zoo"
+    root.mkdir()
+    write_tiny_model(root / "tiny-llama")
+    write_text(root / "text.txt")
+    return root
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_zoo_publishes_then_resumes(
+    hub: LocalHubServer, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    manifest = workspace / "zoo.yaml"
+    manifest.write_text(MANIFEST)
+    table = tmp_path / "out" / "MODEL_ZOO.md"
+    result = publish_zoo(manifest, token=TOKEN, endpoint=hub.endpoint, work_dir=tmp_path / "work", table_path=table)
+    repos = ["test-org/tiny-llama-wanda-unstructured-50", "test-org/tiny-llama-magnitude-unstructured-50"]
+    assert result.ok and [e.repo_id for e in result.published] == repos
+    text = table.read_text()
+    for repo in repos:
+        assert f"[{repo}]({hub.endpoint}/{repo})" in text
+        sidecar = json.loads(hub.file_content(repo, "gblm_config.json"))
+        assert sidecar["repo_id"] == repo and {"dense_perplexity", "pruned_perplexity"} <= set(sidecar["results"])
+        assert f"{sidecar['results']['pruned_perplexity']:.2f}" in text
+        assert "model-index" in hub.file_content(repo, "README.md").decode()
+    (collection,) = hub.collections.values()
+    assert result.collection_slug == collection["slug"] and collection["title"] == "Tiny GBLM zoo"
+    assert [i["id"] for i in collection["items"]] == repos and "wanda" in collection["items"][0]["note"]["text"]
+    assert collection["description"].startswith("2 sparse checkpoints") and len(collection["description"]) <= 150
+    commits = {repo: len(hub.commits(repo)) for repo in repos}
+
+    def no_pruning(*args, **kwargs):
+        raise AssertionError("an entry that is already published was pruned again")
+
+    monkeypatch.setattr(GBLMPruner, "from_pretrained", no_pruning)
+    again = publish_zoo(manifest, token=TOKEN, endpoint=hub.endpoint, work_dir=tmp_path / "work", table_path=table)
+    assert [e.repo_id for e in again.skipped] == repos and not again.published and again.ok
+    assert {repo: len(hub.commits(repo)) for repo in repos} == commits
+    assert table.read_text() == text  # the table is rebuilt from the remote side-cars
+    assert len(hub.collections) == 1 and len(next(iter(hub.collections.values()))["items"]) == 2
+
+
+def test_invalid_and_failing_entries_are_reported_others_proceed(hub: LocalHubServer, workspace: Path):
+    manifest = workspace / "zoo.yaml"
+    text = """\
+organization: test-org
+defaults:
+  device: cpu
+entries:
+  - model: ./tiny-llama
+    method: magnitude
+    sparsity: 0.5
+  - model: ./tiny-llama
+    method: magnitude
+    pattern: 2:4
+    sparsity: 0.6
+  - model: ./no-such-model
+    method: magnitude
+  - model: ./tiny-llama
+    method: magnitude
+    pattern: "4:8"
+"""
+    manifest.write_text(text)
+    result = publish_zoo(manifest, token=TOKEN, endpoint=hub.endpoint, evaluate=False)
+    statuses = [(e.status, e.line) for e in result.entries]
+    assert statuses[1] == ("invalid", _line_of(text, "pattern: 2:4")) and "sparsity" in result.entries[1].error
+    assert statuses[2] == ("failed", _line_of(text, "no-such-model")) and "no-such-model" in result.entries[2].error
+    assert [e.repo_id for e in result.published] == [
+        "test-org/tiny-llama-magnitude-unstructured-50",
+        "test-org/tiny-llama-magnitude-4of8-50",
+    ]
+    assert not result.ok and result.collection_slug is None  # no collection asked for
+    assert "## Not published" in result.table and f"line {statuses[1][1]}" in result.table
+
+
+def test_cartesian_manifest_lines_and_dry_run(tmp_path: Path):
+    text = """\
+organization: test-org
+defaults:
+  seqlen: 16
+models: [org/base-model]
+methods:
+  - wanda
+  - nope
+patterns: [unstructured, 2:4]
+sparsities: [0.5, 0.7]
+"""
+    path = tmp_path / "zoo.yaml"
+    path.write_text(text)
+    zoo = load_manifest(path)
+    combos = [(e.config["method"], e.config["pattern"], e.config["sparsity"]) for e in zoo.entries]
+    assert combos[:3] == [("wanda", "unstructured", 0.5), ("wanda", "unstructured", 0.7), ("wanda", "2:4", 0.5)]
+    assert len(combos) == 6  # an N:M pattern fixes its own sparsity: no 2:4 x 0.7 entry
+    result = publish_zoo(path, dry_run=True, table_path=tmp_path / "MODEL_ZOO.md")
+    invalid = [e for e in result.entries if e.status == "invalid"]
+    assert len(invalid) == 3 and {e.line for e in invalid} == {_line_of(text, "- nope")}
+    assert [e.status for e in result.entries].count("planned") == 3
+    assert "`test-org/base-model-wanda-2of4-50`" in (tmp_path / "MODEL_ZOO.md").read_text()
+
+    as_json = tmp_path / "zoo.json"
+    as_json.write_text(json.dumps({"organization": "test-org", "entries": [{"model": "org/m", "method": "wanda"}]}))
+    assert load_manifest(as_json).entries[0].line == 1
+    with pytest.raises(ValueError, match="unknown manifest key"):
+        load_manifest({"organization": "test-org", "model": "x"})
+    bad = publish_zoo({"organization": "o", "entries": [{"model": "m", "method": "wanda", "colour": 1}]}, dry_run=True)
+    assert bad.entries[0].status == "invalid" and "colour" in bad.entries[0].error
+
+
+def test_example_manifest_in_the_repository_plans_cleanly():
+    manifest = REPO / "model_cards" / "zoo.yaml"
+    result = publish_zoo(manifest, dry_run=True)
+    assert result.entries and all(e.status == "planned" for e in result.entries)
+    assert len({e.repo_id for e in result.entries}) == len(result.entries)
