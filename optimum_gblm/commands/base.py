@@ -1,0 +1,146 @@
+"""Base of the `optimum-cli gblm` subcommands: help layout, logging, exit codes, and checks before heavy work."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import ClassVar
+
+from optimum.commands.base import BaseOptimumCLICommand
+
+from .errors import CommandFailed, UsageError
+from .options import EVAL_SOURCES, add_logging_arguments
+
+logger = logging.getLogger(__name__)
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the hand-made line breaks of descriptions and example epilogs."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=36)
+
+
+class GBLMSubcommand(BaseOptimumCLICommand):
+    """A subcommand: `add_arguments` declares its options, `execute` does the work; `run` maps errors to exit codes."""
+
+    DESCRIPTION: ClassVar[str] = ""
+    EXAMPLES: ClassVar[str] = ""
+
+    @classmethod
+    def parse_args(cls, parser: argparse.ArgumentParser) -> None:
+        # optimum creates the parser with only `help=`: fill in what `--help` shows here.
+        parser.description = cls.DESCRIPTION
+        parser.epilog = cls.epilog()
+        parser.formatter_class = HelpFormatter
+        cls.add_arguments(parser)
+        add_logging_arguments(parser)
+
+    @classmethod
+    def epilog(cls) -> str:
+        return f"examples:\n{cls.EXAMPLES}" if cls.EXAMPLES else ""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        raise NotImplementedError
+
+    def execute(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def progress(self) -> bool:
+        return not self.args.no_progress
+
+    def run(self) -> None:
+        setup_logging(self.args.log_level, self.args.debug)
+        if not self.progress:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+        try:
+            self.execute()
+        except UsageError as err:
+            self._fail(EXIT_USAGE, str(err))
+        except CommandFailed as err:
+            self._fail(EXIT_RUNTIME, str(err))
+        except KeyboardInterrupt:
+            self._fail(EXIT_INTERRUPTED, "interrupted")
+        except Exception as err:  # the CLI boundary: one line, or the full traceback with --debug
+            if self.args.debug:
+                traceback.print_exc()
+            hint = "" if self.args.debug else " (rerun with --debug for the traceback)"
+            self._fail(EXIT_RUNTIME, f"{type(err).__name__}: {err}{hint}")
+
+    def _fail(self, code: int, message: str) -> None:
+        print(f"{self.parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(code)
+
+
+def setup_logging(level: str, debug: bool = False) -> None:
+    """Handlers are the CLI's job (the library never sets any): timestamps on stderr, library at `level`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("optimum_gblm").setLevel(logging.DEBUG if debug else level.upper())
+    logging.captureWarnings(True)
+
+
+# -- checks that run before loading anything ---------------------------------------------------------------------
+# File suffixes that only a local path carries (a Hub id may contain dots: Qwen/Qwen2.5-0.5B).
+FILE_SUFFIXES = frozenset(
+    {".txt", ".md", ".json", ".jsonl", ".csv", ".parquet", ".safetensors", ".bin", ".pth", ".gguf"}
+)
+
+
+def _path_like(name: str) -> bool:
+    """Only a local path can look like this: Hub ids (models, datasets) are `name` or `org/name`."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).suffix.lower() in FILE_SUFFIXES
+    )
+
+
+def check_model_path(model: str | None) -> None:
+    if model is not None and _path_like(model) and not Path(model).expanduser().exists():
+        raise UsageError(
+            f"model path {model!r} does not exist: pass a model folder, a Hub id (org/name), "
+            "or omit --model for the embedded SmolLM2-135M"
+        )
+
+
+def check_eval_source(source: str) -> None:
+    """Text presets, an existing file or folder, or (image models) a dataset id; a missing local path is an error."""
+    if source not in EVAL_SOURCES and _path_like(source) and not Path(source).expanduser().exists():
+        raise UsageError(
+            f"--eval-source {source!r} does not exist: use {', '.join(EVAL_SOURCES)}, a text file, "
+            "or (image models) an image folder or dataset"
+        )
+
+
+def check_output_folder(path: str, overwrite: bool) -> Path:
+    from ..serialization import check_output_dir
+
+    try:
+        return check_output_dir(path, overwrite=overwrite)
+    except (FileExistsError, PermissionError) as err:
+        raise UsageError(str(err).replace("pass overwrite=True", "pass --overwrite")) from None
+
+
+def check_output_file(path: str) -> Path:
+    """A file to write (a gradient cache): not a folder, and its first existing parent writable."""
+    import os
+
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise UsageError(f"{path!r} is a directory: give a file path such as grads.safetensors")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {target}: {parent} is not a writable directory")
+    return target

@@ -1,0 +1,73 @@
+"""`optimum-cli gblm evaluate`: perplexity (LLMs) or top-1 accuracy (ViTs) of any checkpoint, dense or pruned."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from optimum.commands.base import CommandInfo
+
+from ..configuration import CONFIG_NAME, GBLMConfig
+from .base import GBLMSubcommand, check_eval_source, check_model_path
+from .options import add_config_arguments, add_eval_arguments, config_from_args
+from .prune import eval_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+def read_sidecar(model: str) -> dict[str, Any]:
+    """The checkpoint's `gblm_config.json` when it has one (a pruned folder), else {}: plain JSON, no loading."""
+    path = Path(model).expanduser() / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("could not read %s; evaluating without it", path)
+        return {}
+
+
+def describe(sidecar: dict[str, Any]) -> str:
+    config, report = sidecar.get("config") or {}, sidecar.get("sparsity") or {}
+    if not config or not report:
+        return "dense"
+    return f"pruned: {config.get('method')} {config.get('pattern')}, sparsity {report.get('overall_sparsity', 0):.4f}"
+
+
+class EvaluateCommand(GBLMSubcommand):
+    COMMAND = CommandInfo(name="evaluate", help="Perplexity (LLM) or top-1 accuracy (ViT) of a checkpoint.")
+    DESCRIPTION = (
+        "Load any checkpoint (a dense model or a folder written by `prune`) and print its metric:\n"
+        "perplexity over non-overlapping windows of held-out text for LLMs, top-1 accuracy for ViTs."
+    )
+    EXAMPLES = (
+        "  optimum-cli gblm evaluate smollm2-gblm-50\n"
+        "  optimum-cli gblm evaluate ./my-llama --eval-source wikitext2 --eval-seqlen 2048 --device cuda"
+    )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="Checkpoint folder or Hub id.")
+        add_config_arguments(parser, groups=("model / loading",))
+        default = f"the checkpoint's calibration seqlen, else {next(f.default for f in fields(GBLMConfig) if f.name == 'seqlen')}"
+        add_eval_arguments(parser, "evaluation", default, flag=False)
+
+    def execute(self) -> None:
+        args = self.args
+        config = config_from_args(args)
+        check_model_path(args.model)
+        check_eval_source(args.eval_source)
+        sidecar = read_sidecar(args.model)
+        seqlen = int((sidecar.get("config") or {}).get("seqlen", config.seqlen))
+
+        from ..pruner import GBLMPruner
+
+        pruner = GBLMPruner.from_pretrained(args.model, config)
+        kwargs = eval_kwargs(pruner, args, seqlen)
+        value = pruner.evaluate(**kwargs)
+        where = f"; {kwargs['source']}, {kwargs['seqlen']}-token windows" if "seqlen" in kwargs else ""
+        print(f"{pruner.adapter.metric_name}: {value:.4f} ({args.model}, {describe(sidecar)}{where})")

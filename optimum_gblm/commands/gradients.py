@@ -1,0 +1,65 @@
+"""`optimum-cli gblm gradients`: collect the per-sample gradient accumulations once and cache them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from optimum.commands.base import CommandInfo
+
+from .base import GBLMSubcommand, check_model_path, check_output_file
+from .options import add_config_arguments, config_from_args, non_negative_int
+from .prune import add_model_argument
+
+logger = logging.getLogger(__name__)
+
+
+class GradientsCommand(GBLMSubcommand):
+    COMMAND = CommandInfo(name="gradients", help="Collect and cache the gradients GBLM needs, without pruning.")
+    DESCRIPTION = (
+        "Run the per-sample gradient pass of the dense model over the calibration set and write the\n"
+        "accumulations to a safetensors cache. `prune --gradients CACHE` with the same model, calibration and\n"
+        "gradient options reuses it (a mismatch is refused, naming the differing fields). An interrupted run\n"
+        "resumes from its last checkpoint (--checkpoint-every) when started again with the same options."
+    )
+    EXAMPLES = (
+        "  optimum-cli gblm gradients --output grads.safetensors --checkpoint-every 16\n"
+        "  optimum-cli gblm prune --gradients grads.safetensors --sparsity 0.5 --output smollm2-gblm-50"
+    )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        run = parser.add_argument_group("run")
+        add_model_argument(run)
+        run.add_argument(
+            "--output", required=True, metavar="CACHE", help="Gradient cache file to write (.safetensors)."
+        )
+        run.add_argument(
+            "--checkpoint-every",
+            type=non_negative_int,
+            default=0,
+            metavar="K",
+            help="Save a partial cache every K samples, so an interrupted run resumes (default: 0, only at the end).",
+        )
+        add_config_arguments(parser)
+
+    def execute(self) -> None:
+        args = self.args
+        config = config_from_args(args)
+        cache = check_output_file(args.output)
+        check_model_path(args.model)
+        if not config.needs_gradients:
+            logger.info("method %r prunes without gradients; collecting them for later runs anyway", config.method)
+
+        from ..pruner import GBLMPruner
+
+        start = time.perf_counter()
+        pruner = GBLMPruner.from_pretrained(args.model, config)
+        state = pruner.collect_gradients(
+            cache_path=cache, checkpoint_every=args.checkpoint_every, progress=self.progress
+        )
+        print(
+            f"Gradients of {pruner.model_id}: {state.nsamples} samples, {len(pruner.targets())} linears, "
+            f"norms {', '.join(state.norms)}, in {time.perf_counter() - start:.1f} s\n  cache: {cache}"
+        )

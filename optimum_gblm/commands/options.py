@@ -1,0 +1,179 @@
+"""Command-line options generated from `GBLMConfig` fields (names, defaults, help, choices), plus shared groups."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+from ..configuration import GBLMConfig
+from ..methods import get_method, list_methods
+from .errors import UsageError
+
+# Argument groups shown in --help, each a tuple of GBLMConfig field names; a field missing here still gets an
+# option (in "other settings"), so a new config field never needs a CLI edit.
+CONFIG_GROUPS: dict[str, tuple[str, ...]] = {
+    "method": (
+        "method",
+        "sparsity",
+        "pattern",
+        "group",
+        "allocation",
+        "gamma",
+        "allocation_clip",
+        "targets",
+        "ignore",
+    ),
+    "calibration": (
+        "calibration",
+        "calibration_text_column",
+        "num_samples",
+        "seqlen",
+        "seed",
+        "batch_size",
+        "pseudo_labels",
+    ),
+    "gradients": ("gradient_norm", "gradient_scale", "gradient_dtype", "score_dtype"),
+    "sparsegpt / gblm-obs": ("blocksize", "percdamp", "beta"),
+    "model / loading": ("dtype", "device", "offload_activations", "trust_remote_code"),
+}
+OTHER_GROUP = "other settings"
+NOT_OPTIONS = frozenset({"library_version"})  # recorded by the library, never chosen by the user
+
+EVAL_SOURCES = ("offline-corpus", "wikitext2")
+
+
+def _default(f: Field) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+
+
+def _value_type(hint: Any) -> Any:
+    """`str | None` -> str; other hints unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def _add_field(group: argparse._ArgumentGroup, f: Field, hint: Any) -> None:
+    default = _default(f)
+    text = f.metadata.get("help", "").replace("%", "%%")
+    choices = list_methods() if f.name == "method" else f.metadata.get("choices")
+    kwargs: dict[str, Any] = {"dest": f.name, "default": default}
+    hint = _value_type(hint)
+    if hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
+    elif typing.get_origin(hint) is list:
+        item = (typing.get_args(hint) or (str,))[0]
+        kwargs.update(nargs="+", type=item, metavar="REGEX" if item is str else item.__name__.upper())
+    else:
+        kwargs["type"] = hint
+        if choices:
+            kwargs["choices"] = list(choices)
+        else:
+            kwargs["metavar"] = {int: "N", float: "X"}.get(hint, f.name.upper())
+    if hint is not bool and not (default is None or default in ([], "")):
+        text += " (default: %(default)s)"
+    group.add_argument("--" + f.name.replace("_", "-"), help=text, **kwargs)
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None
+) -> dict[str, argparse._ArgumentGroup]:
+    """Add one option per GBLMConfig field in `groups` (all by default); returns the argument groups by title."""
+    hints = typing.get_type_hints(GBLMConfig)
+    by_name = {f.name: f for f in fields(GBLMConfig) if f.name not in NOT_OPTIONS}
+    listed = {name for names in CONFIG_GROUPS.values() for name in names}
+    layout = {**CONFIG_GROUPS, OTHER_GROUP: tuple(n for n in by_name if n not in listed)}
+    out: dict[str, argparse._ArgumentGroup] = {}
+    for title, names in layout.items():
+        if (groups is not None and title not in groups) or not names:
+            continue
+        out[title] = parser.add_argument_group(title)
+        for name in names:
+            if name in by_name:
+                _add_field(out[title], by_name[name], hints[name])
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> GBLMConfig:
+    """The validated config of the parsed options; an invalid value is a usage error (exit 2)."""
+    values = {f.name: getattr(args, f.name) for f in fields(GBLMConfig) if hasattr(args, f.name)}
+    try:
+        return GBLMConfig(**values)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def methods_epilog() -> str:
+    width = max(len(name) for name in list_methods())
+    lines = [f"  {name:<{width}}  {get_method(name).description}" for name in list_methods()]
+    return "methods:\n" + "\n".join(lines)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_eval_arguments(
+    parser: argparse.ArgumentParser,
+    title: str,
+    seqlen_default: str,
+    flag: bool,
+    source_default: str | None = "offline-corpus",
+) -> None:
+    group = parser.add_argument_group(title)
+    if flag:
+        group.add_argument("--eval", action="store_true", help="Measure the dense and the pruned model.")
+    group.add_argument(
+        "--eval-seqlen",
+        type=positive_int,
+        metavar="N",
+        help=f"Tokens per evaluation window (default: {seqlen_default}).",
+    )
+    group.add_argument(
+        "--eval-windows", type=positive_int, metavar="N", help="Evaluate at most N windows (default: all of them)."
+    )
+    group.add_argument(
+        "--eval-source",
+        default=source_default,
+        metavar="SOURCE",
+        help="Held-out text: offline-corpus (the embedded corpus's evaluation slice), wikitext2 (test split), "
+        f"or a text file; image models: an image folder or dataset (default: {source_default or seqlen_default}).",
+    )
+
+
+def add_hub_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`).")
+    group.add_argument(
+        "--private", action="store_true", default=None, help="Create the repo private (default: leave as is)."
+    )
+    group.add_argument("--commit-message", metavar="TEXT", help="Commit message (default: generated).")
+    group.add_argument("--revision", metavar="BRANCH", help="Branch to push to (default: main).")
+    group.add_argument(
+        "--endpoint", metavar="URL", help="Hub endpoint (default: huggingface_hub's, i.e. HF_ENDPOINT)."
+    )
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output and logging")
+    group.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="Verbosity of optimum_gblm's log messages on stderr (default: %(default)s).",
+    )
+    group.add_argument("--debug", action="store_true", help="Debug logging, and a full traceback on errors.")
+    group.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")

@@ -1,0 +1,163 @@
+"""`optimum-cli gblm prune`: load, calibrate, (gradients), prune, (evaluate), save, (push)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from optimum.commands.base import CommandInfo
+
+from .base import GBLMSubcommand, check_eval_source, check_model_path, check_output_file, check_output_folder
+from .options import (
+    EVAL_SOURCES,
+    add_config_arguments,
+    add_eval_arguments,
+    add_hub_arguments,
+    config_from_args,
+    methods_epilog,
+)
+from .push import hub_kwargs, load_push_folder
+
+logger = logging.getLogger(__name__)
+
+
+def add_model_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--model",
+        metavar="PATH_OR_ID",
+        help="Model folder or Hub id, LLaMA-family (llama, mistral, qwen2, qwen3) or a timm ViT "
+        "(default: the embedded SmolLM2-135M-Instruct, with the embedded offline corpus).",
+    )
+
+
+@contextlib.contextmanager
+def timed(steps: dict[str, float], step: str) -> Iterator[None]:
+    """Add the block's wall time to `steps[step]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        steps[step] = steps.get(step, 0.0) + time.perf_counter() - start
+
+
+def eval_kwargs(pruner: Any, args: argparse.Namespace, seqlen: int) -> dict[str, Any]:
+    if pruner.adapter.metric_name != "perplexity":  # image models: the text presets mean nothing there
+        source = None if args.eval_source in EVAL_SOURCES else args.eval_source
+        return {"source": source, "progress": not args.no_progress}
+    return {
+        "seqlen": args.eval_seqlen or seqlen,
+        "max_windows": args.eval_windows,
+        "source": args.eval_source,
+        "progress": not args.no_progress,
+    }
+
+
+class PruneCommand(GBLMSubcommand):
+    COMMAND = CommandInfo(
+        name="prune", help="Prune a model with GBLM-Pruner, Wanda, SparseGPT, magnitude or gblm-obs."
+    )
+    DESCRIPTION = (
+        "Load a model, build the calibration set, collect per-sample gradients when the method needs them,\n"
+        "prune every targeted linear layer-by-layer, optionally measure dense and pruned perplexity, and save\n"
+        "a checkpoint that plain transformers / timm reload (weights, tokenizer, gblm_config.json, model card).\n"
+        "The method, calibration, gradients, sparsegpt and model / loading options are GBLMConfig fields\n"
+        "(same names, defaults and checks as the Python API)."
+    )
+    EXAMPLES = (
+        "  # GBLM, 50% unstructured, on the embedded SmolLM2-135M; dense vs pruned perplexity\n"
+        "  optimum-cli gblm prune --output smollm2-gblm-50 --eval\n"
+        "  # Wanda 2:4 on a local model, calibrated on a text file\n"
+        "  optimum-cli gblm prune --model ./my-llama --method wanda --pattern 2:4 --calibration notes.txt \\\n"
+        "      --num-samples 64 --seqlen 1024 --output my-llama-wanda-2-4\n"
+        "  # collect gradients once, reuse them for several sparsities\n"
+        "  optimum-cli gblm gradients --output grads.safetensors\n"
+        "  optimum-cli gblm prune --gradients grads.safetensors --sparsity 0.6 --output smollm2-gblm-60\n"
+        "  # prune and publish\n"
+        "  optimum-cli gblm prune --output out --push-to-hub my-user/smollm2-gblm-50 --private"
+    )
+
+    @classmethod
+    def epilog(cls) -> str:
+        return f"{methods_epilog()}\n\n{super().epilog()}"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        run = parser.add_argument_group("run")
+        add_model_argument(run)
+        run.add_argument("--output", required=True, metavar="DIR", help="Folder to save the pruned checkpoint to.")
+        run.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output folder.")
+        groups = add_config_arguments(parser)
+        groups["gradients"].add_argument(
+            "--gradients",
+            metavar="CACHE",
+            help="Gradient cache file (.safetensors): reused when it matches this model, calibration set and "
+            "settings, otherwise written by this run (see `optimum-cli gblm gradients`).",
+        )
+        add_eval_arguments(parser, "evaluation", "the calibration --seqlen", flag=True)
+        hub = parser.add_argument_group("hub")
+        hub.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the saved folder to this Hub repo.")
+        add_hub_arguments(hub)
+
+    def execute(self) -> None:
+        args = self.args
+        # Everything that can be wrong with the input is checked before the model is loaded.
+        config = config_from_args(args)
+        output = check_output_folder(args.output, args.overwrite)
+        check_model_path(args.model)
+        gradients = check_output_file(args.gradients) if args.gradients else None
+        if gradients is not None and not config.needs_gradients:
+            logger.warning("--gradients is ignored: method %r with this allocation needs no gradients", config.method)
+            gradients = None
+        if args.eval:
+            check_eval_source(args.eval_source)
+        push_folder = load_push_folder(args.push_to_hub) if args.push_to_hub else None
+
+        from ..pruner import GBLMPruner
+        from ..serialization import verify_checkpoint
+
+        start = time.perf_counter()
+        pruner = GBLMPruner.from_pretrained(args.model, config)
+        steps = {"load": time.perf_counter() - start}
+        if args.eval:
+            with timed(steps, "eval"):
+                pruner.evaluate("dense", **eval_kwargs(pruner, args, config.seqlen))
+        pruner.prune(gradients=gradients, progress=self.progress)
+        if args.eval:
+            with timed(steps, "eval"):
+                pruner.evaluate("pruned", **eval_kwargs(pruner, args, config.seqlen))
+        with timed(steps, "save"):
+            saved = pruner.save_pretrained(output, overwrite=args.overwrite)
+            verify_checkpoint(saved).raise_for_problems()
+        url = None
+        if push_folder is not None:
+            with timed(steps, "push"):
+                url = push_folder(saved, args.push_to_hub, **hub_kwargs(args))
+        steps.update({k.removesuffix("_s"): v for k, v in pruner.timings.items()})
+        order = ("load", "gradients", "prune", "eval", "save", "push")
+        steps = {k: steps[k] for k in sorted(steps, key=lambda k: order.index(k) if k in order else len(order))}
+        print(summary(pruner, saved, time.perf_counter() - start, steps, args.push_to_hub, url))
+
+
+def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], repo_id: str | None, url: Any) -> str:
+    """The final report on stdout: what was done, what it achieved, where it went."""
+    cfg, report = pruner.config, pruner.report
+    lines = [
+        f"Pruned {pruner.model_id} with {cfg.method} ({cfg.pattern}, target sparsity {cfg.sparsity:g}) "
+        f"in {elapsed:.1f} s",
+        f"  achieved sparsity: {report.overall_sparsity:.4f} over {len(report.layers)} linears "
+        f"(pattern {'holds' if report.pattern_ok else 'VIOLATED'}; checkpoint verified)",
+    ]
+    metric = pruner.adapter.metric_name
+    dense, pruned = pruner.results.get(f"dense_{metric}"), pruner.results.get(f"pruned_{metric}")
+    if dense is not None and pruned is not None:
+        lines.append(f"  {metric}: dense {dense:.4f} -> pruned {pruned:.4f}")
+    lines.append("  time: " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in steps.items()))
+    lines.append(f"  output: {saved}")
+    if repo_id:
+        lines.append(f"  pushed to: {url or repo_id}")
+    return "\n".join(lines)

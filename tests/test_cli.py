@@ -1,0 +1,337 @@
+"""`optimum-cli gblm`: the real `optimum-cli` executable in a subprocess, on a tiny local LLaMA, offline."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from optimum_gblm import GBLMConfig, list_methods, verify_checkpoint
+from tests.tiny_models import save_tiny_llama, write_text
+
+BIN = Path(sys.executable).parent
+OPTIMUM_CLI = BIN / "optimum-cli"
+TOKEN = "hf_test"
+SUBCOMMANDS = ("prune", "gradients", "evaluate", "push", "zoo")
+
+pytestmark = pytest.mark.skipif(not OPTIMUM_CLI.exists(), reason="optimum-cli is not installed in this environment")
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    drop = ("PYTHONPATH", "PYTHONHOME", "HF_ENDPOINT", "HF_TOKEN")  # the source tree and a real Hub stay out of reach
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add contention on shared cores
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra})
+    return env
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(OPTIMUM_CLI), "gblm", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or offline_env(),
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli-assets")
+    return {"model": save_tiny_llama(root / "tiny-llama"), "text": write_text(root / "text.txt"), "root": root}
+
+
+def tiny_options(assets: dict[str, Path], *extra: str | Path, model: bool = True) -> list[str | Path]:
+    """A fast run: 4 calibration windows of 16 tokens from the text file, on the CPU, no progress bars."""
+    calibration = ["--calibration", assets["text"], "--num-samples", "4", "--seqlen", "16"]
+    return [*(["--model", assets["model"]] if model else []), *calibration, "--device", "cpu", "--no-progress", *extra]
+
+
+EVAL = ("--eval-seqlen", "16", "--eval-windows", "3")
+
+
+@pytest.fixture(scope="module")
+def pruned(assets: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
+    out = assets["root"] / "pruned"
+    result = ok(cli("prune", *tiny_options(assets), "--output", out, "--eval", *EVAL, "--eval-source", assets["text"]))
+    return out, result
+
+
+# -- help -------------------------------------------------------------------------------------------------------------
+def test_registration_module_is_light():
+    code = (
+        "import sys, optimum.commands.register.register_gblm as r; "
+        "print(r.REGISTER_COMMANDS[0].COMMAND.name, 'torch' in sys.modules, 'optimum_gblm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=offline_env(), check=True)
+    assert out.stdout.split() == ["gblm", "False", "False"]
+    listing = subprocess.run([str(OPTIMUM_CLI), "--help"], capture_output=True, text=True, env=offline_env())
+    assert listing.returncode == 0 and "gblm" in listing.stdout
+
+
+def test_gblm_help_lists_subcommands_and_examples():
+    text = ok(cli("--help")).stdout
+    assert "usage: optimum-cli gblm" in text and "examples:" in text and "GBLM-Pruner" in text
+    for name in SUBCOMMANDS:
+        assert name in text
+
+
+@functools.cache
+def help_text(name: str) -> str:
+    """`--help` of a subcommand (one subprocess per subcommand for the whole module)."""
+    return ok(cli(name, "--help")).stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_subcommand_help(name: str):
+    text = help_text(name)
+    assert f"usage: optimum-cli gblm {name}" in text
+    assert "examples:" in text and "--log-level" in text and "--debug" in text
+
+
+def test_prune_options_come_from_the_config():
+    text = help_text("prune")
+    flat = " ".join(text.split())
+    for f in fields(GBLMConfig):
+        if f.name != "library_version":
+            assert f"--{f.name.replace('_', '-')}" in text, f.name
+    assert "{" + ",".join(list_methods()) + "}" in flat  # method choices from the registry
+    assert "{row,layer}" in flat and "(default: 2048)" in flat and "(default: gblm)" in flat
+    for group in ("method:", "calibration:", "gradients:", "sparsegpt / gblm-obs:", "model / loading:", "hub:"):
+        assert f"\n{group}\n" in text, group
+    for name in list_methods():  # the epilog describes every method
+        assert re.search(rf"^  {re.escape(name)} +\S", text, re.MULTILINE), name
+
+
+# -- prune / gradients / evaluate ---------------------------------------------------------------------------------
+def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out, result = pruned
+    assert "achieved sparsity: 0.5000 over 14 linears" in result.stdout
+    assert re.search(r"perplexity: dense [\d.]+ -> pruned [\d.]+", result.stdout)
+    assert str(out) in result.stdout and "Traceback" not in result.stderr
+    assert verify_checkpoint(out).ok
+    sidecar = json.loads((out / "gblm_config.json").read_text())
+    assert sidecar["config"]["method"] == "gblm" and sidecar["config"]["seqlen"] == 16
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    weight = model.model.layers[0].mlp.down_proj.weight
+    assert (weight == 0).float().mean().item() == pytest.approx(0.5)
+
+
+def test_gradients_cache_is_reused_by_prune(assets, tmp_path: Path):
+    cache = tmp_path / "grads.safetensors"
+    result = ok(cli("gradients", *tiny_options(assets), "--output", cache, "--checkpoint-every", "2"))
+    assert cache.is_file() and "4 samples" in result.stdout
+    stamp = cache.stat().st_mtime_ns
+    result = ok(cli("prune", *tiny_options(assets), "--gradients", cache, "--output", tmp_path / "out"))
+    assert "Reusing complete gradient cache" in result.stderr
+    assert cache.stat().st_mtime_ns == stamp  # read, not collected again
+    assert verify_checkpoint(tmp_path / "out").ok
+
+
+def test_evaluate_prints_the_metric_of_a_pruned_checkpoint(assets, pruned):
+    out, _ = pruned
+    result = ok(cli("evaluate", out, "--eval-source", assets["text"], "--eval-windows", "3", "--no-progress"))
+    match = re.search(r"^perplexity: ([\d.]+) ", result.stdout, re.MULTILINE)
+    assert match and "pruned: gblm unstructured" in result.stdout
+    # the checkpoint's seqlen (16) is the default window: same protocol as `prune --eval`, same value
+    recorded = json.loads((out / "gblm_config.json").read_text())["results"]["pruned_perplexity"]
+    assert float(match.group(1)) == pytest.approx(recorded, rel=1e-3)
+
+
+def test_evaluate_a_dense_model(assets):
+    result = ok(cli("evaluate", assets["model"], *EVAL, "--eval-source", assets["text"], "--no-progress"))
+    value = float(re.search(r"^perplexity: ([\d.]+) \(.*dense", result.stdout, re.MULTILINE).group(1))
+    assert math.isfinite(value) and value > 1
+
+
+# -- bad input: rejected before any heavy work, nothing written -----------------------------------------------
+@pytest.mark.parametrize(
+    "option, allowed",
+    [
+        (("--method", "foo"), ("invalid choice", "gblm", "wanda", "sparsegpt", "magnitude")),
+        (("--pattern", "2-4"), ("pattern", "unstructured", "N:M")),
+        (("--sparsity", "1.5"), ("sparsity", "between 0 and 1")),
+        (("--model", "/no/such/model"), ("does not exist",)),
+        (("--eval", "--eval-source", "missing.txt"), ("offline-corpus", "wikitext2")),
+    ],
+)
+def test_bad_input_is_a_usage_error(assets, tmp_path: Path, option, allowed):
+    out = tmp_path / "out"
+    options = tiny_options(assets, *option, model="--model" not in option)
+    result = cli("prune", *options, "--output", out, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("optimum-cli gblm prune: error:")
+    for word in allowed:
+        assert word in last, (word, last)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_non_empty_output_needs_overwrite(assets, tmp_path: Path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = cli("prune", *tiny_options(assets), "--output", tmp_path / "out")
+    assert result.returncode == 2 and "--overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_runtime_failure_is_one_line_unless_debug(assets, tmp_path: Path):
+    args = ("prune", "--model", "no-such-model-anywhere", "--output", tmp_path / "out", "--no-progress")
+    result = cli(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no-such-model-anywhere" in last and "--debug" in last
+    assert not (tmp_path / "out").exists()
+    debug = cli(*args, "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+# -- Hub: push and zoo against the local Hub server -----------------------------------------------------------------
+@pytest.fixture
+def hub(tmp_path: Path):
+    """The local Hub server, and the environment a subprocess needs to reach it (HF_HUB_OFFLINE=0, HF_ENDPOINT)."""
+    server_module = pytest.importorskip("tests.hub_server")
+    with server_module.LocalHubServer(tmp_path / "hub-store", token=TOKEN) as server:
+        yield server, {**offline_env(), **server_module.hub_env(server.endpoint, TOKEN, home=tmp_path / "hf-home")}
+
+
+def test_push_uploads_the_folder(pruned, hub):
+    (out, _), (hub, env) = pruned, hub
+    repo = "test-user/tiny-gblm"
+    result = ok(cli("push", out, repo, "--endpoint", hub.endpoint, "--token", TOKEN, "--no-progress", env=env))
+    assert repo in result.stdout
+    assert hub.file_content(repo, "gblm_config.json") == (out / "gblm_config.json").read_bytes()
+    assert hub.file_content(repo, "model.safetensors") == (out / "model.safetensors").read_bytes()
+
+
+def test_push_refuses_offline_mode_and_bad_folders(pruned, tmp_path: Path):
+    out, _ = pruned
+    result = cli("push", out, "test-user/x")
+    assert result.returncode == 2 and "HF_HUB_OFFLINE" in result.stderr and "Traceback" not in result.stderr
+    result = cli("push", tmp_path, "test-user/x", env=offline_env(HF_HUB_OFFLINE="0"))
+    assert result.returncode == 2 and "gblm_config.json" in result.stderr
+
+
+def test_prune_push_to_hub(assets, hub, tmp_path: Path):
+    hub, env = hub
+    repo = "test-user/tiny-magnitude"
+    options = tiny_options(assets, "--method", "magnitude", "--output", tmp_path / "out")
+    result = ok(cli("prune", *options, "--push-to-hub", repo, "--endpoint", hub.endpoint, env=env))
+    assert "pushed to: " in result.stdout
+    sidecar = json.loads(hub.file_content(repo, "gblm_config.json"))
+    assert sidecar["config"]["method"] == "magnitude"
+
+
+def test_zoo_publishes_a_manifest(assets, hub, tmp_path: Path):
+    pytest.importorskip("optimum_gblm.zoo")
+    hub, env = hub
+    manifest = tmp_path / "zoo.yaml"
+    text, model = str(assets["text"]), str(assets["model"])
+    zoo = {
+        "organization": "test-org",
+        "defaults": {"calibration": text, "num_samples": 4, "seqlen": 16, "device": "cpu"},
+        "evaluation": {"seqlen": 16, "max_windows": 2, "source": text},
+        "entries": [{"model": model, "method": "wanda", "sparsity": 0.5, "repo": "tiny-wanda-50"}],
+    }
+    manifest.write_text(yaml.safe_dump(zoo, sort_keys=False))
+    dry = ok(cli("zoo", manifest, "--dry-run", "--no-progress"))
+    assert "planned" in dry.stdout and "test-org/tiny-wanda-50" in dry.stdout
+    work = tmp_path / "work"
+    result = ok(cli("zoo", manifest, "--endpoint", hub.endpoint, "--token", TOKEN, "--work-dir", work, env=env))
+    assert "published" in result.stdout and (work / "MODEL_ZOO.md").is_file()
+    sidecar = json.loads(hub.file_content("test-org/tiny-wanda-50", "gblm_config.json"))
+    assert sidecar["config"]["method"] == "wanda" and "pruned_perplexity" in sidecar["results"]
+
+
+def test_zoo_rejects_a_bad_manifest(tmp_path: Path):
+    pytest.importorskip("optimum_gblm.zoo")
+    manifest = tmp_path / "zoo.yaml"
+    manifest.write_text("organisation: typo\nentries: []\n")
+    result = cli("zoo", manifest, "--dry-run")
+    assert result.returncode == 2 and "organization" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- packaging: the registration shim ships in the wheel -----------------------------------------------------------
+@pytest.mark.slow
+def test_wheel_install_registers_the_command(tmp_path: Path):
+    """Build the wheel from a copy of the sources, install it (not editable) into a fresh venv that borrows the
+    project venv's dependencies through a .pth file (which does not run the editable finder), run the CLI there."""
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in ("optimum_gblm", "optimum"):
+        shutil.copytree(root / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (root / name).is_file():
+            shutil.copy(root / name, src / name)
+    env = offline_env(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    pip = [sys.executable, "-m", "pip"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "--wheel-dir", tmp_path / "dist", src]
+    subprocess.run(list(map(str, build)), check=True, env=env, cwd=tmp_path, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("optimum_gblm-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "optimum/commands/register/register_gblm.py" in names
+    assert not [n for n in names if n.startswith("optimum/") and n.endswith("__init__.py")]  # PEP 420 namespace
+    assert "optimum_gblm/commands/prune.py" in names and "optimum_gblm/templates/model_card.md" in names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    project_site = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(site, "project_deps.pth").write_text(project_site + "\n")  # dependencies only: .pth files there do not run
+    install = [*pip, "--python", python, "install", "--no-deps", "-q", wheel]
+    subprocess.run(list(map(str, install)), check=True, env=env, cwd=tmp_path, capture_output=True)
+
+    where = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import optimum_gblm, optimum.commands.register.register_gblm as r; print(optimum_gblm.__file__, r.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert where.returncode == 0, where.stderr
+    assert all(path.startswith(site) for path in where.stdout.split()), where.stdout  # the wheel, not the checkout
+    result = subprocess.run(
+        [str(python), "-m", "optimum.commands.optimum_cli", "gblm", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "prune" in result.stdout and "usage: " in result.stdout
