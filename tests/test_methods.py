@@ -147,4 +147,3 @@ def test_gblm_obs_gradient_term_changes_masks(tiny_llama, calib_ids):
     assert b.report.overall_sparsity == pytest.approx(0.5)
     wa, wb = a.model.model.layers[0].mlp.up_proj.weight, b.model.model.layers[0].mlp.up_proj.weight
     assert not torch.equal(wa == 0, wb == 0)
-

@@ -35,7 +35,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, percdamp
 
 
 def _block_sequential(
-    W1: torch.Tensor, Hinv1: torch.Tensor, mask1: torch.Tensor, nm: tuple[int, int] | None, score_fn: ScoreFn, col0: int
+    W1: torch.Tensor,
+    Hinv1: torch.Tensor,
+    mask1: torch.Tensor,
+    nm: tuple[int, int] | None,
+    score_fn: ScoreFn,
+    col0: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT's column-by-column OBS update of one block (N:M masks are chosen here, from current weights).
 
