@@ -52,7 +52,7 @@ def write_texts(work: Path) -> tuple[str, str]:
 
 def run_all(quick: bool, work: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, str]:
     calib, text_b = write_texts(work)
-    size = {"num_samples": 8, "seqlen": 128} if quick else {"num_samples": 16, "seqlen": 256}
+    size = {"num_samples": 16, "seqlen": 128} if quick else {"num_samples": 32, "seqlen": 256}
     windows = 8 if quick else 16
     session = QualitySession(**size, eval_windows=windows, eval_sources=("offline-corpus", text_b), calibration=calib)
     evals = list(session.streams)

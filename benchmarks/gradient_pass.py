@@ -83,7 +83,7 @@ def measure(args: dict) -> dict:
 
 
 def run_all(quick: bool) -> dict[str, str]:
-    size = {"num_samples": 4, "seqlen": 128} if quick else {"num_samples": 16, "seqlen": 256}
+    size = {"num_samples": 8, "seqlen": 256} if quick else {"num_samples": 16, "seqlen": 256}
     runs = {mode: run_isolated("gradient_pass", {**size, "mode": mode}) for mode in ("bare", "collector", "reference")}
     bare, col, ref = runs["bare"], runs["collector"], runs["reference"]
     rows = [

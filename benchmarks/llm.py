@@ -112,7 +112,7 @@ def scaling(size: dict, samples: list[int], seqlens: list[int], depths: list[int
 
 
 def run_all(quick: bool, work: Path) -> dict[str, str]:
-    calib = {"num_samples": 8, "seqlen": 128} if quick else {"num_samples": 32, "seqlen": 256}
+    calib = {"num_samples": 16, "seqlen": 128} if quick else {"num_samples": 32, "seqlen": 256}
     windows = 8 if quick else 16
     sparsities = [0.3, 0.5, 0.7] if quick else [0.3, 0.4, 0.5, 0.6, 0.7]
     session = QualitySession(**calib, eval_windows=windows)
@@ -130,13 +130,12 @@ def run_all(quick: bool, work: Path) -> dict[str, str]:
         "perplexity vs sparsity": curve_md + "\n\n![perplexity vs sparsity](benchmarks/results/ppl_vs_sparsity.png)",
     }
     sections["cost (full pipeline incl. gradient pass; no evaluation)"] = cost(calib)
-    if quick:
-        sections["scaling"] = scaling(calib, [4, 8], [64, 128], [10, 30])
-    else:
-        sections["scaling"] = (
-            "gblm, full pipeline (gradient pass + layer-by-layer prune), one axis varied at a time from 8 samples x "
-            "128 tokens x 30 blocks; peak memory is the process's max RSS (it includes the ~0.5 GB fp32 model and the "
-            "Python/torch baseline, so it grows slowly).\n\n"
-            + scaling({"num_samples": 8, "seqlen": 128}, [8, 16, 32], [128, 256, 512], [10, 20, 30])
-        )
+    base, grid = {"num_samples": 8, "seqlen": 128}, ([4, 8, 16], [64, 128, 256], [10, 20, 30])
+    if not quick:
+        grid = ([8, 16, 32], [128, 256, 512], [10, 20, 30])
+    sections["scaling"] = (
+        "gblm, full pipeline (gradient pass + layer-by-layer prune), one axis varied at a time from 8 samples x "
+        "128 tokens x 30 blocks; peak memory is the process's max RSS (it includes the ~0.5 GB fp32 model and the "
+        "Python/torch baseline, so it grows slowly).\n\n" + scaling(base, *grid)
+    )
     return sections
