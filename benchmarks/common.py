@@ -50,14 +50,14 @@ def run_isolated(module: str, args: dict[str, Any], timeout: int = 3600) -> dict
 
 
 def peak_memory_gib() -> float:
-    """Peak memory of this process: CUDA max allocated when on GPU, else max RSS."""
-    import resource
-
+    """Peak memory of this process: CUDA max allocated when on GPU, else peak RSS (VmHWM)."""
     import torch
+
+    from optimum_gblm.utils import peak_rss_gib
 
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return peak_rss_gib()
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float:
@@ -94,7 +94,8 @@ Perplexity follows the reference protocol: non-overlapping windows, per-window m
 
 SECTION_TITLES = {
     "gradient_pass": "Gradient pass cost (issue 3)",
-    "llm": "SmolLM2-135M: quality, cost and scaling (issue 7)",
+    "llm": "SmolLM2-135M: quality (issue 7)",
+    "llm_cost": "SmolLM2-135M: cost and scaling (issue 7)",
     "gblm_obs": "gblm-obs vs SparseGPT across calibration seeds (issue 8)",
     "vit_digits": "timm ViT on digits (issue 4)",
     "notes": "Notes",

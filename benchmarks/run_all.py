@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-SUITES = ("gradient_pass", "llm", "gblm_obs", "vit")
+SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "vit")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
                 from benchmarks.gradient_pass import run_all as run
 
                 sections = run(args.quick)
+            elif suite == "llm_cost":
+                from benchmarks.llm import run_cost
+
+                sections = run_cost(args.quick)
             elif suite == "llm":
                 from benchmarks.llm import run_all as run
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 from .configuration import GBLMConfig
 from .gradient_cache import check_cache, load_cache, model_fingerprint, save_cache, tensor_fingerprint
 from .gradients import GradientAccumulation, GradientCollector, per_sample_backward
-from .utils import DTYPES, model_device
+from .utils import DTYPES, model_device, peak_rss_gib
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def model_loss(model: nn.Module, sample: Any) -> torch.Tensor:
 def _peak_memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-    return f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    return f"peak process RSS {peak_rss_gib():.2f} GiB"
 
 
 @contextlib.contextmanager

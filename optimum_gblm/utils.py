@@ -51,3 +51,19 @@ def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
         if use_cache is not None:
             config.use_cache = use_cache
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process. VmHWM belongs to the current address space, unlike ru_maxrss,
+    which Linux carries over from the parent through fork + exec (a child of a big process would report the
+    parent's peak)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
