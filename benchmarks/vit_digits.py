@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
-import platform
 import shlex
 import sys
 import time
@@ -24,26 +22,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/vit_digits.py holds the recipe shared with the slow tests
 
+from benchmarks.common import machine  # noqa: E402
 from tests import vit_digits  # noqa: E402
 
 logger = logging.getLogger("benchmarks.vit_digits")
 
 # Extra rows: Wanda's image-classifier setting compares scores over the whole layer (ALGORITHMS.md section 10).
 LAYER_GROUP_RUNS = (("wanda", "layer"), ("gblm", "layer"))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    text = f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)}"
-    return text
 
 
 def setting_name(pattern: str, sparsity: float) -> str:
@@ -120,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"- Command: `HF_HUB_OFFLINE=1 {command.strip()}`",
             f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- Machine: {machine()}, device {args.device}, {args.threads} torch thread(s)",
+            f"- Machine: {machine()}, device {args.device}",
             f"- Wall time: {total:.0f} s; per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
             "",
         ]

@@ -7,7 +7,7 @@ import logging
 import math
 import re
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -258,11 +258,3 @@ class GBLMConfig:
             raise FileNotFoundError(f"No {CONFIG_NAME} found at {path}")
         data = json.loads(path.read_text())
         return cls.from_dict(data.get("config", data))
-
-
-def config_field_defaults() -> dict[str, Any]:
-    """Defaults of every field (for the CLI and docs)."""
-    out = {}
-    for f in fields(GBLMConfig):
-        out[f.name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -105,7 +104,3 @@ def load_cache(path: str | Path, device: torch.device | str = "cpu") -> tuple[Gr
             name, kind = key.rsplit("::", 1)
             (state.l1 if kind == "l1" else state.l2sq)[name] = f.get_tensor(key)
     return state, meta
-
-
-def describe(meta: dict[str, str]) -> str:
-    return json.dumps({k: meta[k] for k in sorted(meta)}, indent=None)

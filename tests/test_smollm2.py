@@ -10,6 +10,7 @@ from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients, verify_check
 from optimum_gblm.calibration import build_token_calibration
 from optimum_gblm.evaluation import evaluation_stream, perplexity
 from optimum_gblm.masks import prune_count
+from tests.test_gradients import assert_close, naive_accumulation
 
 pytestmark = pytest.mark.slow
 
@@ -99,22 +100,7 @@ def test_checkpoint_reloads_with_plain_transformers_and_same_perplexity(setup, p
 def test_collector_equals_naive_loop_on_smollm2(smollm2):
     model, tokenizer, _ = smollm2
     ids = build_token_calibration(tokenizer, "offline-corpus", 2, 32, seed=7).input_ids
-    naive_model = copy.deepcopy(model)
-    from optimum_gblm.adapters import get_adapter
-
-    targets = get_adapter(naive_model).target_linears(naive_model)
-    l1 = {n: torch.zeros_like(m.weight) for n, m in targets.items()}
-    l2 = {n: torch.zeros_like(m.weight) for n, m in targets.items()}
-    for i in range(2):
-        naive_model.zero_grad(set_to_none=True)
-        sample = ids[i : i + 1]
-        naive_model(input_ids=sample, labels=sample).loss.backward()
-        for n, m in targets.items():
-            g = m.weight.grad * 100
-            l1[n] += g.abs()
-            l2[n] += g * g
-    del naive_model
+    l1, l2 = naive_accumulation(copy.deepcopy(model), [ids[i : i + 1] for i in range(2)])
     acc = collect_gradients(model, GBLMConfig(method="gblm-obs", device="cpu"), dataloader=[ids], progress=False)
-    for n in targets:
-        assert (acc.l1[n] - l1[n]).norm() / l1[n].norm() < 1e-5, n
-        assert (acc.get("l2")[n] - l2[n].sqrt()).norm() / l2[n].sqrt().norm() < 1e-5, n
+    assert_close(acc.get("l1"), l1)
+    assert_close(acc.get("l2"), l2)
