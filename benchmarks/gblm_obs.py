@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from statistics import mean
 
-from optimum_gblm.calibration import EVAL_EXTRACTS, corpus_extracts
+from optimum_gblm.data.text import EVAL_EXTRACTS, corpus_extracts
 
 from .common import table
 from .session import QualitySession

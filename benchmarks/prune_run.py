@@ -62,8 +62,8 @@ def run(args: dict) -> dict:
         if config.needs_gradients:
             gradients = pruner.collect_gradients(cache_path=args.get("gradients"), progress=False)
         pruner.prune(gradients=gradients, progress=False)
-        results["overall_sparsity"] = pruner.report.overall_sparsity
-        results["sparsity_range"] = list(pruner.report.sparsity_range())
+        results["overall_sparsity"] = pruner.pruning_map.overall_sparsity
+        results["sparsity_range"] = list(pruner.pruning_map.sparsity_range())
     results["seconds"] = time.perf_counter() - start
     results["gradients_s"] = pruner.timings.get("gradients_s", 0.0)
     results["prune_s"] = pruner.timings.get("prune_s", 0.0)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from optimum_gblm import GBLMConfig, GBLMPruner
-from optimum_gblm.calibration import build_token_calibration
+from optimum_gblm.data.text import build_token_calibration
 from optimum_gblm.evaluation import evaluation_stream, perplexity
 from optimum_gblm.gradients import GradientAccumulation
 
@@ -85,8 +85,8 @@ class QualitySession:
         pruner.prune(gradients=gradients, progress=False)
         result = {
             "ppl": self.perplexities(pruner.model),
-            "range": pruner.report.sparsity_range(),
-            "sparsity": pruner.report.overall_sparsity,
+            "range": pruner.pruning_map.sparsity_range(),
+            "sparsity": pruner.pruning_map.overall_sparsity,
         }
         logger.info("%s seed %d: %s", settings, seed, result["ppl"])
         del pruner

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from optimum_gblm import GBLMConfig, GBLMPruner
-from optimum_gblm.calibration import CORPUS_DESCRIPTION
+from optimum_gblm.data.text import CORPUS_DESCRIPTION
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,35 +11,25 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .masks import parse_pattern
+from .methods import DEFAULT_METHOD, all_groups, argument_owners, get_method, list_methods
 from .version import __version__
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "gblm_config.json"
 
-PATTERN_RE = re.compile(r"^(\d+):(\d+)$")
-GROUPS = ("row", "layer")
 GRADIENT_NORMS = ("l1", "l2")
 ALLOCATIONS = ("uniform", "gradient")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 GRADIENT_DTYPES = ("float32", "bfloat16", "float16")
 SCORE_DTYPES = ("float32", "float16")
 CALIBRATION_PRESETS = ("offline-corpus", "c4", "wikitext2")
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """Return `(n, m)` for an `N:M` pattern ("prune N of every M"), `None` for `unstructured`."""
-    if pattern == "unstructured":
-        return None
-    match = PATTERN_RE.match(pattern)
-    if match is None:
-        raise ValueError(f"pattern={pattern!r} is invalid: use 'unstructured' or 'N:M' such as '2:4' or '4:8'")
-    n, m = int(match.group(1)), int(match.group(2))
-    if not 0 < n < m:
-        raise ValueError(
-            f"pattern={pattern!r} is invalid: N:M needs 0 < N < M (N pruned of every M), got N={n}, M={m}"
-        )
-    return n, m
+PIPELINES = ("auto", "datafree", "sequential")
+INTERMEDIATES = ("device", "cpu", "disk")
+# Version-1 keys that moved: flat method arguments now live in `method_args`; `offload_activations` became
+# `intermediates="cpu"`.
+LEGACY_METHOD_ARGS = ("blocksize", "percdamp", "beta")
 
 
 def _help(text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -53,14 +43,18 @@ def _help(text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
 class GBLMConfig:
     """Settings of one pruning run. Field metadata (`help`, `choices`) also drives the CLI options."""
 
-    method: str = field(default="gblm", **_help("Pruning method (see the method registry)."))
+    method: str = field(default=DEFAULT_METHOD, **_help("Pruning method (see the method registry)."))
     sparsity: float = field(default=0.5, **_help("Fraction of weights to prune in every targeted linear, in (0, 1)."))
     pattern: str = field(
         default="unstructured", **_help("'unstructured' or 'N:M' (prune N of every M inputs), e.g. 2:4.")
     )
     group: str | None = field(
         default=None,
-        **_help("Comparison group for unstructured selection: row or layer (default: the method's own).", GROUPS),
+        **_help("Comparison group for unstructured selection (default: the method's first group).", all_groups()),
+    )
+    method_args: dict[str, Any] = field(
+        default_factory=dict,
+        **_help("The method's own arguments (e.g. SparseGPT's blocksize); defaults filled in by validation."),
     )
     gradient_norm: str = field(
         default="l1", **_help("Per-sample gradient norm accumulated over samples.", GRADIENT_NORMS)
@@ -90,9 +84,6 @@ class GBLMConfig:
     ignore: list[str] = field(default_factory=list, **_help("Regexes of linear names never to prune."))
     dtype: str = field(default="auto", **_help("Weight dtype to load and save.", DTYPES))
     device: str = field(default="auto", **_help("Compute device: auto (CUDA when present), cpu, cuda, cuda:N."))
-    blocksize: int = field(default=128, **_help("SparseGPT column block size."))
-    percdamp: float = field(default=0.01, **_help("SparseGPT dampening, as a fraction of the mean Hessian diagonal."))
-    beta: float = field(default=1.0, **_help("gblm-obs: weight of the gradient term in the OBS selection score."))
     allocation: str | None = field(
         default=None,
         **_help(
@@ -106,7 +97,14 @@ class GBLMConfig:
     batch_size: int = field(
         default=8, **_help("Samples per block forward in the layer-by-layer pass (statistics stay per sample).")
     )
-    offload_activations: bool = field(default=False, **_help("Keep captured block inputs on the CPU between blocks."))
+    pipeline: str = field(
+        default="auto",
+        **_help("Calibration pipeline: auto (the method's), datafree or sequential (block by block).", PIPELINES),
+    )
+    intermediates: str = field(
+        default="device",
+        **_help("Where block inputs live between blocks: device, cpu or disk (a temporary folder).", INTERMEDIATES),
+    )
     trust_remote_code: bool = field(
         default=False, **_help("Allow custom modelling code from the Hub (off by default).")
     )
@@ -121,8 +119,6 @@ class GBLMConfig:
     # -- validation -----------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise `ValueError` naming the field and the allowed values; no heavy work happens before this."""
-        from .methods import get_method, list_methods  # registry import is light; avoids an import cycle
-
         if self.method not in list_methods():
             raise ValueError(f"method={self.method!r} is unknown: choose one of {', '.join(list_methods())}")
         if not isinstance(self.sparsity, (int, float)) or not (0.0 < float(self.sparsity) < 1.0):
@@ -137,8 +133,6 @@ class GBLMConfig:
                     f"{self.sparsity:g}: set sparsity={n / m:g} or use pattern='unstructured'"
                 )
         method = get_method(self.method)
-        if self.group is not None and self.group not in GROUPS:
-            raise ValueError(f"group={self.group!r} is invalid: choose one of {', '.join(GROUPS)}")
         if self.group is not None and self.group not in method.groups:
             raise ValueError(
                 f"group={self.group!r} is not available for method={self.method!r}: allowed {', '.join(method.groups)}"
@@ -153,16 +147,26 @@ class GBLMConfig:
                 raise ValueError(
                     "allocation='gradient' is only defined for pattern='unstructured': every N:M group has a fixed budget"
                 )
-        for name in ("num_samples", "seqlen", "blocksize", "batch_size"):
+        if not isinstance(self.method_args, dict):
+            raise ValueError(
+                f"method_args={self.method_args!r} is invalid: it must be a dict of the method's arguments"
+            )
+        self.method_args = asdict(method.make_args(self.method_args))
+        self._check_choice("pipeline", PIPELINES)
+        self._check_choice("intermediates", INTERMEDIATES)
+        if self.pipeline == "datafree" and (method.statistic is not None):
+            raise ValueError(
+                f"pipeline='datafree' cannot run method={self.method!r}: it needs {method.statistic} statistics from a "
+                "forward pass; use pipeline='sequential' or 'auto'"
+            )
+        for name in ("num_samples", "seqlen", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer")
         if self.gradient_scale <= 0:
             raise ValueError(f"gradient_scale={self.gradient_scale!r} is invalid: it must be > 0")
-        if self.percdamp < 0:
-            raise ValueError(f"percdamp={self.percdamp!r} is invalid: it must be >= 0")
-        if self.beta < 0 or self.gamma < 0:
-            raise ValueError(f"beta={self.beta!r}, gamma={self.gamma!r} are invalid: both must be >= 0")
+        if self.gamma < 0:
+            raise ValueError(f"gamma={self.gamma!r} is invalid: it must be >= 0")
         if not 0 <= self.allocation_clip < 1:
             raise ValueError(f"allocation_clip={self.allocation_clip!r} is invalid: it must be in [0, 1)")
         if not isinstance(self.pseudo_labels, bool):
@@ -191,32 +195,33 @@ class GBLMConfig:
         return parse_pattern(self.pattern)
 
     @property
-    def effective_group(self) -> str:
-        from .methods import get_method
+    def args(self) -> Any:
+        """The method's argument object (a `MethodArgs` dataclass) built from `method_args`."""
+        return get_method(self.method).make_args(self.method_args)
 
+    @property
+    def effective_group(self) -> str:
         return self.group or get_method(self.method).groups[0]
 
     @property
     def effective_allocation(self) -> str:
         """The allocation in force: N:M patterns are always uniform (each group of M has a fixed budget)."""
-        from .methods import get_method
-
         if self.allocation is None and self.nm is not None:
             return "uniform"
         return self.allocation or get_method(self.method).default_allocation
 
     @property
     def needs_gradients(self) -> bool:
-        from .methods import get_method
-
         return get_method(self.method).needs_gradients or self.effective_allocation == "gradient"
 
     def fingerprint(self) -> str:
-        """Short hash of every setting that changes the result (not the version, device or dtype of loading)."""
+        """Short hash of every setting that changes the result. Excluded: the library version and the settings of
+        where and how fast work runs (device, pipeline, intermediates, batch size, trust_remote_code). The loading
+        dtype is included: pruning bf16 weights selects other masks than pruning fp32 weights."""
         import hashlib
 
         data = self.to_dict()
-        for key in ("library_version", "device", "offload_activations", "trust_remote_code", "batch_size"):
+        for key in ("library_version", "device", "pipeline", "intermediates", "trust_remote_code", "batch_size"):
             data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -225,16 +230,33 @@ class GBLMConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GBLMConfig:
+    def from_dict(cls, data: dict[str, Any], strict: bool = False) -> GBLMConfig:
+        """A config from a dict. Method arguments may be given flat (`{"method": "sparsegpt", "blocksize": 64}`);
+        version-1 side-car keys are mapped. Unknown keys raise `ValueError` when `strict`, else are dropped with
+        a warning (a config written by a newer optimum-gblm)."""
+        data = dict(data)
+        method = data.get("method", cls.method)
+        owners = argument_owners()
+        method_args = dict(data.pop("method_args", None) or {})
+        for key in [k for k in data if k in owners]:
+            value = data.pop(key)
+            if method in owners[key]:
+                method_args.setdefault(key, value)
+            elif strict or key not in LEGACY_METHOD_ARGS:  # v1 files carry every flat argument, used or not
+                raise ValueError(f"{key} is an argument of method {' / '.join(owners[key])}, not of method={method!r}")
+        if "offload_activations" in data:  # version 1
+            data.setdefault("intermediates", "cpu" if data.pop("offload_activations") else "device")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
+        if unknown and strict:
+            raise ValueError(f"unknown config key(s) {unknown}: not GBLMConfig fields or method arguments")
         if unknown:
             warnings.warn(
                 f"Ignoring unknown GBLMConfig keys {unknown} (written by a newer optimum-gblm?)",
                 UserWarning,
                 stacklevel=2,
             )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in known}, method_args=method_args)
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
         path = Path(save_directory)

@@ -6,9 +6,26 @@ deterministically by a stable sort, so the lower column (or flat) index is prune
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from .configuration import parse_pattern
+PATTERN_RE = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """Return `(n, m)` for an `N:M` pattern ("prune N of every M"), `None` for `unstructured`."""
+    if pattern == "unstructured":
+        return None
+    match = PATTERN_RE.match(pattern) if isinstance(pattern, str) else None
+    if match is None:
+        raise ValueError(f"pattern={pattern!r} is invalid: use 'unstructured' or 'N:M' such as '2:4' or '4:8'")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ValueError(
+            f"pattern={pattern!r} is invalid: N:M needs 0 < N < M (N pruned of every M), got N={n}, M={m}"
+        )
+    return n, m
 
 
 def prune_count(size: int, sparsity: float) -> int:
@@ -16,7 +33,7 @@ def prune_count(size: int, sparsity: float) -> int:
     return int(size * sparsity + 1e-9)
 
 
-def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+def select_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the `k` lowest entries along the last dim; ties at the threshold go to the lower index.
 
     Linear time: the k-th value is the threshold, everything strictly below it is pruned, and the remaining
@@ -35,12 +52,12 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def select_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Per output row: prune exactly `floor(d_in * sparsity)` lowest scores of every row."""
-    return _lowest(scores, prune_count(scores.shape[-1], sparsity))
+    return select_lowest(scores, prune_count(scores.shape[-1], sparsity))
 
 
 def select_layer(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """One group over the whole matrix: prune exactly `floor(numel * sparsity)` lowest scores."""
-    flat = _lowest(scores.reshape(-1), prune_count(scores.numel(), sparsity))
+    flat = select_lowest(scores.reshape(-1), prune_count(scores.numel(), sparsity))
     return flat.reshape(scores.shape)
 
 
@@ -50,7 +67,7 @@ def select_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if cols % m:
         raise ValueError(f"N:M pattern with M={m} needs an input dimension divisible by {m}, got {cols}")
     grouped = scores.reshape(rows, cols // m, m)
-    return _lowest(grouped, n).reshape(rows, cols)
+    return select_lowest(grouped, n).reshape(rows, cols)
 
 
 def select_mask(
@@ -84,3 +101,20 @@ def check_pattern(weight: torch.Tensor, pattern: str) -> bool:
 
 def sparsity_of(weight: torch.Tensor) -> float:
     return float((weight == 0).sum().item()) / weight.numel()
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean mask as bits, 8 per byte (1/8 of the bool tensor's memory), for keeping masks after pruning."""
+    flat = mask.detach().reshape(-1).to(device="cpu", dtype=torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    return (flat.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The boolean mask of `pack_mask`, reshaped to `shape`."""
+    bits = (packed.reshape(-1, 1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    numel = 1
+    for size in shape:
+        numel *= size
+    return bits.reshape(-1)[:numel].bool().reshape(shape)

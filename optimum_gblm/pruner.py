@@ -1,4 +1,8 @@
-"""`GBLMPruner`: load -> calibrate -> (gradients) -> prune -> evaluate -> save / push."""
+"""`GBLMPruner`: the user's verbs. load -> calibrate -> (gradients) -> prune -> evaluate -> save / push.
+
+Each step hands the next one object: the calibration set, the gradient accumulation, the pruning map. The pipeline
+owns the walk over the blocks and the placement of the model; the pruner only wires the pieces together.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from .adapters import ModelAdapter, get_adapter
+from .adapters import ModelAdapter, get_adapter, load_model
 from .allocation import gradient_allocation
-from .calibration import TokenCalibration, build_token_calibration
-from .collection import required_norms, run_collection
 from .configuration import GBLMConfig
-from .gradient_cache import model_fingerprint
-from .gradients import GradientAccumulation
-from .loading import load_model
+from .decisions import BlockPruner
+from .evaluation import Evaluator, make_evaluator
+from .gradients import GradientAccumulation, required_norms, run_collection
+from .gradients.cache import model_fingerprint
 from .methods import get_method
-from .report import SparsityReport
-from .runner import prune_layerwise
+from .pipelines import WholeModel, pipeline_for
+from .pruning_map import PruningMap, Stage, prune_settings
+from .targets import PruneTarget, target_modules
 from .utils import resolve_device
 
 logger = logging.getLogger(__name__)
 
 
 class GBLMPruner:
-    """Prune a LLaMA-family LLM or a timm ViT with GBLM, Wanda, SparseGPT, magnitude or gblm-obs.
+    """Prune a decoder LLM or a timm ViT with GBLM, Wanda, SparseGPT, magnitude, gblm-obs or a registered method.
 
     >>> pruner = GBLMPruner.from_pretrained("path/or/id", GBLMConfig(method="gblm", sparsity=0.5))
     >>> model = pruner.prune()
@@ -49,15 +52,16 @@ class GBLMPruner:
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.adapter = adapter or get_adapter(model)
-        self.preprocessing = preprocessing or {}
+        self.preprocessing = preprocessing or getattr(self.adapter, "data_config", None) or {}
         self.calibration: Any = None
         self.gradients: GradientAccumulation | None = None
-        self.report: SparsityReport | None = None
+        self.pruning_map: PruningMap | None = None
         self.sparsities: dict[str, float] = {}
         self.results: dict[str, float] = {}
         self.timings: dict[str, float] = {}
         self.evaluation: dict[str, dict[str, Any]] = {}  # label -> evaluation settings, for the model card
-        self._check_shapes()
+        self._evaluator: Evaluator | None = None
+        self._check_targets()
 
     @classmethod
     def from_pretrained(
@@ -77,57 +81,41 @@ class GBLMPruner:
         )
 
     # -- checks before heavy work ---------------------------------------------------------------------------------
-    def targets(self) -> dict[str, nn.Linear]:
-        found = self.adapter.target_linears(self.model, self.config.targets, self.config.ignore)
+    def targets(self) -> list[PruneTarget]:
+        found = self.adapter.prune_targets(self.model, self.config.targets, self.config.ignore)
         if not found:
-            raise ValueError("no linear layer matches the target / ignore patterns: nothing to prune")
+            raise ValueError("no prune target matches the target / ignore patterns: nothing to prune")
         return found
 
-    def _check_shapes(self) -> None:
+    def _check_targets(self) -> None:
         targets = self.targets()  # fails early when the patterns select nothing
         nm = self.config.nm
         if nm is None:
             return
-        bad = [f"{n} (d_in={m.in_features})" for n, m in targets.items() if m.in_features % nm[1]]
+        bad = [f"{t.name} (d_in={t.in_features})" for t in targets if t.in_features % nm[1]]
         if bad:
             raise ValueError(
                 f"pattern={self.config.pattern!r} needs every input dimension divisible by M={nm[1]}; not: "
                 + ", ".join(bad[:5])
             )
 
-    # -- pipeline steps -------------------------------------------------------------------------------------------
-    def _place(self) -> torch.device:
-        device = resolve_device(self.config.device)
-        if getattr(self.model, "hf_device_map", None):
-            return device  # dispatched by accelerate: blocks run where they live
-        if next(self.model.parameters()).device != device:
-            self.model.to(device)
-        return device
+    @property
+    def placement(self) -> WholeModel:
+        return WholeModel(resolve_device(self.config.device))
 
+    # -- steps ----------------------------------------------------------------------------------------------------
     def calibration_data(self, calibration: Any = None) -> Any:
-        """The calibration set (built once): windows of the config's source, or the tensors given here."""
+        """The calibration set (built once): samples of the config's source, or the tensors given here."""
         if calibration is not None:
-            self.calibration = (
-                self.adapter.make_calibration(calibration, self.config)
-                if hasattr(self.adapter, "make_calibration")
-                else TokenCalibration(calibration)
-            )
+            self.calibration = self.adapter.make_calibration(calibration, self.config)
         if self.calibration is None:
-            if hasattr(self.adapter, "build_calibration"):
-                self.calibration = self.adapter.build_calibration(self.config, self.preprocessing)
-            else:
-                if self.tokenizer is None:
-                    raise ValueError("this model has no tokenizer: pass calibration tokens to prune(calibration=...)")
-                cfg = self.config
-                self.calibration = build_token_calibration(
-                    self.tokenizer, cfg.calibration, cfg.num_samples, cfg.seqlen, cfg.seed, cfg.calibration_text_column
-                )
+            self.calibration = self.adapter.build_calibration(self.config, self.tokenizer, self.preprocessing)
         return self.calibration
 
     def cache_metadata(self) -> dict[str, str]:
         calib = self.calibration_data()
         return {
-            "model_fingerprint": model_fingerprint(self.model, self.targets()),
+            "model_fingerprint": model_fingerprint(self.model, target_modules(self.targets())),
             "calibration_fingerprint": calib.fingerprint(),
             "nsamples_target": str(len(calib)),
         }
@@ -136,14 +124,14 @@ class GBLMPruner:
         self, cache_path: str | Path | None = None, checkpoint_every: int = 0, progress: bool = True, **kwargs: Any
     ) -> GradientAccumulation:
         """Per-sample gradient pass of the dense model over the pruner's own calibration set."""
-        if self.report is not None:
+        if self.pruning_map is not None:
             raise RuntimeError("the model is already pruned: gradients must come from the dense model")
         calib = self.calibration_data()
-        self._place()
+        self.placement.prepare(self.model)
         start = time.perf_counter()
         self.gradients = run_collection(
             self.model,
-            self.targets(),
+            target_modules(self.targets()),
             calib,
             self.adapter.loss,
             self.config,
@@ -166,48 +154,66 @@ class GBLMPruner:
         progress: bool = True,
     ) -> nn.Module:
         """Prune the model in place and return it. `gradients` may be an accumulation or a cache file path."""
-        if self.report is not None:
+        if self.pruning_map is not None:
             raise RuntimeError("this pruner has already pruned its model")
         cfg = self.config
         method = get_method(cfg.method)
-        needs_data = method.statistic is not None or cfg.needs_gradients
-        if needs_data or calibration is not None:
+        pipeline = pipeline_for(cfg, self.placement)
+        if pipeline.needs_data or cfg.needs_gradients or calibration is not None:
             self.calibration_data(calibration)
         if cfg.needs_gradients:
             if isinstance(gradients, GradientAccumulation):
                 self.gradients = gradients
             elif gradients is not None or self.gradients is None:
                 self.collect_gradients(cache_path=gradients, progress=progress)
-        self._place()
         start = time.perf_counter()
+        per_block = self.adapter.targets_by_block(self.model, cfg.targets, cfg.ignore)
         if cfg.effective_allocation == "gradient":
+            targets = [t for block in per_block for t in block]
             self.sparsities = gradient_allocation(
-                {n: m.weight for n, m in self.targets().items()},
+                {t.name: t.weight() for t in targets},
                 self.gradients.get("l2"),
                 cfg.sparsity,
                 cfg.gamma,
                 cfg.allocation_clip,
             )
+        pruning_map = PruningMap(pattern=cfg.pattern)
         grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
-        self.report = prune_layerwise(
-            self.model, self.adapter, cfg, self.calibration or [], grads, self.sparsities, progress
+        pipeline.run(
+            self.model,
+            self.adapter,
+            per_block,
+            BlockPruner(cfg, pruning_map, grads, self.sparsities),
+            statistic=method.statistic,
+            samples=self.calibration if pipeline.needs_data else (),
+            batch_size=cfg.batch_size,
+            progress=progress,
+            desc=f"{cfg.method}: blocks",
         )
+        pruning_map.stages.append(Stage("prune", cfg.method, prune_settings(cfg.to_dict())))
+        self.pruning_map = pruning_map
         self.timings["prune_s"] = time.perf_counter() - start
         logger.info(
-            "Pruned %d linears with %s (%s): overall sparsity %.4f in %.1f s",
-            len(self.report.layers),
+            "Pruned %d targets with %s (%s): overall sparsity %.4f in %.1f s",
+            len(pruning_map.targets),
             cfg.method,
             cfg.pattern,
-            self.report.overall_sparsity,
+            pruning_map.overall_sparsity,
             self.timings["prune_s"],
         )
         return self.model
 
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = make_evaluator(self.adapter, self.tokenizer, self.preprocessing, self.config.seqlen)
+        return self._evaluator
+
     def evaluate(self, label: str | None = None, **kwargs: Any) -> float:
         """Perplexity (LLMs) or top-1 accuracy (ViTs) on held-out data; stored in `results` under `label`."""
-        self._place()
-        value = self.adapter.evaluate(self.model, self, **kwargs)
-        label = label or ("pruned" if self.report is not None else "dense")
+        self.placement.prepare(self.model)
+        value = self.evaluator.evaluate(self.model, **kwargs)
+        label = label or ("pruned" if self.pruning_map is not None else "dense")
         self.results[f"{label}_{self.adapter.metric_name}"] = value
         # JSON scalars only (the card names the data); tensors such as evaluation images are not recorded.
         self.evaluation[label] = {
@@ -217,36 +223,38 @@ class GBLMPruner:
         }
         return value
 
-    def sidecar(self) -> dict[str, Any]:
-        from .serialization import library_versions
+    # -- publishing -----------------------------------------------------------------------------------------------
+    def sidecar(self, repo_id: str | None = None) -> dict[str, Any]:
+        """The `gblm_config.json` content (format 2): config, provenance, pruning map, calibration, results."""
+        from .publishing.sidecar import build_sidecar
 
-        calib = self.calibration
-        return {
-            "format": "optimum-gblm/1",
-            "config": self.config.to_dict(),
-            "config_fingerprint": self.config.fingerprint(),
-            "base_model": self.model_id,
-            "library": self.adapter.library,
-            "adapter": self.adapter.name,
-            "sparsity": self.report.to_dict() if self.report else None,
-            "sparsity_range": list(self.report.sparsity_range()) if self.report else None,
-            "calibration": {**calib.describe(), "fingerprint": calib.fingerprint()} if calib is not None else None,
-            "results": dict(self.results),
-            "timings": dict(self.timings),
-            "versions": library_versions(),
-            "deviations": {
-                "accumulation": "fp32 gradient accumulation and fp32 scores (reference: fp16)"
-                if self.config.score_dtype == "float32"
-                else "fp16 scores, as the reference",
-                "ties": "exact per-group counts with stable tie-breaking (reference: <= threshold over-prunes ties)",
-            },
-        }
+        return build_sidecar(
+            config=self.config,
+            model=self.model,
+            model_id=self.model_id,
+            adapter=self.adapter,
+            pruning_map=self.pruning_map,
+            calibration=None if self.calibration is None else self.adapter.describe_calibration(self.calibration),
+            results=self.results,
+            timings=self.timings,
+            evaluation=self.evaluation,
+            repo_id=repo_id,
+        )
 
-    def save_pretrained(self, save_directory: str | Path, overwrite: bool = False, model_card: bool = True) -> Path:
-        """Write weights (safetensors, exact zeros), config, tokenizer / preprocessing, side-car and card."""
-        from .saving import save_pruned
+    def save_pretrained(
+        self, save_directory: str | Path, overwrite: bool = False, model_card: bool = True, repo_id: str | None = None
+    ) -> Path:
+        """Write weights (the family's native format, exact zeros), tokenizer / preprocessing, side-car and card,
+        atomically. `repo_id` (set by `push_to_hub`) makes the card's snippets name the repo the folder goes to."""
+        from .publishing.checkpoint import save_checkpoint
 
-        return save_pruned(self, save_directory, overwrite=overwrite, model_card=model_card)
+        return save_checkpoint(
+            save_directory,
+            lambda folder: self.adapter.save(self.model, folder, self.tokenizer),
+            self.sidecar(repo_id),
+            overwrite=overwrite,
+            model_card=model_card,
+        )
 
     def push_to_hub(
         self,
@@ -261,10 +269,12 @@ class GBLMPruner:
     ) -> str:
         """Save with `save_pretrained` (to a temporary folder unless `save_directory`) and upload that exact folder,
         generated card included. Returns the commit URL (a str with `.oid`)."""
-        from .hub import push_pruner
+        from .publishing.hub import push_saved
 
-        return push_pruner(
-            self,
+        if self.pruning_map is None:
+            logger.warning("Pushing a model that was not pruned by this pruner")
+        return push_saved(
+            lambda folder, overwrite: self.save_pretrained(folder, overwrite=overwrite, repo_id=repo_id),
             repo_id,
             private=private,
             token=token,

@@ -1,28 +1,38 @@
-"""Per-layer input statistics accumulated in fp32: add_batch -> finalize -> free."""
+"""Input statistics per input site, accumulated in fp32: add_batch -> finalize -> free (see docs/semantics.md#4).
+
+Targets that read the same input (q/k/v, gate/up) share one object, so the sums (and anything derived from them,
+such as SparseGPT's inverse-Hessian factor) are computed once per site instead of once per target.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+
 import torch
 
+KINDS = ("activations", "hessian")
 
-class LayerStatistics:
-    """Running statistics of a linear layer's inputs over calibration samples.
+
+class InputStatistics:
+    """Running statistics of one input site over calibration samples.
 
     activations: a_j = (1/N) sum_n sum_t x_{n,t,j}^2   (Wanda, GBLM)
     hessian:     H   = (2/N) sum_n sum_t x x^T          (SparseGPT)
     """
 
     def __init__(self, in_features: int, kind: str, device: torch.device | str = "cpu") -> None:
-        if kind not in ("activations", "hessian"):
-            raise ValueError(f"unknown statistic {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown statistic {kind!r}: choose one of {', '.join(KINDS)}")
         self.kind = kind
         self.nsamples = 0
         shape = (in_features, in_features) if kind == "hessian" else (in_features,)
         self._sum: torch.Tensor | None = torch.zeros(shape, dtype=torch.float32, device=device)
+        self._derived: dict[Hashable, object] = {}
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         """Add a batch of inputs shaped [batch, ..., in_features]; each leading index is one sample."""
-        assert self._sum is not None, "statistics already freed"
+        if self._sum is None:
+            raise RuntimeError("these statistics were already freed")
         batch = inputs.shape[0] if inputs.dim() > 2 else 1
         x = inputs.detach().reshape(-1, inputs.shape[-1]).to(device=self._sum.device, dtype=torch.float32)
         if self.kind == "hessian":
@@ -30,10 +40,11 @@ class LayerStatistics:
         else:
             self._sum.add_((x * x).sum(dim=0))
         self.nsamples += batch
+        self._derived.clear()
 
     def _checked(self) -> torch.Tensor:
         if self._sum is None or self.nsamples == 0:
-            raise RuntimeError("no calibration inputs were recorded for this layer")
+            raise RuntimeError("no calibration inputs were recorded for this input site")
         return self._sum
 
     def activation_sq_mean(self) -> torch.Tensor:
@@ -43,8 +54,15 @@ class LayerStatistics:
 
     def hessian(self) -> torch.Tensor:
         if self.kind != "hessian":
-            raise RuntimeError("this layer collected activation norms, not a Hessian")
+            raise RuntimeError("this input site collected activation norms, not a Hessian")
         return self._checked() * (2.0 / self.nsamples)
+
+    def derived(self, key: Hashable, compute: Callable[[], object]) -> object:
+        """A value computed from the finished statistics once and shared by every target of the site."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
     def free(self) -> None:
         self._sum = None
+        self._derived.clear()

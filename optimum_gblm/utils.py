@@ -31,6 +31,17 @@ def move_to(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """Hash of the shapes and bytes of tensors (calibration sets, gradient caches)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 

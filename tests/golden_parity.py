@@ -152,7 +152,7 @@ def smollm2_suite() -> tuple[Callable[[], torch.nn.Module], dict[str, Any], Any]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from optimum_gblm.assets import default_model_path
-    from optimum_gblm.calibration import build_token_calibration
+    from optimum_gblm.data.text import build_token_calibration
 
     if not _SMOLLM2:
         path = default_model_path()

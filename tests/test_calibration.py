@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from optimum_gblm.calibration import (
+from optimum_gblm.data.text import (
     EVAL_EXTRACTS,
     TokenCalibration,
     build_token_calibration,

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from optimum_gblm import GBLMConfig, list_methods, verify_checkpoint
+from optimum_gblm.methods import all_groups, argument_owners
 from tests.tiny_models import save_tiny_llama, write_text
 
 BIN = Path(sys.executable).parent
@@ -109,11 +110,14 @@ def test_prune_options_come_from_the_config():
     text = help_text("prune")
     flat = " ".join(text.split())
     for f in fields(GBLMConfig):
-        if f.name != "library_version":
+        if f.name not in ("library_version", "method_args"):
             assert f"--{f.name.replace('_', '-')}" in text, f.name
+    for name, owners in argument_owners().items():  # every method argument, in a group named by its methods
+        assert f"--{name.replace('_', '-')}" in text, name
+        assert f"\n{' / '.join(owners)} arguments:\n" in text, owners
     assert "{" + ",".join(list_methods()) + "}" in flat  # method choices from the registry
-    assert "{row,layer}" in flat and "(default: 2048)" in flat and "(default: gblm)" in flat
-    for group in ("method:", "calibration:", "gradients:", "sparsegpt / gblm-obs:", "model / loading:", "hub:"):
+    assert "{" + ",".join(all_groups()) + "}" in flat and "(default: 2048)" in flat and "(default: gblm)" in flat
+    for group in ("method:", "calibration:", "gradients:", "model / loading:", "hub:"):
         assert f"\n{group}\n" in text, group
     for name in list_methods():  # the epilog describes every method
         assert re.search(rf"^  {re.escape(name)} +\S", text, re.MULTILINE), name
@@ -125,7 +129,7 @@ def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
     from transformers import AutoModelForCausalLM
 
     out, result = pruned
-    assert "achieved sparsity: 0.5000 over 14 linears" in result.stdout
+    assert "achieved sparsity: 0.5000 over 14 targets" in result.stdout
     assert re.search(r"perplexity: dense [\d.]+ -> pruned [\d.]+", result.stdout)
     assert str(out) in result.stdout and "Traceback" not in result.stderr
     assert verify_checkpoint(out).ok

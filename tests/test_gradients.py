@@ -9,9 +9,9 @@ from transformers import Trainer, TrainingArguments
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
 from optimum_gblm.adapters import get_adapter
-from optimum_gblm.gradient_cache import GradientCacheMismatch
 from optimum_gblm.gradients import NonFiniteGradientError
-from optimum_gblm.trainer_integration import GBLMGradientCallback
+from optimum_gblm.gradients.cache import GradientCacheMismatch
+from optimum_gblm.gradients.trainer import GBLMGradientCallback
 
 SCALE = 100.0
 
@@ -175,7 +175,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_llama, calib_ids, c
             checkpoint_every=2,
             progress=False,
         )
-    from optimum_gblm.gradient_cache import read_metadata
+    from optimum_gblm.gradients.cache import read_metadata
 
     assert read_metadata(cache)["complete"] == "false" and read_metadata(cache)["nsamples"] == "4"
     resumed = collect_gradients(

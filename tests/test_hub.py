@@ -14,7 +14,7 @@ from huggingface_hub import HfApi, ModelCard, snapshot_download
 from transformers import AutoModelForCausalLM
 
 from optimum_gblm import GBLMPruner, HubPublishError, push_folder, verify_checkpoint
-from optimum_gblm.cards import PLOT_NAME
+from optimum_gblm.publishing.cards import PLOT_NAME
 from tests.hub_server import LocalHubServer, patch_hub_in_process
 from tests.test_cards import tiny_pruner
 
@@ -99,7 +99,7 @@ def test_invalid_repo_id_fails_before_any_work(
     def no_save(*args, **kwargs):
         raise AssertionError("saved before validating the repo id")
 
-    monkeypatch.setattr("optimum_gblm.saving.save_pruned", no_save)
+    monkeypatch.setattr("optimum_gblm.publishing.checkpoint.save_checkpoint", no_save)
     with pytest.raises(ValueError, match="invalid Hub repo id"):
         pruner.push_to_hub(bad, token=TOKEN, endpoint=hub.endpoint, save_directory=tmp_path / "never")
     with pytest.raises(ValueError, match="invalid Hub repo id"):
@@ -152,7 +152,7 @@ def test_target_directory_checks(
     with pytest.raises(OSError):
         pruner.push_to_hub("test-user/x", token=TOKEN, endpoint=hub.endpoint, save_directory=blocker / "out")
     # Permission bits do not stop root: simulate a read-only parent the way the check sees it.
-    monkeypatch.setattr("optimum_gblm.serialization.os.access", lambda *args: False)
+    monkeypatch.setattr("optimum_gblm.publishing.checkpoint.os.access", lambda *args: False)
     with pytest.raises(PermissionError, match="not writable"):
         pruner.push_to_hub("test-user/x", token=TOKEN, endpoint=hub.endpoint, save_directory=tmp_path / "ro" / "out")
     assert hub.requests == []  # refused before any network call

@@ -7,29 +7,43 @@ import torch
 
 from optimum_gblm import GBLMConfig, GBLMPruner
 from optimum_gblm.allocation import gradient_allocation
-from optimum_gblm.methods import LayerJob, get_method
-from optimum_gblm.methods.sparsegpt import obs_prune
-from optimum_gblm.statistics import LayerStatistics
+from optimum_gblm.methods import TargetJob, get_method
+from optimum_gblm.methods.sparsegpt import inverse_hessian_factor, obs_prune
+from optimum_gblm.statistics import InputStatistics
 
 
 def _job(method, weight, x=None, gradient=None, kind="activations", **cfg):
     stats = None
     if x is not None:
-        stats = LayerStatistics(weight.shape[1], kind)
+        stats = InputStatistics(weight.shape[1], kind)
         for sample in x:
             stats.add_batch(sample.unsqueeze(0))
     config = GBLMConfig(method=method, **cfg)
-    return LayerJob("layer", weight, config.sparsity, config, stats, gradient)
+    return TargetJob(
+        "layer",
+        weight,
+        config.sparsity,
+        config.pattern,
+        config.effective_group,
+        config.args,
+        stats,
+        gradient,
+        config.score_dtype,
+    )
+
+
+def _obs(weight, stats, sparsity, nm, blocksize, percdamp=0.01):
+    return obs_prune(weight, inverse_hessian_factor(stats.hessian(), percdamp), sparsity, nm, blocksize)
 
 
 def test_activation_statistic_is_mean_over_samples_of_token_sums():
     x = torch.tensor([[[1.0, 2.0], [3.0, 0.0]], [[0.0, 1.0], [1.0, 1.0]]])  # 2 samples x 2 tokens x 2 features
-    stats = LayerStatistics(2, "activations")
+    stats = InputStatistics(2, "activations")
     for sample in x:
         stats.add_batch(sample.unsqueeze(0))
     # a_j = (1/N) sum_n sum_t x^2 = ([1+9+0+1], [4+0+1+1]) / 2
     assert torch.allclose(stats.activation_sq_mean(), torch.tensor([5.5, 3.0]))
-    hstats = LayerStatistics(2, "hessian")
+    hstats = InputStatistics(2, "hessian")
     for sample in x:
         hstats.add_batch(sample.unsqueeze(0))
     flat = x.reshape(-1, 2)
@@ -77,11 +91,11 @@ def test_sparsegpt_beats_plain_masking_on_reconstruction(pattern):
     torch.manual_seed(0)
     weight = torch.randn(32, 64)
     x = torch.randn(256, 64) * torch.linspace(0.1, 3, 64)
-    stats = LayerStatistics(64, "hessian")
+    stats = InputStatistics(64, "hessian")
     stats.add_batch(x.unsqueeze(0))
     w_obs = weight.clone()
     # One block spans the matrix: SparseGPT's per-block budget then matches Wanda's freedom.
-    mask = obs_prune(w_obs, stats.hessian(), 0.5, None if pattern == "unstructured" else (2, 4), blocksize=64)
+    mask = _obs(w_obs, stats, 0.5, None if pattern == "unstructured" else (2, 4), blocksize=64)
     assert int(mask.sum()) == 32 * 32 and torch.equal(w_obs == 0, mask)
     w_wanda = weight.clone()
     job = _job("wanda", w_wanda, x.unsqueeze(0), pattern=pattern)
@@ -93,11 +107,11 @@ def test_sparsegpt_lazy_blocks_equal_small_blocks_for_nm():
     torch.manual_seed(2)
     weight = torch.randn(8, 32)
     x = torch.randn(64, 32)
-    stats = LayerStatistics(32, "hessian")
+    stats = InputStatistics(32, "hessian")
     stats.add_batch(x.unsqueeze(0))
     a, b = weight.clone(), weight.clone()
-    obs_prune(a, stats.hessian(), 0.5, (2, 4), blocksize=32)
-    obs_prune(b, stats.hessian(), 0.5, (2, 4), blocksize=4)
+    _obs(a, stats, 0.5, (2, 4), blocksize=32)
+    _obs(b, stats, 0.5, (2, 4), blocksize=4)
     assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -105,9 +119,9 @@ def test_sparsegpt_dead_inputs_are_zeroed_and_exact_count_at_odd_sparsity():
     weight = torch.randn(6, 20)
     x = torch.randn(40, 20)
     x[:, 3] = 0
-    stats = LayerStatistics(20, "hessian")
+    stats = InputStatistics(20, "hessian")
     stats.add_batch(x.unsqueeze(0))
-    mask = obs_prune(weight, stats.hessian(), 0.7, None, blocksize=8)
+    mask = _obs(weight, stats, 0.7, None, blocksize=8)
     assert (weight[:, 3] == 0).all()
     assert int(mask.sum()) == int(120 * 0.7)
 
@@ -130,7 +144,9 @@ def test_gblm_obs_with_zero_beta_and_gamma_equals_sparsegpt(tiny_llama, calib_id
     runs = {}
     for name, cfg in {
         "sparsegpt": GBLMConfig(method="sparsegpt", num_samples=4, seqlen=16, device="cpu"),
-        "gblm-obs": GBLMConfig(method="gblm-obs", beta=0.0, gamma=0.0, num_samples=4, seqlen=16, device="cpu"),
+        "gblm-obs": GBLMConfig(
+            method="gblm-obs", method_args={"beta": 0.0}, gamma=0.0, num_samples=4, seqlen=16, device="cpu"
+        ),
     }.items():
         pruner = GBLMPruner(copy.deepcopy(tiny_llama), cfg)
         pruner.prune(calibration=calib_ids, progress=False)
@@ -140,10 +156,12 @@ def test_gblm_obs_with_zero_beta_and_gamma_equals_sparsegpt(tiny_llama, calib_id
 
 def test_gblm_obs_gradient_term_changes_masks(tiny_llama, calib_ids):
     base = GBLMConfig(method="sparsegpt", num_samples=4, seqlen=16, device="cpu")
-    obs = GBLMConfig(method="gblm-obs", allocation="uniform", beta=1.0, num_samples=4, seqlen=16, device="cpu")
+    obs = GBLMConfig(
+        method="gblm-obs", allocation="uniform", method_args={"beta": 1.0}, num_samples=4, seqlen=16, device="cpu"
+    )
     a, b = GBLMPruner(copy.deepcopy(tiny_llama), base), GBLMPruner(copy.deepcopy(tiny_llama), obs)
     a.prune(calibration=calib_ids, progress=False)
     b.prune(calibration=calib_ids, progress=False)
-    assert b.report.overall_sparsity == pytest.approx(0.5)
+    assert b.pruning_map.overall_sparsity == pytest.approx(0.5)
     wa, wb = a.model.model.layers[0].mlp.up_proj.weight, b.model.model.layers[0].mlp.up_proj.weight
     assert not torch.equal(wa == 0, wb == 0)

@@ -34,7 +34,7 @@ def test_exact_sparsity_and_untouched_modules(model_type, method, pattern, spars
     pruner = GBLMPruner(model, _cfg(method, pattern, sparsity))
     pruner.prune(calibration=calib_ids, progress=False)
     targets = get_adapter(model).target_linears(model)
-    assert len(pruner.report.layers) == len(targets) == 14
+    assert len(pruner.pruning_map.targets) == len(targets) == 14
     for name, linear in targets.items():
         w = linear.weight
         if pattern == "unstructured" and pruner.config.effective_group == "row":
@@ -47,13 +47,13 @@ def test_exact_sparsity_and_untouched_modules(model_type, method, pattern, spars
     for key, value in model.state_dict().items():
         if any(part in key for part in UNTOUCHED) or "layernorm" in key:
             assert torch.equal(value, before[key]), key
-    assert pruner.report.pattern_ok
+    assert pruner.pruning_map.pattern_ok
 
 
 def test_targets_and_ignore_patterns(calib_ids):
     pruner = GBLMPruner(tiny_model(), _cfg("wanda", ignore=[r"mlp\.down_proj", r"layers\.1\."]))
     pruner.prune(calibration=calib_ids, progress=False)
-    names = [r.name for r in pruner.report.layers]
+    names = list(pruner.pruning_map.targets)
     assert len(names) == 6 and not any("down_proj" in n or "layers.1." in n for n in names)
     assert (pruner.model.model.layers[1].mlp.up_proj.weight != 0).all()
 
@@ -91,7 +91,7 @@ def test_from_pretrained_folder_and_sidecar(tmp_path, calib_ids):
 
     sidecar = json.loads((out / "gblm_config.json").read_text())
     assert sidecar["config"]["method"] == "wanda" and sidecar["base_model"] == str(src)
-    assert sidecar["calibration"]["fingerprint"] and sidecar["sparsity"]["overall_sparsity"] == pytest.approx(0.5)
+    assert sidecar["calibration"]["fingerprint"] and sidecar["pruning_map"]["overall_sparsity"] == pytest.approx(0.5)
     assert set(sidecar["versions"]) >= {"optimum-gblm", "torch", "transformers"}
 
 

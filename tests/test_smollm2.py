@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients, verify_checkpoint
-from optimum_gblm.calibration import build_token_calibration
+from optimum_gblm.data.text import build_token_calibration
 from optimum_gblm.evaluation import evaluation_stream, perplexity
 from optimum_gblm.masks import prune_count
 from tests.test_gradients import assert_close, naive_accumulation
@@ -58,7 +58,7 @@ def test_exact_sparsity_and_untouched_modules(setup, pruned):
     so the exact oracle is zeros_after == max(target count, zeros_before) in every comparison group."""
     dense = setup[0].state_dict()
     for (method, pattern), (pruner, _) in pruned.items():
-        assert len(pruner.report.layers) == 30 * 7
+        assert len(pruner.pruning_map.targets) == 30 * 7
         for name, linear in pruner.targets().items():
             w, w0 = linear.weight.detach(), dense[f"{name}.weight"]
             if pattern == "2:4":

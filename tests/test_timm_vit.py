@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from optimum_gblm import GBLMConfig, GBLMPruner, verify_checkpoint
-from optimum_gblm.adapters import get_adapter
-from optimum_gblm.adapters.timm_vit import ImageCalibration, TimmViTAdapter, load_timm_model
+from optimum_gblm.adapters import TimmViTAdapter, get_adapter
+from optimum_gblm.data.images import ImageCalibration
 from optimum_gblm.masks import check_pattern, prune_count
 
 METHODS = ("magnitude", "wanda", "gradient", "gblm", "sparsegpt", "gblm-obs")
@@ -68,14 +68,14 @@ def check_pruned(dense: dict[str, torch.Tensor], pruner: GBLMPruner) -> None:
     """Exact sparsity and pattern on every targeted linear; everything else (head, patch embedding) bit-identical."""
     cfg, model = pruner.config, pruner.model
     targets = pruner.targets()
-    assert len(pruner.report.layers) == len(targets) == 4 * len(model.blocks)
-    for entry in pruner.report.layers:
-        weight = model.get_submodule(entry.name).weight.detach()
-        assert int((weight == 0).sum()) == expected_zeros(weight, entry.target_sparsity, cfg), entry.name
+    assert len(pruner.pruning_map.targets) == len(targets) == 4 * len(model.blocks)
+    for name, entry in pruner.pruning_map.targets.items():
+        weight = model.get_submodule(name).weight.detach()
+        assert int((weight == 0).sum()) == expected_zeros(weight, entry.target_sparsity, cfg), name
         assert check_pattern(weight, cfg.pattern)
         if cfg.group == "row" or (cfg.nm is None and cfg.effective_group == "row"):
             assert ((weight == 0).sum(dim=1) == prune_count(weight.shape[1], entry.target_sparsity)).all()
-    pruned = {f"{name}.weight" for name in targets}
+    pruned = {f"{t.name}.weight" for t in targets}
     for name, tensor in model.state_dict().items():
         if name not in pruned:
             assert torch.equal(tensor, dense[name]), f"{name} changed"
@@ -104,7 +104,7 @@ def test_every_method_and_pattern(method: str, pattern: str, sparsity: float) ->
     pruner = GBLMPruner.from_pretrained(model, config(method, pattern, sparsity))
     pruner.prune(calibration=(images(), labels()), progress=False)
     check_pruned(dense, pruner)
-    assert pruner.report.pattern_ok and not model.training
+    assert pruner.pruning_map.pattern_ok and not model.training
 
 
 @pytest.mark.parametrize("kind", ["deit-distilled", "registers"])
@@ -238,18 +238,18 @@ def test_image_folder_calibration_is_seeded_and_labelled(tmp_path: Path) -> None
     assert isinstance(calib, ImageCalibration) and len(calib) == 6 and calib.pixel_values.shape[1:] == (3, 32, 32)
     assert calib.labels is not None and set(calib.labels.tolist()) <= {0, 1, 2}
     assert len({calib.pixel_values[i].sum().item() for i in range(6)}) == 6  # without replacement
-    other = TimmViTAdapter(tiny_vit()).build_calibration(cfg, pruner.preprocessing)
+    other = TimmViTAdapter(tiny_vit()).build_calibration(cfg, preprocessing=pruner.preprocessing)
     assert other.fingerprint() == calib.fingerprint()
     assert (
         TimmViTAdapter(tiny_vit())
-        .build_calibration(config(calibration=str(root), num_samples=6, seed=4), pruner.preprocessing)
+        .build_calibration(config(calibration=str(root), num_samples=6, seed=4), preprocessing=pruner.preprocessing)
         .fingerprint()
         != calib.fingerprint()
     )
     pruner.prune(progress=False)
     check_pruned(dense, pruner)
     accuracy = pruner.evaluate(source=str(root), split="train")
-    assert 0.0 <= accuracy <= 1.0 and pruner.eval_labels.shape == (12,)
+    assert 0.0 <= accuracy <= 1.0 and pruner.evaluator.labels.shape == (12,)
 
 
 def test_unlabelled_folder_needs_pseudo_labels(tmp_path: Path) -> None:
@@ -311,7 +311,7 @@ def test_bad_calibration_fails_before_heavy_work(calibration, message: str) -> N
     pruner = GBLMPruner.from_pretrained(tiny_vit(), config("gblm"))
     with pytest.raises(ValueError, match=message):
         pruner.prune(calibration=calibration, progress=False)
-    assert pruner.gradients is None and pruner.report is None
+    assert pruner.gradients is None and pruner.pruning_map is None
 
 
 def test_bad_sources_and_models(tmp_path: Path) -> None:
@@ -321,7 +321,7 @@ def test_bad_sources_and_models(tmp_path: Path) -> None:
         GBLMPruner(timm.create_model("test_resnet", pretrained=False), config("magnitude"))
     # Refused from the architecture alone, before any weight download (none is possible offline).
     with pytest.raises(ValueError, match=r"ResNet, which has no adapter. Supported: .*VisionTransformer"):
-        load_timm_model("timm:test_resnet", config("magnitude"))
+        TimmViTAdapter.load("timm:test_resnet", config("magnitude"))
     with pytest.raises(ValueError, match="pseudo_labels"):
         GBLMConfig(pseudo_labels="yes")
     with pytest.raises(ValueError, match="no images"):

@@ -1,12 +1,31 @@
-"""What the engine needs to know about a model family: where its blocks are, which linears to prune, its loss."""
+"""What the engine needs to know about a model family, declared on one base class.
+
+An adapter says which models and sources it supports (`supports`, `claims_source`, `check_source` before any
+weight is loaded), how to `load` them, where the blocks are, which 2-D weights are prune targets and which of them
+share an input site, how to run and score one calibration sample, how to build calibration sets, which metric
+evaluates it, and how to `save` it natively. It never writes into the pruner; evaluation caches live in an
+evaluator (optimum_gblm.evaluation).
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from ..targets import PruneTarget, linear_target
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    adapter: ModelAdapter
+    tokenizer: Any = None
+    model_id: str | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 class ModelAdapter:
@@ -14,40 +33,84 @@ class ModelAdapter:
 
     name: ClassVar[str]
     library: ClassVar[str]  # "transformers" or "timm": how checkpoints are saved and reloaded
+    metric_name: ClassVar[str]  # the evaluation metric: "perplexity" or "accuracy"
+    claims_any_source: ClassVar[bool] = False  # the fallback loader for names no adapter claims
     block_path: ClassVar[str]  # dotted path of the ModuleList of blocks
     block_linears: ClassVar[tuple[str, ...]]  # targeted linears, relative to a block
+    # Linears (relative to a block) that read the same input, mapped to the site's name (relative to the block).
+    shared_inputs: ClassVar[dict[str, str]] = {}
 
+    # -- which models and sources -------------------------------------------------------------------------------
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
+        """Whether a loaded model belongs to this family."""
         raise NotImplementedError
 
+    @classmethod
+    def architectures(cls) -> list[str]:
+        """What it supports, in words, for error messages."""
+        raise NotImplementedError
+
+    @classmethod
+    def claims_source(cls, source: str) -> bool:
+        """Whether a model name or folder is this adapter's to load (decided without loading weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> ModelAdapter:
+        """The adapter instance for a loaded model (reads what it needs from it)."""
+        return cls()
+
+    @classmethod
+    def load(cls, source: str, config: Any, **load_kwargs: Any) -> LoadedModel:
+        """Check the source (before any weight is loaded), then load model, tokenizer / preprocessing."""
+        raise NotImplementedError
+
+    @classmethod
+    def wrap(cls, model: nn.Module, config: Any, **load_kwargs: Any) -> LoadedModel:
+        """A `LoadedModel` for a model instance the user passed."""
+        return LoadedModel(model, cls.for_model(model), load_kwargs.get("tokenizer"), load_kwargs.get("model_id"))
+
+    # -- structure ------------------------------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.block_path)
 
-    def target_linears(
-        self, model: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None
-    ) -> dict[str, nn.Linear]:
-        """Fully qualified name -> linear, for every targeted linear of every block, in block order."""
-        found: dict[str, nn.Linear] = {}
-        for index, block in enumerate(self.blocks(model)):
-            for fqn, module in self.block_targets(block, f"{self.block_path}.{index}", targets, ignore).items():
-                found[fqn] = module
-        return found
-
     def block_targets(
         self, block: nn.Module, prefix: str, targets: list[str] | None = None, ignore: list[str] | None = None
-    ) -> dict[str, nn.Linear]:
-        out: dict[str, nn.Linear] = {}
+    ) -> list[PruneTarget]:
+        """The prune targets of one block: its selected linears, with their input sites."""
+        out: list[PruneTarget] = []
         for rel, module in block.named_modules():
             if not isinstance(module, nn.Linear):
                 continue
             fqn = f"{prefix}.{rel}"
             selected = any(re.search(p, fqn) for p in targets) if targets else rel in self.block_linears
             if selected and not any(re.search(p, fqn) for p in ignore or ()):
-                out[fqn] = module
+                site = self.shared_inputs.get(rel)
+                out.append(linear_target(fqn, module, f"{prefix}.{site}" if site else fqn))
         return out
 
-    # -- calibration batches --------------------------------------------------------------------------------------
+    def targets_by_block(
+        self, model: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None
+    ) -> list[list[PruneTarget]]:
+        """Per block (in order), its prune targets."""
+        return [
+            self.block_targets(block, f"{self.block_path}.{index}", targets, ignore)
+            for index, block in enumerate(self.blocks(model))
+        ]
+
+    def prune_targets(
+        self, model: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None
+    ) -> list[PruneTarget]:
+        return [t for block in self.targets_by_block(model, targets, ignore) for t in block]
+
+    def target_linears(
+        self, model: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None
+    ) -> dict[str, nn.Module]:
+        """Name -> module of every whole-weight target (what the gradient pass hooks), in block order."""
+        return {t.name: t.module for t in self.prune_targets(model, targets, ignore) if t.index is None}
+
+    # -- calibration samples --------------------------------------------------------------------------------------
     def forward(self, model: nn.Module, sample: Any) -> Any:
         """Run the model on one calibration sample (used to capture block inputs)."""
         raise NotImplementedError
@@ -59,3 +122,22 @@ class ModelAdapter:
     def sample_tokens(self, sample: Any) -> int:
         """Tokens (or patches) in one sample, for throughput reporting."""
         return 1
+
+    def build_calibration(
+        self, config: Any, tokenizer: Any = None, preprocessing: dict[str, Any] | None = None
+    ) -> Any:
+        """The calibration set named by the config (`config.calibration`, `num_samples`, `seqlen`, `seed`)."""
+        raise NotImplementedError
+
+    def make_calibration(self, data: Any, config: Any) -> Any:
+        """A calibration set from tensors the user passed to `prune(calibration=...)`."""
+        raise NotImplementedError
+
+    def describe_calibration(self, calibration: Any) -> dict[str, Any]:
+        """JSON-ready description of a calibration set for the side-car and the card."""
+        return {**calibration.describe(), "fingerprint": calibration.fingerprint()}
+
+    # -- saving ---------------------------------------------------------------------------------------------------
+    def save(self, model: nn.Module, folder: Any, tokenizer: Any = None) -> None:
+        """Write a checkpoint that the family's own library reloads without optimum-gblm."""
+        raise NotImplementedError

@@ -1,14 +1,13 @@
-"""timm Vision Transformers (ViT, DeiT incl. distilled, register tokens): adapter, image calibration, loading.
+"""timm Vision Transformers (ViT, DeiT incl. distilled, register tokens): adapter and loading.
 
 Only the four linears of each block are pruned; patch embedding, prefix tokens, position embeddings and heads live
-outside `blocks` and stay dense. Gradients and evaluation run in eval mode (ALGORITHMS.md section 10).
+outside `blocks` and stay dense. Gradients and evaluation run in eval mode (docs/semantics.md#2).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,57 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..configuration import CALIBRATION_PRESETS, GBLMConfig
+from ..configuration import CALIBRATION_PRESETS
+from ..data.images import ImageCalibration, load_images
 from ..utils import DTYPES
-from .base import ModelAdapter
+from .base import LoadedModel, ModelAdapter
+from .registry import UnsupportedModel, register_adapter
 
 logger = logging.getLogger(__name__)
 
 VIT_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-PSEUDO = "pseudo (dense model arg-max)"
+TIMM_PREFIXES = ("timm/", "hf-hub:", "timm:")
 
 
-@dataclass
-class ImageCalibration:
-    """N preprocessed images [N, C, H, W] with optional labels [N]; indexing yields one-sample dicts."""
-
-    pixel_values: torch.Tensor
-    labels: torch.Tensor | None = None
-    source: str = "tensor"
-    pseudo_labels: bool = False  # unlabelled images take the dense model's prediction as target
-
-    def __post_init__(self) -> None:
-        n = self.pixel_values.shape[0]
-        if self.pixel_values.dim() != 4 or n == 0 or (self.labels is not None and self.labels.shape != (n,)):
-            raise ValueError("calibration needs a non-empty [N, C, H, W] image tensor and, if labelled, N labels")
-
-    def __len__(self) -> int:
-        return self.pixel_values.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        labels = None if self.labels is None else self.labels[index : index + 1]
-        return {
-            "pixel_values": self.pixel_values[index : index + 1],
-            "labels": labels,
-            "pseudo_labels": self.pseudo_labels,
-        }
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def fingerprint(self) -> str:
-        from ..gradient_cache import tensor_fingerprint
-
-        tensors = [self.pixel_values.float()] + ([self.labels.long()] if self.labels is not None else [])
-        return tensor_fingerprint(*tensors)
-
-    def describe(self) -> dict[str, Any]:
-        labels = "given" if self.labels is not None else PSEUDO if self.pseudo_labels else "none"
-        size = list(self.pixel_values.shape[1:])
-        return {"source": self.source, "num_samples": len(self), "input_size": size, "labels": labels}
-
-
+@register_adapter
 class TimmViTAdapter(ModelAdapter):
     name = "timm-vit"
     library = "timm"
@@ -74,8 +35,7 @@ class TimmViTAdapter(ModelAdapter):
     block_linears = VIT_LINEARS
     metric_name = "accuracy"
 
-    def __init__(self, model: nn.Module | None = None, config: GBLMConfig | None = None) -> None:
-        self.config = config
+    def __init__(self, model: nn.Module | None = None) -> None:
         self.input_size: tuple[int, int, int] | None = None  # (C, H, W) the model was built for
         self.patch_size: tuple[int, int] = (1, 1)
         self.prefix_tokens = 0
@@ -87,9 +47,58 @@ class TimmViTAdapter(ModelAdapter):
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
+        if "timm" not in type(model).__module__ and not any("timm" in c.__module__ for c in type(model).__mro__):
+            return False  # not a timm model: no need to import timm (and torchvision) to know
         from timm.models.vision_transformer import VisionTransformer
 
         return isinstance(model, VisionTransformer)
+
+    @classmethod
+    def architectures(cls) -> list[str]:
+        return ["VisionTransformer and subclasses (timm: ViT, DeiT, ...)"]
+
+    @classmethod
+    def claims_source(cls, source: str) -> bool:
+        """timm names ("timm/<name>", "timm:<name>", "hf-hub:org/name") and folders written by save_for_hf."""
+        if source.startswith(TIMM_PREFIXES):
+            return True
+        config = Path(source).expanduser() / "config.json"
+        if not config.is_file():
+            return False
+        data = json.loads(config.read_text())
+        return "architecture" in data and "model_type" not in data
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> TimmViTAdapter:
+        return cls(model)  # reads input size, classes and data config from the model
+
+    @classmethod
+    def wrap(cls, model: nn.Module, config: Any, **load_kwargs: Any) -> LoadedModel:
+        # An instance's pretrained_cfg names its architecture's default Hub weights even when the weights are random
+        # or fine-tuned: no evidence of the base model, so only an explicit model_id is recorded.
+        return cls._loaded(model, config, load_kwargs.get("model_id"))
+
+    @classmethod
+    def load(cls, source: str, config: Any, **load_kwargs: Any) -> LoadedModel:
+        """A timm ViT from "timm/<name>", "timm:<name>", "hf-hub:org/name" or a save_for_hf folder."""
+        import timm
+
+        load_kwargs.pop("tokenizer", None)
+        model_id = load_kwargs.pop("model_id", None) or source
+        name = timm_model_name(source)
+        _check_vit(name, load_kwargs)
+        return cls._loaded(timm.create_model(name, pretrained=True, **load_kwargs), config, model_id)
+
+    @classmethod
+    def _loaded(cls, model: nn.Module, config: Any, model_id: str | None) -> LoadedModel:
+        if not cls.supports(model):
+            raise UnsupportedModel(type(model).__name__)
+        if config.dtype != "auto":
+            model.to(DTYPES[config.dtype])
+        adapter = cls(model)
+        kind, size, classes = type(model).__name__, adapter.input_size, adapter.num_classes
+        logger.info("Loaded timm %s (%s): input %s, %d classes", kind, model_id, size, classes)
+        return LoadedModel(model, adapter, None, model_id, dict(adapter.data_config))
 
     def bind(self, model: nn.Module) -> None:
         """Read what input checks and preprocessing need from the model (sizes, classes, data config)."""
@@ -147,7 +156,7 @@ class TimmViTAdapter(ModelAdapter):
                 raise ValueError(f"labels must be in [0, {self.num_classes}) for this model, got [{low}, {high}]")
         return labels.long()
 
-    def _calibration(self, images: Any, labels: Any, source: str, config: GBLMConfig | None) -> ImageCalibration:
+    def _calibration(self, images: Any, labels: Any, source: str, config: Any) -> ImageCalibration:
         images = self.check_images(images).detach()
         labels = None if labels is None else self.check_labels(labels, images.shape[0])
         pseudo = bool(config is not None and config.pseudo_labels and labels is None)
@@ -159,9 +168,8 @@ class TimmViTAdapter(ModelAdapter):
         return ImageCalibration(images, labels, source, pseudo)
 
     # -- calibration ------------------------------------------------------------------------------------------------
-    def make_calibration(self, calibration: Any, config: GBLMConfig | None = None) -> ImageCalibration:
+    def make_calibration(self, calibration: Any, config: Any) -> ImageCalibration:
         """Tensors given to prune(calibration=...): (images, labels), {"pixel_values", "labels"} or images alone."""
-        config = config or self.config
         if isinstance(calibration, ImageCalibration):
             images, labels, source = calibration.pixel_values, calibration.labels, calibration.source
         elif isinstance(calibration, dict):
@@ -179,9 +187,10 @@ class TimmViTAdapter(ModelAdapter):
             )
         return self._calibration(images, labels, source, config)
 
-    def build_calibration(self, config: GBLMConfig, preprocessing: dict[str, Any] | None = None) -> ImageCalibration:
+    def build_calibration(
+        self, config: Any, tokenizer: Any = None, preprocessing: dict[str, Any] | None = None
+    ) -> ImageCalibration:
         """config.num_samples images drawn without replacement (seed config.seed) from an image folder or dataset."""
-        self.config = config
         source = config.calibration
         if source in CALIBRATION_PRESETS or Path(source).suffix in (".txt", ".md", ".json", ".jsonl"):
             raise ValueError(
@@ -227,43 +236,8 @@ class TimmViTAdapter(ModelAdapter):
         height, width = images.shape[-2:]
         return (height // self.patch_size[0]) * (width // self.patch_size[1]) + self.prefix_tokens
 
-    # -- evaluation -------------------------------------------------------------------------------------------------
-    def evaluate(
-        self,
-        model: nn.Module,
-        pruner: Any,
-        images: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        source: str | None = None,
-        split: str = "validation",
-        batch_size: int = 256,
-        progress: bool = True,
-    ) -> float:
-        """Top-1 accuracy on a labelled set: images= / labels=, an image folder or dataset (source=, split=), or the
-        set given to an earlier evaluate() of this pruner (`pruner.eval_images`, `pruner.eval_labels`)."""
-        from ..evaluation import top1_accuracy
-
-        if (images is None) != (labels is None):
-            raise ValueError("top-1 accuracy needs both images= and labels=")
-        if images is None and source is not None:
-            images, labels = load_images(source, split, pruner.preprocessing or self.data_config)
-            if labels is None:
-                raise ValueError(f"evaluation source {source!r} has no labels: top-1 accuracy needs labelled images")
-        elif images is None:
-            images, labels = getattr(pruner, "eval_images", None), getattr(pruner, "eval_labels", None)
-            if images is None:
-                raise ValueError(
-                    "top-1 accuracy needs a labelled evaluation set: pass images= and labels=, or source="
-                )
-        images = self.check_images(images)
-        labels = self.check_labels(labels, images.shape[0])
-        pruner.eval_images, pruner.eval_labels = images, labels  # reused by the next evaluate() (dense -> pruned)
-        value = top1_accuracy(model, images, labels, batch_size)
-        logger.info("top-1 accuracy %.4f on %d images", value, images.shape[0])
-        return value
-
     # -- saving -----------------------------------------------------------------------------------------------------
-    def save(self, model: nn.Module, folder: Any, pruner: Any) -> None:
+    def save(self, model: nn.Module, folder: Any, tokenizer: Any = None) -> None:
         """A timm-native checkpoint: config.json (architecture, model_args, data config) + model.safetensors."""
         from timm.models import save_for_hf
 
@@ -274,84 +248,6 @@ class TimmViTAdapter(ModelAdapter):
                 "create it with timm.create_model(<architecture>, ...) to save it"
             )
         save_for_hf(model, str(folder), safe_serialization=True)
-
-
-# -- images from folders and datasets ------------------------------------------------------------------------------
-def _pick(total: int, num_samples: int | None, seed: int) -> list[int]:
-    """Seeded sample without replacement, in drawing order; all items (in order) when there are not enough."""
-    if num_samples is None or num_samples >= total:
-        if num_samples is not None and num_samples > total:
-            logger.warning("Only %d images, fewer than num_samples=%d: using all of them", total, num_samples)
-        return list(range(total))
-    return random.Random(seed).sample(range(total), num_samples)
-
-
-def _folder_items(root: Path, split: str) -> list[tuple[Path, int | None]]:
-    """`root[/split]/<class>/<image>` (labels = index of the sorted class folder) or a flat folder (no labels)."""
-    for name in (split, {"validation": "val", "val": "validation"}.get(split, split)):
-        if (root / name).is_dir():
-            root = root / name
-            break
-    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and any(is_image(p) for p in d.rglob("*")))
-    if classes:
-        return [(p, index) for index, d in enumerate(classes) for p in sorted(d.rglob("*")) if is_image(p)]
-    return [(p, None) for p in sorted(root.iterdir()) if is_image(p)]
-
-
-def _saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
-
-
-def _dataset(source: str, split: str) -> Any:
-    try:
-        import datasets
-    except ImportError as err:  # pragma: no cover - datasets is a declared extra
-        raise ValueError(f"image source {source!r} needs the `datasets` package: pip install datasets") from err
-    path = Path(source).expanduser()
-    saved = path.is_dir() and _saved_dataset(path)
-    ds = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(source, split=split)
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise ValueError(f"dataset {source!r} has no split {split!r}: splits are {list(ds)}")
-        ds = ds[split]
-    return ds
-
-
-def load_images(
-    source: str, split: str, data_config: dict[str, Any], num_samples: int | None = None, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Preprocessed images (eval transforms of the model's data config) and labels (None when unlabelled)."""
-    from PIL import Image
-    from timm.data import create_transform
-
-    if not data_config:
-        raise ValueError("no preprocessing (timm data config) is known for this model")
-    transform = create_transform(**data_config, is_training=False)
-    mode = "L" if data_config["input_size"][0] == 1 else "RGB"
-    path = Path(source).expanduser()
-    if path.is_dir() and not _saved_dataset(path):
-        items = _folder_items(path, split)
-        if not items:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
-        chosen = [items[i] for i in _pick(len(items), num_samples, seed)]
-        pictures = [Image.open(p) for p, _ in chosen]
-        targets = [t for _, t in chosen]
-    else:
-        import datasets
-
-        ds = _dataset(source, split)
-        image_cols = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
-        if not image_cols:
-            raise ValueError(f"dataset {source!r} has no image column: columns are {ds.column_names}")
-        label_cols = [k for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
-        label_cols += [k for k in ("label", "labels") if k in ds.column_names and k not in label_cols]
-        ds = ds.select(_pick(len(ds), num_samples, seed))
-        pictures = ds[image_cols[0]]
-        targets = ds[label_cols[0]] if label_cols else [None] * len(pictures)
-    images = torch.stack([transform(picture.convert(mode)) for picture in pictures])
-    labels = None if any(t is None for t in targets) else torch.tensor(targets, dtype=torch.long)
-    return images, labels
 
 
 # -- loading -------------------------------------------------------------------------------------------------------
@@ -374,7 +270,7 @@ def _check_vit(name: str, load_kwargs: dict[str, Any]) -> None:
     """Refuse a non-ViT architecture before loading any weights (the probe is built on the meta device)."""
     import timm
 
-    from . import supported_architectures
+    from .registry import supported_architectures
 
     try:
         with torch.device("meta"):
@@ -387,34 +283,3 @@ def _check_vit(name: str, load_kwargs: dict[str, Any]) -> None:
             f"timm model {name!r} is a {type(probe).__name__}, which has no adapter. "
             f"Supported: {'; '.join(supported_architectures())}"
         )
-
-
-def load_timm_model(source: str | Path | nn.Module, config: GBLMConfig, **load_kwargs: Any) -> Any:
-    """A timm ViT from "timm/<name>", "timm:<name>", "hf-hub:org/name", a save_for_hf folder, or an instance."""
-    import timm
-
-    from ..loading import LoadedModel
-    from . import get_adapter
-
-    load_kwargs.pop("tokenizer", None)
-    model_id = load_kwargs.pop("model_id", None)
-    if isinstance(source, nn.Module):
-        # An instance's pretrained_cfg names its architecture's default Hub weights even when the weights are random
-        # or fine-tuned: no evidence of the base model, so only an explicit model_id is recorded.
-        model = source
-    else:
-        name = timm_model_name(str(source))
-        _check_vit(name, load_kwargs)
-        model = timm.create_model(name, pretrained=True, **load_kwargs)
-        model_id = model_id or str(source)
-    if not TimmViTAdapter.supports(model):
-        get_adapter(model)  # raises, naming the supported architectures
-    if config.dtype != "auto":
-        model.to(DTYPES[config.dtype])
-    adapter = TimmViTAdapter(model, config)
-    kind, size, classes = type(model).__name__, adapter.input_size, adapter.num_classes
-    logger.info("Loaded timm %s (%s): input %s, %d classes", kind, model_id, size, classes)
-    return LoadedModel(model, adapter, None, model_id, dict(adapter.data_config))
-
-
-__all__ = ["ImageCalibration", "TimmViTAdapter", "load_images", "load_timm_model"]

@@ -123,7 +123,7 @@ def check_eval_source(source: str) -> None:
 
 
 def check_output_folder(path: str, overwrite: bool) -> Path:
-    from ..serialization import check_output_dir
+    from ..publishing.checkpoint import check_output_dir
 
     try:
         return check_output_dir(path, overwrite=overwrite)

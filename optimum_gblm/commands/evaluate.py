@@ -21,18 +21,20 @@ logger = logging.getLogger(__name__)
 
 def read_sidecar(model: str) -> dict[str, Any]:
     """The checkpoint's `gblm_config.json` when it has one (a pruned folder), else {}: plain JSON, no loading."""
+    from ..publishing.sidecar import upgrade_sidecar
+
     path = Path(model).expanduser() / CONFIG_NAME
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return upgrade_sidecar(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
         logger.warning("could not read %s; evaluating without it", path)
         return {}
 
 
 def describe(sidecar: dict[str, Any]) -> str:
-    config, report = sidecar.get("config") or {}, sidecar.get("sparsity") or {}
+    config, report = sidecar.get("config") or {}, sidecar.get("pruning_map") or {}
     if not config or not report:
         return "dense"
     return f"pruned: {config.get('method')} {config.get('pattern')}, sparsity {report.get('overall_sparsity', 0):.4f}"

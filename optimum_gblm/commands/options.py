@@ -9,7 +9,7 @@ from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from ..configuration import GBLMConfig
-from ..methods import get_method, list_methods
+from ..methods import argument_owners, get_method, list_methods
 from .errors import UsageError
 
 # Argument groups shown in --help, each a tuple of GBLMConfig field names; a field missing here still gets an
@@ -36,11 +36,12 @@ CONFIG_GROUPS: dict[str, tuple[str, ...]] = {
         "pseudo_labels",
     ),
     "gradients": ("gradient_norm", "gradient_scale", "gradient_dtype", "score_dtype"),
-    "sparsegpt / gblm-obs": ("blocksize", "percdamp", "beta"),
-    "model / loading": ("dtype", "device", "offload_activations", "trust_remote_code"),
+    "model / loading": ("dtype", "device", "pipeline", "intermediates", "trust_remote_code"),
 }
 OTHER_GROUP = "other settings"
-NOT_OPTIONS = frozenset({"library_version"})  # recorded by the library, never chosen by the user
+# Recorded by the library, or given through the method-argument options below.
+NOT_OPTIONS = frozenset({"library_version", "method_args"})
+METHOD_ARG_PREFIX = "method_arg_"
 
 EVAL_SOURCES = ("offline-corpus", "wikitext2")
 
@@ -95,16 +96,46 @@ def add_config_arguments(
         for name in names:
             if name in by_name:
                 _add_field(out[title], by_name[name], hints[name])
+        if title == "method":
+            add_method_arguments(parser)
     return out
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per method argument declared in the registry, grouped by the methods that declare it; unset
+    options keep the method's own default."""
+    from ..methods import get_method
+
+    by_owners: dict[tuple[str, ...], list[tuple[str, Field, Any]]] = {}
+    for name, owners in argument_owners().items():
+        args_cls = get_method(owners[0]).args
+        f = next(f for f in fields(args_cls) if f.name == name)
+        by_owners.setdefault(tuple(owners), []).append((name, f, typing.get_type_hints(args_cls)[name]))
+    for owners, entries in by_owners.items():
+        group = parser.add_argument_group(f"{' / '.join(owners)} arguments")
+        for name, f, hint in entries:
+            text = f.metadata.get("help", "").replace("%", "%%") + f" (default: {_default(f)})"
+            group.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=METHOD_ARG_PREFIX + name,
+                type=_value_type(hint),
+                metavar={int: "N", float: "X"}.get(_value_type(hint), name.upper()),
+                help=text,
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> GBLMConfig:
     """The validated config of the parsed options; an invalid value is a usage error (exit 2)."""
     values = {f.name: getattr(args, f.name) for f in fields(GBLMConfig) if hasattr(args, f.name)}
+    method_args = {
+        key[len(METHOD_ARG_PREFIX) :]: value
+        for key, value in vars(args).items()
+        if key.startswith(METHOD_ARG_PREFIX) and value is not None
+    }
     try:
-        return GBLMConfig(**values)
+        return GBLMConfig.from_dict({**values, **method_args}, strict=True)
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(str(err).replace("argument of method", "option of method")) from None
 
 
 def methods_epilog() -> str:

@@ -118,7 +118,7 @@ class PruneCommand(GBLMSubcommand):
         push_folder = load_push_folder(args.push_to_hub) if args.push_to_hub else None
 
         from ..pruner import GBLMPruner
-        from ..serialization import verify_checkpoint
+        from ..publishing.checkpoint import verify_checkpoint
 
         start = time.perf_counter()
         pruner = GBLMPruner.from_pretrained(args.model, config)
@@ -145,12 +145,12 @@ class PruneCommand(GBLMSubcommand):
 
 def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], repo_id: str | None, url: Any) -> str:
     """The final report on stdout: what was done, what it achieved, where it went."""
-    cfg, report = pruner.config, pruner.report
+    cfg, pruning_map = pruner.config, pruner.pruning_map
     lines = [
         f"Pruned {pruner.model_id} with {cfg.method} ({cfg.pattern}, target sparsity {cfg.sparsity:g}) "
         f"in {elapsed:.1f} s",
-        f"  achieved sparsity: {report.overall_sparsity:.4f} over {len(report.layers)} linears "
-        f"(pattern {'holds' if report.pattern_ok else 'VIOLATED'}; checkpoint verified)",
+        f"  achieved sparsity: {pruning_map.overall_sparsity:.4f} over {len(pruning_map.targets)} targets "
+        f"(pattern {'holds' if pruning_map.pattern_ok else 'VIOLATED'}; checkpoint verified)",
     ]
     metric = pruner.adapter.metric_name
     dense, pruned = pruner.results.get(f"dense_{metric}"), pruner.results.get(f"pruned_{metric}")

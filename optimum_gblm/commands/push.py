@@ -22,7 +22,7 @@ def load_push_folder(repo_id: str) -> Callable[..., Any]:
     module pulls in the Hub client). `prune` calls this before loading the model."""
     from huggingface_hub import constants
 
-    from ..hub import check_repo_id, push_folder
+    from ..publishing.hub import check_repo_id, push_folder
 
     if constants.HF_HUB_OFFLINE:
         raise UsageError("pushing needs the network, but HF_HUB_OFFLINE is set: unset it (or set HF_HUB_OFFLINE=0)")
@@ -44,7 +44,7 @@ def hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_folder(path: str) -> Path:
-    from ..hub import check_checkpoint_folder
+    from ..publishing.hub import check_checkpoint_folder
 
     try:
         return check_checkpoint_folder(Path(path).expanduser())

@@ -1,66 +1,104 @@
-"""The method interface: a pure scoring kernel plus a prune step, with what each method needs declared as data."""
+"""The method interface: a pure scoring kernel plus a prune step, with what each method needs declared as data.
+
+A method declares its own argument dataclass (`args`), the input statistic it needs (`statistic`), whether it needs
+per-sample gradients, its comparison groups and default allocation, and its descriptions. The registry, the config
+validation, the CLI, the model cards and the tests read these declarations; nothing lists method names elsewhere.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..masks import select_mask
 
 if TYPE_CHECKING:
-    from ..configuration import GBLMConfig
-    from ..statistics import LayerStatistics
+    from ..statistics import InputStatistics
 
 
 @dataclass
-class LayerJob:
-    """Everything a method needs to prune one linear layer."""
+class MethodArgs:
+    """A method's own arguments. Subclasses add dataclass fields with `metadata={"help": ...}` and may override
+    `validate` (raise `ValueError` naming the field and what is allowed)."""
+
+    def validate(self) -> None:
+        """Default checks: integer fields must be positive, float fields non-negative."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{f.name}={value!r} is invalid: it must be a positive integer")
+            if f.type in ("float", float) and (not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{f.name}={value!r} is invalid: it must be a number >= 0")
+
+
+@dataclass
+class TargetJob:
+    """Everything a method needs to prune one target."""
 
     name: str
-    weight: torch.Tensor  # the module's weight, modified in place
-    sparsity: float  # this layer's target (uniform or allocated)
-    config: GBLMConfig
-    stats: LayerStatistics | None = None
-    gradient: torch.Tensor | None = None  # G of ALGORITHMS.md section 3, with the config's norm
+    weight: torch.Tensor  # the target's 2-D weight view, modified in place
+    sparsity: float  # this target's share (uniform or allocated)
+    pattern: str  # "unstructured" or "N:M"
+    group: str  # comparison group of unstructured selection
+    args: MethodArgs
+    stats: InputStatistics | None = None  # shared by every target of the input site
+    gradient: torch.Tensor | None = None  # G of docs/semantics.md#3, with the config's norm
+    score_dtype: str = "float32"
 
 
 class PruningMethod:
-    """Score-based method: prune the lowest scores of each comparison group."""
+    """Score-based method: prune the lowest scores of each comparison group. Subclasses set the class attributes."""
 
     name: ClassVar[str]
+    description: ClassVar[str]  # one line, for `--help`
+    card_description: ClassVar[str]  # one sentence, for model cards
+    args: ClassVar[type[MethodArgs]] = MethodArgs
     needs_gradients: ClassVar[bool] = False
     # "activations" (running mean of squared inputs), "hessian" (X X^T), or None (no forward pass needed)
     statistic: ClassVar[str | None] = None
     groups: ClassVar[tuple[str, ...]] = ("row", "layer")  # the first one is the default
     default_allocation: ClassVar[str] = "uniform"
-    description: ClassVar[str] = ""
 
-    def score(self, job: LayerJob) -> torch.Tensor:
+    def make_args(self, values: dict[str, Any] | None = None) -> MethodArgs:
+        """The validated argument object from a (partial) dict; unknown names are an error naming the known ones."""
+        values = dict(values or {})
+        known = [f.name for f in fields(self.args)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            allowed = ", ".join(known) if known else "none"
+            raise ValueError(
+                f"method {self.name!r} has no argument(s) {', '.join(unknown)}: its arguments are {allowed}"
+            )
+        args = self.args(**values)
+        args.validate()
+        return args
+
+    def score(self, job: TargetJob) -> torch.Tensor:
         raise NotImplementedError
 
-    def prune(self, job: LayerJob) -> torch.Tensor:
+    def prune(self, job: TargetJob) -> torch.Tensor:
         """Zero the selected weights in place and return the boolean prune mask."""
         scores = self.score(job)
-        mask = select_mask(scores, job.sparsity, job.config.pattern, job.config.effective_group)
-        job.weight.data.masked_fill_(mask.to(job.weight.device), 0)
+        mask = select_mask(scores, job.sparsity, job.pattern, job.group)
+        job.weight.masked_fill_(mask.to(job.weight.device), 0)
         return mask
 
 
-def activation_norm(job: LayerJob) -> torch.Tensor:
+def activation_norm(job: TargetJob) -> torch.Tensor:
     """sqrt(a_j) as a [1, d_in] row: the per-input-feature activation norm divided by sqrt(N)."""
     if job.stats is None:
         raise RuntimeError(f"{job.name}: activation statistics were not collected")
     return job.stats.activation_sq_mean().sqrt().reshape(1, -1)
 
 
-def gradient_term(job: LayerJob) -> torch.Tensor:
+def gradient_term(job: TargetJob) -> torch.Tensor:
     """|W| * G, formed in fp32, or in fp16 when `score_dtype='float16'` mimics the reference code."""
     if job.gradient is None:
-        raise RuntimeError(f"{job.name}: no gradient accumulation for this layer (run the gradient pass first)")
-    weight = job.weight.detach()
+        raise RuntimeError(f"{job.name}: no gradient accumulation for this target (run the gradient pass first)")
+    weight = job.weight
     gradient = job.gradient.to(weight.device)
-    if job.config.score_dtype == "float16":
+    if job.score_dtype == "float16":
         return (weight.abs().half() * gradient.half()).float()
     return weight.abs().float() * gradient.float()

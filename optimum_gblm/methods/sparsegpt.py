@@ -1,17 +1,18 @@
-"""SparseGPT (Frantar & Alistarh): blocked OBS reconstruction with lazy updates, and gblm-obs on top of it.
+"""SparseGPT (Frantar & Alistarh): blocked OBS reconstruction with lazy updates (docs/semantics.md#8).
 
-gblm-obs adds the per-weight gradient saliency to SparseGPT's candidate score inside every scored slice:
-`S / mean(S) + beta * T / mean(T)` with `S = w^2 / diag(Hinv)^2` and `T = (|w| * G)^2`.
+The kernels take a score function, so gblm-obs (gblm_obs.py) reuses them with a gradient term in the selection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from ..masks import _lowest, prune_count
-from .base import LayerJob, PruningMethod
+from ..masks import parse_pattern, prune_count, select_lowest
+from .base import MethodArgs, PruningMethod, TargetJob
+from .registry import register_method
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 
@@ -21,17 +22,17 @@ def obs_score(block: torch.Tensor, hinv_diag: torch.Tensor, cols: slice) -> torc
     return block**2 / hinv_diag.reshape(1, -1) ** 2
 
 
-def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of the dampened H^-1. Dead inputs (H_jj = 0) get H_jj = 1 and their column zeroed."""
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor of the dampened H^-1, and the dead inputs (H_jj = 0, which get H_jj = 1; the caller
+    zeroes their weight columns). It depends on H only, so the targets of one input site share it."""
     H = hessian.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
-    weight[:, dead] = 0
     damp = percdamp * torch.mean(torch.diag(H))
     H.diagonal().add_(damp)
     L = torch.linalg.cholesky(H)
     Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True)
+    return torch.linalg.cholesky(Hinv, upper=True), dead
 
 
 def _block_sequential(
@@ -53,7 +54,7 @@ def _block_sequential(
         if nm is not None and i % nm[1] == 0:
             n, m = nm
             scores = score_fn(W1[:, i : i + m], d[i : i + m], slice(col0 + i, col0 + i + m))
-            mask1[:, i : i + m] = _lowest(scores, n)
+            mask1[:, i : i + m] = select_lowest(scores, n)
         w = W1[:, i]
         q = w.masked_fill(mask1[:, i], 0)
         Q1[:, i] = q
@@ -65,11 +66,10 @@ def _block_sequential(
 
 def obs_prune(
     weight: torch.Tensor,
-    hessian: torch.Tensor,
+    factor: tuple[torch.Tensor, torch.Tensor],
     sparsity: float,
     nm: tuple[int, int] | None,
     blocksize: int = 128,
-    percdamp: float = 0.01,
     score_fn: ScoreFn = obs_score,
 ) -> torch.Tensor:
     """Prune `weight` in place with the blocked OBS update; return the prune mask.
@@ -80,7 +80,8 @@ def obs_prune(
     """
     W = weight.detach().float().clone()
     rows, cols = W.shape
-    Hinv = inverse_hessian_factor(hessian.float().to(W.device), W, percdamp)
+    Hinv, dead = (t.to(W.device) for t in factor)
+    W[:, dead] = 0
     mask = torch.zeros_like(W, dtype=torch.bool)
     total_k = prune_count(W.numel(), sparsity)
     for i1 in range(0, cols, blocksize):
@@ -94,52 +95,44 @@ def obs_prune(
             if i2 == cols:
                 k = total_k - int(mask.sum())
             scores = score_fn(W1, torch.diag(Hinv1), slice(i1, i2))
-            mask1 = _lowest(scores.reshape(-1), k).reshape(rows, count)
+            mask1 = select_lowest(scores.reshape(-1), k).reshape(rows, count)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         Q1, Err1 = _block_sequential(W1, Hinv1, mask1, nm, score_fn, i1)
         W[:, i1:i2] = Q1
         mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    weight.data.copy_(W.to(weight.dtype))
+    weight.copy_(W.to(weight.dtype))
     return mask
 
 
+@dataclass
+class SparseGPTArgs(MethodArgs):
+    blocksize: int = field(default=128, metadata={"help": "Column block size of the OBS update."})
+    percdamp: float = field(
+        default=0.01, metadata={"help": "Dampening added to the Hessian diagonal, as a fraction of its mean."}
+    )
+
+
+@register_method
 class SparseGPTPruning(PruningMethod):
     name = "sparsegpt"
     statistic = "hessian"
     groups = ("block",)
+    args = SparseGPTArgs
     description = "blocked OBS mask selection with weight reconstruction (Frantar & Alistarh)"
+    card_description = "SparseGPT, OBS-style pruning with a second-order weight update"
 
-    def score_fn(self, job: LayerJob) -> ScoreFn:
+    def score_fn(self, job: TargetJob) -> ScoreFn:
         return obs_score
 
-    def prune(self, job: LayerJob) -> torch.Tensor:
+    def prune(self, job: TargetJob) -> torch.Tensor:
         if job.stats is None:
             raise RuntimeError(f"{job.name}: Hessian statistics were not collected")
-        cfg = job.config
-        return obs_prune(
-            job.weight, job.stats.hessian(), job.sparsity, cfg.nm, cfg.blocksize, cfg.percdamp, self.score_fn(job)
+        stats, args = job.stats, job.args
+        factor = stats.derived(
+            ("obs-inverse-factor", args.percdamp), lambda: inverse_hessian_factor(stats.hessian(), args.percdamp)
         )
-
-
-class GBLMOBSPruning(SparseGPTPruning):
-    name = "gblm-obs"
-    needs_gradients = True
-    default_allocation = "gradient"
-    description = "SparseGPT with gradient-informed selection (beta) and Fisher-based sparsity allocation (gamma)"
-
-    def score_fn(self, job: LayerJob) -> ScoreFn:
-        beta = job.config.beta
-        if beta == 0:
-            return obs_score  # exactly SparseGPT's selection
-        if job.gradient is None:
-            raise RuntimeError(f"{job.name}: gblm-obs needs the gradient accumulation of this layer")
-        G = job.gradient.float().to(job.weight.device)
-
-        def score(block: torch.Tensor, hinv_diag: torch.Tensor, cols: slice) -> torch.Tensor:
-            S = obs_score(block, hinv_diag, cols)
-            T = (block.abs() * G[:, cols]) ** 2
-            return S / S.mean().clamp_min(1e-30) + beta * T / T.mean().clamp_min(1e-30)
-
-        return score
+        return obs_prune(
+            job.weight, factor, job.sparsity, parse_pattern(job.pattern), args.blocksize, self.score_fn(job)
+        )

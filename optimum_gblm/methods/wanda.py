@@ -1,14 +1,17 @@
-"""Wanda: |W_ij| * sqrt(a_j), compared per output row."""
+"""Wanda: |W_ij| * sqrt(a_j), compared per output row (docs/semantics.md#5)."""
 
 import torch
 
-from .base import LayerJob, PruningMethod, activation_norm
+from .base import PruningMethod, TargetJob, activation_norm
+from .registry import register_method
 
 
+@register_method
 class WandaPruning(PruningMethod):
     name = "wanda"
     statistic = "activations"
     description = "|W| * ||X||_2 / sqrt(N) per input feature (Sun et al.)"
+    card_description = "Wanda, weight magnitude times input activation norm, no weight update"
 
-    def score(self, job: LayerJob) -> torch.Tensor:
-        return job.weight.detach().abs().float() * activation_norm(job).to(job.weight.device)
+    def score(self, job: TargetJob) -> torch.Tensor:
+        return job.weight.abs().float() * activation_norm(job).to(job.weight.device)

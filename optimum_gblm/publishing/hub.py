@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from .configuration import CONFIG_NAME
+from ..configuration import CONFIG_NAME
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
-
-    from .pruner import GBLMPruner
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +28,6 @@ except ImportError:  # pragma: no cover - older huggingface_hub releases use htt
     except ImportError:
         _ClientError = OSError  # type: ignore[misc,assignment]
 
-_SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\]")
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, _ClientError)
 
 
@@ -148,8 +143,8 @@ def push_folder(
     return info
 
 
-def push_pruner(
-    pruner: GBLMPruner,
+def push_saved(
+    save: Callable[[Path, bool], Path],
     repo_id: str,
     *,
     private: bool | None = None,
@@ -160,21 +155,18 @@ def push_pruner(
     save_directory: str | Path | None = None,
     overwrite: bool = False,
 ) -> CommitInfo:
-    """`GBLMPruner.push_to_hub`: save_pretrained (to `save_directory` or a temporary folder), then `push_folder`."""
-    from .saving import save_pruned
-    from .serialization import check_output_dir
+    """`GBLMPruner.push_to_hub`: `save(folder, overwrite)` (to `save_directory` or a temporary folder), then
+    `push_folder` of exactly that folder."""
+    from .checkpoint import check_output_dir
 
     check_repo_id(repo_id)
-    if pruner.report is None:
-        logger.warning("Pushing a model that was not pruned by this pruner")
     kwargs: dict[str, Any] = {"token": token, "private": private, "commit_message": commit_message}
     kwargs.update(revision=revision, endpoint=endpoint)
     if save_directory is not None:
         check_output_dir(save_directory, overwrite)  # before any network call
-        folder = save_pruned(pruner, save_directory, overwrite=overwrite, repo_id=repo_id)
-        return push_folder(folder, repo_id, **kwargs)
+        return push_folder(save(Path(save_directory), overwrite), repo_id, **kwargs)
     with tempfile.TemporaryDirectory(prefix="optimum-gblm-push-") as tmp:
-        folder = save_pruned(pruner, Path(tmp) / repo_id.split("/")[-1], repo_id=repo_id)
+        folder = save(Path(tmp) / repo_id.split("/")[-1], False)
         try:
             return push_folder(folder, repo_id, **kwargs)
         except HubPublishError as err:
@@ -232,59 +224,3 @@ def update_collection(
     if description is not None:
         api.update_collection_metadata(collection.slug, description=description)
     return collection.slug
-
-
-# -- base models: Hub ids and licenses --------------------------------------------------------------------------
-def hub_base_model(model_id: str | None) -> str | None:
-    """The Hub id behind `model_id`, or None for a local folder that is not a Hub cache snapshot (decided lexically)."""
-    if not model_id:
-        return None
-    match = _SNAPSHOT.search(model_id)
-    if match:
-        return f"{match['org']}/{match['name']}"
-    model_id = model_id.removeprefix("hf-hub:")
-    if model_id.startswith(("/", ".", "~")) or "\\" in model_id:
-        return None
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(model_id)
-    except HFValidationError:
-        return None
-    return model_id
-
-
-def _card_license(readme: str | Path | None) -> str | None:
-    if readme is None or not Path(readme).is_file():
-        return None
-    from huggingface_hub import metadata_load
-
-    try:
-        license_ = (metadata_load(readme) or {}).get("license")
-    except (yaml.YAMLError, ValueError, OSError):  # an unreadable card: license unknown
-        return None
-    return license_ if isinstance(license_, str) else None
-
-
-def base_model_license(model_id: str | None, model: Any = None) -> str | None:
-    """The base model's license where known locally: the embedded default, a local card, the Hub cache, or timm."""
-    from .assets import DEFAULT_MODEL_ID, DEFAULT_MODEL_LICENSE
-
-    if model_id == DEFAULT_MODEL_ID:
-        return DEFAULT_MODEL_LICENSE
-    if model_id:
-        local = Path(model_id).expanduser()
-        if local.is_dir():
-            return _card_license(local / "README.md")
-        hub_id = hub_base_model(model_id)
-        if hub_id:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(hub_id, "README.md")
-            found = _card_license(cached) if isinstance(cached, str) else None
-            if found:
-                return found
-    pretrained_cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(pretrained_cfg, dict) and isinstance(pretrained_cfg.get("license"), str):
-        return pretrained_cfg["license"]
-    return None

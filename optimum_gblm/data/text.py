@@ -2,7 +2,7 @@
 
 Windows are `seqlen` tokens cut at seeded random offsets (Python `random.Random(seed)`, as the references use
 `random`). Calibration text never overlaps evaluation text: for the offline corpus, evaluation is the last
-`EVAL_EXTRACTS` extracts in file order and calibration is all the others.
+`EVAL_EXTRACTS` extracts in file order and calibration is all the others (docs/semantics.md#10).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..utils import tensor_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +56,6 @@ class TokenCalibration:
         return (self[i] for i in range(len(self)))
 
     def fingerprint(self) -> str:
-        from .gradient_cache import tensor_fingerprint
-
         return tensor_fingerprint(self.input_ids.long())
 
     def describe(self) -> dict[str, Any]:

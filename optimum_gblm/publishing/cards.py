@@ -16,21 +16,14 @@ from typing import Any
 
 import yaml
 
-from .hub import hub_base_model
+from ..methods import get_method, list_methods
+from .provenance import hub_base_model
 
 logger = logging.getLogger(__name__)
 
 TAGS = ("pruned", "sparse", "gblm", "optimum-gblm")
 PLOT_NAME = "sparsity.png"
 PLACEHOLDER_REPO = "path/to/this/checkpoint"
-METHOD_DESCRIPTIONS = {
-    "gblm": "GBLM-Pruner, weight magnitude times (scaled gradient norm + input activation norm), no weight update",
-    "gradient": "weight magnitude times the scaled gradient norm (the gradient-only ablation of GBLM-Pruner)",
-    "wanda": "Wanda, weight magnitude times input activation norm, no weight update",
-    "sparsegpt": "SparseGPT, OBS-style pruning with a second-order weight update",
-    "magnitude": "magnitude pruning, the smallest absolute weights are removed",
-    "gblm-obs": "SparseGPT's OBS update with a gradient term in the selection score",
-}
 _TASKS = {
     "transformers": ("text-generation", "Text Generation"),
     "timm": ("image-classification", "Image Classification"),
@@ -66,7 +59,9 @@ def _natural_key(name: str) -> tuple:
 
 def ordered_layers(sidecar: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Per-linear entries in block order (the side-car stores them keyed by name, sorted as text)."""
-    layers = (sidecar.get("sparsity") or {}).get("layers") or {}
+    from .sidecar import upgrade_sidecar
+
+    layers = (upgrade_sidecar(sidecar).get("pruning_map") or {}).get("targets") or {}
     return sorted(layers.items(), key=lambda item: _natural_key(item[0]))
 
 
@@ -165,14 +160,15 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def _pruning_table(sidecar: dict[str, Any]) -> str:
     config = sidecar["config"]
-    sparsity = sidecar.get("sparsity") or {}
+    sparsity = sidecar.get("pruning_map") or {}
+    method = get_method(config["method"]) if config["method"] in list_methods() else None
     rows = [
-        ("Method", f"`{config['method']}`: {METHOD_DESCRIPTIONS.get(config['method'], 'see optimum-gblm')}"),
+        ("Method", f"`{config['method']}`: {method.card_description if method else 'see optimum-gblm'}"),
         ("Pattern", f"`{config['pattern']}`"),
         ("Target sparsity", f"{config['sparsity']:.2%}"),
     ]
     if sparsity:
-        layers = sparsity.get("layers") or {}
+        layers = sparsity.get("targets") or {}
         params = sum(e["shape"][0] * e["shape"][1] for e in layers.values())
         rows.append(("Achieved sparsity (pruned linears)", f"{sparsity.get('overall_sparsity', 0.0):.2%}"))
         rows.append(("Pruned linears", f"{len(layers)} ({params:,} weights)"))
@@ -186,15 +182,22 @@ def _pruning_table(sidecar: dict[str, Any]) -> str:
                 f"(seed {config.get('seed')}, fingerprint `{calib.get('fingerprint')}`)",
             )
         )
-    if config["method"] in ("gblm", "gradient", "gblm-obs") or config.get("allocation") == "gradient":
+    if (method is not None and method.needs_gradients) or config.get("allocation") == "gradient":
         rows.append(
             (
                 "Gradients",
                 f"{config['gradient_norm']} norm of per-sample gradients, scale {config['gradient_scale']:g}",
             )
         )
-    if config["method"] in ("sparsegpt", "gblm-obs"):
-        rows.append(("OBS", f"block size {config['blocksize']}, dampening {config['percdamp']:g}"))
+    if config.get("method_args"):
+        rows.append(
+            (
+                "Method arguments",
+                ", ".join(
+                    f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in config["method_args"].items()
+                ),
+            )
+        )
     if config.get("allocation"):
         rows.append(
             ("Allocation", f"{config['allocation']} (gamma {config['gamma']:g}, clip {config['allocation_clip']:g})")
@@ -209,7 +212,7 @@ def _sparsity_section(sidecar: dict[str, Any]) -> str:
         return "The model was saved without a sparsity report (it was not pruned)."
     targets = [e["target_sparsity"] for _, e in layers]
     achieved = [e["achieved_sparsity"] for _, e in layers]
-    low, high = sidecar.get("sparsity_range") or [min(targets), max(targets)]
+    low, high = (sidecar.get("pruning_map") or {}).get("sparsity_range") or [min(targets), max(targets)]
     if abs(high - low) < 1e-12:
         text = [f"Every pruned linear has the same target sparsity, {low:.2%}."]
     else:
@@ -280,9 +283,13 @@ def _notes(sidecar: dict[str, Any]) -> str:
 
 
 def render_model_card(sidecar: dict[str, Any]) -> str:
-    """The README.md text for a checkpoint, from its side-car alone (deterministic)."""
+    """The README.md text for a checkpoint, from its side-car alone (deterministic; format-1 side-cars are read
+    through `upgrade_sidecar`)."""
+    from .sidecar import upgrade_sidecar
+
+    sidecar = upgrade_sidecar(sidecar)
     config = sidecar["config"]
-    sparsity = sidecar.get("sparsity") or {}
+    sparsity = sidecar.get("pruning_map") or {}
     base = sidecar.get("base_model")
     hub_base = hub_base_model(base)
     shown = f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base else f"`{base_name(base)}`"
@@ -314,55 +321,11 @@ def render_model_card(sidecar: dict[str, Any]) -> str:
     return template
 
 
-# -- the model-zoo table --------------------------------------------------------------------------------------------
+# -- formatting -----------------------------------------------------------------------------------------------------
 def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2%}" if metric == "accuracy" else f"{value:.2f}"
-
-
-def render_zoo_table(organization: str, entries: list[Any], endpoint: str | None = None) -> str:
-    """MODEL_ZOO.md from `optimum_gblm.zoo.ZooEntryResult`s: a row per published / skipped / planned entry, in
-    manifest order (results from each entry's side-car); failures listed below."""
-    site = (endpoint or "https://huggingface.co").rstrip("/")
-    header = "| Model | Base model | Method | Pattern | Sparsity | Metric | Dense | Pruned |"
-    lines = [
-        "# Model zoo",
-        "",
-        f"Pruned checkpoints published under `{organization}` with optimum-gblm. "
-        "Generated by `optimum_gblm.publish_zoo`; do not edit by hand.",
-        "",
-        header,
-        "|---" * 8 + "|",
-    ]
-    for entry in entries:
-        if entry.status in ("failed", "invalid"):
-            continue
-        sidecar = entry.sidecar or {}
-        cfg = sidecar.get("config") or entry.config
-        sparsity = (sidecar.get("sparsity") or {}).get("overall_sparsity", cfg.get("sparsity"))
-        base = hub_base_model(sidecar.get("base_model") or entry.model)
-        base_cell = f"[{base}]({site}/{base})" if base else f"`{base_name(entry.model)}`"
-        metric, values = metric_values(sidecar)
-        model = f"[{entry.repo_id}]({site}/{entry.repo_id})" if entry.status != "planned" else f"`{entry.repo_id}`"
-        cells = [
-            model,
-            base_cell,
-            f"`{cfg.get('method')}`",
-            f"`{cfg.get('pattern', 'unstructured')}`",
-            f"{float(sparsity):.2%}",
-            metric or "-",
-            _fmt(metric, values.get("dense")),
-            _fmt(metric, values.get("pruned")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    if any(e.status == "planned" for e in entries):
-        lines += ["", "Names in `code` are planned (dry run): not published yet, so no results."]
-    failed = [e for e in entries if e.status in ("failed", "invalid")]
-    if failed:
-        lines += ["", "## Not published", ""]
-        lines += [f"- line {e.line}: `{e.repo_id or e.model}`: {e.error}" for e in failed]
-    return "\n".join(lines) + "\n"
 
 
 # -- files ----------------------------------------------------------------------------------------------------------

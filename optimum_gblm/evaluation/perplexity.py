@@ -1,4 +1,4 @@
-"""Perplexity with the reference protocol (ALGORITHMS.md section 9) and top-1 accuracy for image classifiers."""
+"""Perplexity with the reference protocol (docs/semantics.md#11): non-overlapping windows of held-out text."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import corpus_text, tokenize_stream
-from .utils import inference_mode, model_device
+from ..data.text import corpus_text, tokenize_stream
+from ..utils import inference_mode, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +51,3 @@ def perplexity(
     value = math.exp(sum(nlls) / len(nlls))
     logger.info("perplexity %.3f over %d windows of %d tokens", value, windows, seqlen)
     return value
-
-
-def top1_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
-    """Fraction of images whose arg-max logit equals the label."""
-    if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
-        raise ValueError(f"need as many labels as images (got {images.shape[0]} images, {labels.shape[0]} labels)")
-    device = model_device(model)
-    correct = 0
-    with inference_mode(model):
-        for i in range(0, images.shape[0], batch_size):
-            logits = model(images[i : i + batch_size].to(device))
-            correct += int((logits.argmax(dim=-1).cpu() == labels[i : i + batch_size]).sum())
-    return correct / images.shape[0]

@@ -1,4 +1,5 @@
-"""Sparse checkpoints: atomic folders, the `gblm_config.json` side-car, and verification of a saved folder."""
+"""Checkpoint folders on disk: refused or atomically replaced output folders, the save of a pruned model, and the
+verification of a saved folder against its pruning map."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .configuration import CONFIG_NAME
-from .masks import check_pattern, sparsity_of
-from .version import __version__
+from ..masks import check_pattern, sparsity_of
+from ..pruning_map import PruningMap
+from .cards import write_model_card, write_sparsity_plot
+from .sidecar import read_sidecar, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -63,27 +64,24 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {"optimum-gblm": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "timm", "optimum", "huggingface-hub", "safetensors"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[pkg] = md.version(pkg)
-    return versions
-
-
-def write_sidecar(folder: Path, payload: dict[str, Any]) -> Path:
-    target = folder / CONFIG_NAME
-    target.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    return target
-
-
-def read_sidecar(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not an optimum-gblm checkpoint")
-    return json.loads(path.read_text())
+def save_checkpoint(
+    save_directory: str | Path,
+    write_weights: Callable[[Path], None],
+    sidecar: dict[str, Any],
+    overwrite: bool = False,
+    model_card: bool = True,
+) -> Path:
+    """Weights + config + tokenizer / preprocessing (`write_weights`), `gblm_config.json`, plot and card, written
+    into a temporary sibling folder that replaces `save_directory` only when complete."""
+    target = Path(save_directory)
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        write_weights(tmp)
+        write_sidecar(tmp, sidecar)
+        write_sparsity_plot(tmp, sidecar)
+        if model_card:
+            write_model_card(tmp, sidecar)
+    logger.info("Saved %s to %s", "pruned model" if sidecar.get("pruning_map") else "model", target)
+    return target.absolute()
 
 
 def _weight_files(folder: Path) -> dict[str, Path]:
@@ -117,14 +115,15 @@ def verify_checkpoint(folder: str | Path, tolerance: float = 0.0) -> Verificatio
     """Re-read a saved folder and check the claimed pattern and per-layer sparsity, layer by layer."""
     folder = Path(folder)
     sidecar = read_sidecar(folder)
-    report = sidecar["sparsity"]
-    pattern = report["pattern"]
+    if not sidecar.get("pruning_map"):
+        raise ValueError(f"{folder} holds no pruning map: the model was saved without being pruned")
+    pruning_map = PruningMap.from_dict(sidecar["pruning_map"])
     files = _weight_files(folder)
-    prefix = sidecar.get("weight_prefix", "")
     problems: list[str] = []
     checked = 0
-    for name, claim in report["layers"].items():
-        key = f"{prefix}{name}.weight"
+    for name, claim in pruning_map.targets.items():
+        pattern = claim.pattern
+        key = f"{name}.weight"
         if key not in files:
             problems.append(f"{name}: weight {key} missing from the checkpoint")
             continue
@@ -132,8 +131,8 @@ def verify_checkpoint(folder: str | Path, tolerance: float = 0.0) -> Verificatio
             weight = f.get_tensor(key)
         checked += 1
         achieved = sparsity_of(weight)
-        if achieved + 1e-12 < claim["achieved_sparsity"] - tolerance:
-            problems.append(f"{name}: sparsity {achieved:.6f} < claimed {claim['achieved_sparsity']:.6f}")
+        if achieved + 1e-12 < claim.achieved_sparsity - tolerance:
+            problems.append(f"{name}: sparsity {achieved:.6f} < claimed {claim.achieved_sparsity:.6f}")
         if not check_pattern(weight.to(torch.float32), pattern):
             problems.append(f"{name}: pattern {pattern} violated")
     return VerificationResult(ok=not problems and checked > 0, checked=checked, problems=problems)

@@ -1,0 +1,63 @@
+"""The block handler of a prune run: build each target's job, let the method decide, apply, record in the map."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from .methods import TargetJob, get_method
+from .pruning_map import PruningMap
+
+if TYPE_CHECKING:
+    from .configuration import GBLMConfig
+    from .statistics import InputStatistics
+    from .targets import PruneTarget
+
+logger = logging.getLogger(__name__)
+
+
+class BlockPruner:
+    """Prunes the targets a pipeline hands over, with `config.method`, and records each one in `pruning_map`.
+
+    `gradients` maps target names to their accumulated gradient norm G (methods that need gradients);
+    `sparsities` maps target names to allocated sparsities (default: `config.sparsity`).
+    """
+
+    def __init__(
+        self,
+        config: GBLMConfig,
+        pruning_map: PruningMap,
+        gradients: dict[str, torch.Tensor] | None = None,
+        sparsities: dict[str, float] | None = None,
+    ) -> None:
+        self.config = config
+        self.method = get_method(config.method)
+        self.args = config.args
+        self.group = config.effective_group
+        self.pruning_map = pruning_map
+        self.gradients = gradients
+        self.sparsities = sparsities or {}
+
+    def __call__(self, index: int, targets: list[PruneTarget], stats: dict[str, InputStatistics]) -> None:
+        for target in targets:
+            sparsity = self.sparsities.get(target.name, self.config.sparsity)
+            job = TargetJob(
+                name=target.name,
+                weight=target.weight(),
+                sparsity=sparsity,
+                pattern=self.config.pattern,
+                group=self.group,
+                args=self.args,
+                stats=stats.get(target.name),
+                gradient=None if self.gradients is None else self.gradients.get(target.name),
+                score_dtype=self.config.score_dtype,
+            )
+            if self.method.needs_gradients and job.gradient is None:
+                raise RuntimeError(
+                    f"{target.name}: method {self.method.name!r} needs gradients, none were collected for it"
+                )
+            self.method.prune(job)
+            self.pruning_map.record(target.name, job.weight, sparsity, target.input_site)
+        logger.debug("block %d: %d targets pruned", index, len(targets))

@@ -1,0 +1,15 @@
+"""Evaluation: perplexity with the reference protocol, top-1 accuracy, and per-pruner evaluators."""
+
+from .classification import top1_accuracy
+from .evaluator import AccuracyEvaluator, Evaluator, PerplexityEvaluator, make_evaluator
+from .perplexity import evaluation_stream, perplexity
+
+__all__ = [
+    "AccuracyEvaluator",
+    "Evaluator",
+    "PerplexityEvaluator",
+    "evaluation_stream",
+    "make_evaluator",
+    "perplexity",
+    "top1_accuracy",
+]

@@ -1,0 +1,46 @@
+"""The pipeline interface: a pipeline walks the blocks of a model, owns placement and the intermediates, and hands
+each block's targets (with their input statistics, when the method needs them) to a block handler that decides and
+applies the pruning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..statistics import InputStatistics
+from ..targets import PruneTarget
+from .placement import Placement, WholeModel
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..adapters import ModelAdapter
+
+# (block index, the block's targets, statistics by target name; the targets of one input site share one object)
+BlockHandler = Callable[[int, list[PruneTarget], dict[str, InputStatistics]], None]
+
+
+class Pipeline:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs_data: ClassVar[bool]
+
+    def __init__(self, placement: Placement | None = None, intermediates: str = "device") -> None:
+        self.placement = placement or WholeModel("cpu")
+        self.intermediates = intermediates
+
+    def run(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        targets: Sequence[list[PruneTarget]],
+        handler: BlockHandler,
+        *,
+        statistic: str | None = None,
+        samples: Sequence[Any] = (),
+        batch_size: int = 1,
+        progress: bool = True,
+        desc: str = "blocks",
+    ) -> None:
+        """Walk every block of `model`; `targets[i]` are block i's targets."""
+        raise NotImplementedError

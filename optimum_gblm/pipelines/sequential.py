@@ -1,0 +1,205 @@
+"""The sequential pipeline (docs/semantics.md#7): capture the inputs of block 0, then per block accumulate input
+statistics from the dense block, let the handler prune its targets, and re-run the pruned block to feed the next.
+
+Statistics are accumulated once per input site (q/k/v share one object), from a hook on one member of the site;
+the other members check at every forward that they really read the same tensor, so a wrong site declaration
+fails loudly instead of giving wrong statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..statistics import InputStatistics
+from ..targets import PruneTarget, group_by_site
+from ..utils import inference_mode, move_to
+from .base import BlockHandler, Pipeline
+from .placement import IntermediatesStore
+
+if TYPE_CHECKING:
+    from ..adapters import ModelAdapter
+
+logger = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to end the forward pass once block 0's inputs are recorded."""
+
+
+def capture_block_inputs(
+    model: nn.Module, adapter: ModelAdapter, samples: Sequence[Any], store: IntermediatesStore
+) -> list[dict[str, Any]]:
+    """Store the hidden states entering block 0 per sample; return every keyword argument it received, per sample,
+    from the model's own stem (never re-implemented)."""
+    kwargs_list: list[dict[str, Any]] = []
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        states = args[0] if args else kwargs.pop("hidden_states")
+        store.put(len(kwargs_list), states)
+        kwargs_list.append({**kwargs, **({"__args__": args[1:]} if len(args) > 1 else {})})
+        raise _StopForward
+
+    handle = adapter.blocks(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for sample in samples:
+            with contextlib.suppress(_StopForward):
+                adapter.forward(model, sample)
+    finally:
+        handle.remove()
+    if len(kwargs_list) != len(samples):
+        raise RuntimeError(f"captured inputs for {len(kwargs_list)} of {len(samples)} samples: does block 0 run?")
+    return kwargs_list
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and (a is b or torch.equal(a, b.to(a.device)))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or (type(a) in (int, float, bool, str, type(None)) and a == b)
+
+
+def batch_groups(shapes: list[tuple[int, ...]], kwargs: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
+    """Consecutive samples that can share one block forward: same input shape, identical keyword arguments
+    (equal-length windows share their rotary embeddings and mask), at most `batch_size` per group."""
+    groups: list[list[int]] = []
+    for i, (shape, kw) in enumerate(zip(shapes, kwargs)):
+        head = groups[-1][0] if groups else None
+        if (
+            head is not None
+            and len(groups[-1]) < batch_size
+            and shape == shapes[head]
+            and shape[0] == 1
+            and _same(kw, kwargs[head])
+        ):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _run_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    device = next(block.parameters()).device
+    kwargs = move_to(dict(kwargs), device)
+    extra = kwargs.pop("__args__", ())
+    out = block(states.to(device), *extra, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@contextlib.contextmanager
+def observe_sites(sites: dict[str, list[PruneTarget]], stats: dict[str, InputStatistics]) -> Any:
+    """Accumulate each site's statistics from its first member; every member records what it read, so `check()`
+    can prove that the members of a site read one tensor."""
+    seen: dict[str, dict[str, tuple]] = {site: {} for site in sites}
+    handles = []
+
+    def record(site: str, name: str, anchor: bool):
+        def callback(inputs: torch.Tensor) -> None:
+            seen[site][name] = (inputs.data_ptr(), tuple(inputs.shape), inputs.dtype)
+            if anchor:
+                stats[site].add_batch(inputs)
+
+        return callback
+
+    def check() -> None:
+        for site, by_member in seen.items():
+            if len(set(by_member.values())) > 1:
+                raise RuntimeError(
+                    f"the targets {sorted(by_member)} are declared to share the input site {site!r}, but they read "
+                    "different tensors: fix the adapter's input-site declaration"
+                )
+            by_member.clear()
+
+    try:
+        for site, members in sites.items():
+            for position, target in enumerate(members):
+                handles.append(target.observe_inputs(record(site, target.name, position == 0)))
+        yield check
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class SequentialPipeline(Pipeline):
+    name = "sequential"
+    description = "block by block: statistics from the dense block, prune, re-run the pruned block for the next"
+    needs_data = True
+
+    #: Accumulate statistics once per input site (True) or once per target (False: the first version's way, kept
+    #: for the side-by-side benchmark of the saving).
+    share_sites: bool = True
+
+    def run(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        targets: Sequence[list[PruneTarget]],
+        handler: BlockHandler,
+        *,
+        statistic: str | None = None,
+        samples: Sequence[Any] = (),
+        batch_size: int = 1,
+        progress: bool = True,
+        desc: str = "blocks",
+    ) -> None:
+        self.placement.prepare(model)
+        blocks = adapter.blocks(model)
+        with inference_mode(model), IntermediatesStore(self.intermediates) as store:
+            kwargs = capture_block_inputs(model, adapter, samples, store)
+            groups = batch_groups([store.shape(i) for i in range(len(kwargs))], kwargs, batch_size)
+            logger.debug("%d samples in %d block batches", len(kwargs), len(groups))
+
+            def forward(block: nn.Module, group: list[int]) -> torch.Tensor:
+                return _run_block(block, torch.cat([store.get(j) for j in group]), kwargs[group[0]])
+
+            for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
+                self.placement.onload(block)
+                block_targets = targets[index]
+                if block_targets:
+                    by_target: dict[str, InputStatistics] = {}
+                    if statistic is not None:
+                        by_target = self._collect(block, block_targets, statistic, groups, forward)
+                    handler(index, block_targets, by_target)
+                    for site_stats in {id(s): s for s in by_target.values()}.values():
+                        site_stats.free()
+                # Re-run the (pruned) block: its outputs are the next block's inputs.
+                for group in groups:
+                    out = forward(block, group)
+                    for k, j in enumerate(group):
+                        store.put(j, out[k : k + 1])
+                self.placement.offload(block)
+                logger.debug("block %d done (%d targets)", index, len(block_targets))
+
+    def _collect(
+        self,
+        block: nn.Module,
+        targets: list[PruneTarget],
+        statistic: str,
+        groups: list[list[int]],
+        forward: Any,
+    ) -> dict[str, InputStatistics]:
+        """Run the dense block over every group with the site observers; statistics by target name."""
+        device = next(block.parameters()).device
+        sites = group_by_site(targets) if self.share_sites else {t.name: [t] for t in targets}
+        stats = {site: InputStatistics(members[0].in_features, statistic, device) for site, members in sites.items()}
+        with observe_sites(sites, stats) as check:
+            for group in groups:
+                forward(block, group)
+                check()
+        return {t.name: stats[t.input_site if self.share_sites else t.name] for t in targets}

@@ -1,0 +1,1 @@
+"""Publishing: provenance and the side-car (pure), model cards (template + data), and the Hub (network only)."""

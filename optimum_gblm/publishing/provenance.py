@@ -1,0 +1,80 @@
+"""Provenance of a pruned checkpoint, without network access: the base model's Hub id and license, library versions."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..version import __version__
+
+_SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\]")
+
+
+def hub_base_model(model_id: str | None) -> str | None:
+    """The Hub id behind `model_id`, or None for a local folder that is not a Hub cache snapshot (decided lexically)."""
+    if not model_id:
+        return None
+    match = _SNAPSHOT.search(model_id)
+    if match:
+        return f"{match['org']}/{match['name']}"
+    model_id = model_id.removeprefix("hf-hub:")
+    if model_id.startswith(("/", ".", "~")) or "\\" in model_id:
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        return None
+    return model_id
+
+
+def _card_license(readme: str | Path | None) -> str | None:
+    if readme is None or not Path(readme).is_file():
+        return None
+    from huggingface_hub import metadata_load
+
+    try:
+        license_ = (metadata_load(readme) or {}).get("license")
+    except (yaml.YAMLError, ValueError, OSError):  # an unreadable card: license unknown
+        return None
+    return license_ if isinstance(license_, str) else None
+
+
+def base_model_license(model_id: str | None, model: Any = None) -> str | None:
+    """The base model's license where known locally: the embedded default, a local card, the Hub cache, or timm."""
+    from ..assets import DEFAULT_MODEL_ID, DEFAULT_MODEL_LICENSE
+
+    if model_id == DEFAULT_MODEL_ID:
+        return DEFAULT_MODEL_LICENSE
+    if model_id:
+        local = Path(model_id).expanduser()
+        if local.is_dir():
+            return _card_license(local / "README.md")
+        hub_id = hub_base_model(model_id)
+        if hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(hub_id, "README.md")
+            found = _card_license(cached) if isinstance(cached, str) else None
+            if found:
+                return found
+    pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(pretrained_cfg, dict) and isinstance(pretrained_cfg.get("license"), str):
+        return pretrained_cfg["license"]
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"optimum-gblm": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "timm", "optimum", "huggingface-hub", "safetensors"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[pkg] = md.version(pkg)
+    return versions

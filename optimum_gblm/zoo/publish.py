@@ -1,0 +1,220 @@
+"""Model-zoo publishing: every manifest entry pruned, evaluated, saved and pushed; a collection and a table.
+
+Resumable (an entry whose Hub repo already holds a side-car with the same config fingerprint is skipped) and
+fault-tolerant (an invalid or failing entry is reported with its manifest line; the others proceed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..configuration import GBLMConfig
+from ..publishing.cards import default_repo_name, metric_values
+from ..publishing.hub import (
+    NETWORK_ERRORS,
+    check_repo_id,
+    describe_error,
+    push_folder,
+    remote_sidecar,
+    update_collection,
+)
+from .manifest import DEFAULT_MODEL, DESCRIPTION_LIMIT, ZooEntry, ZooManifest, _model_id, load_manifest
+from .table import render_zoo_table
+
+logger = logging.getLogger(__name__)
+
+
+# -- results --------------------------------------------------------------------------------------------------------
+@dataclass
+class ZooEntryResult:
+    model: str
+    repo_id: str | None
+    status: str  # planned | published | skipped | failed | invalid
+    line: int | None = None
+    error: str | None = None
+    commit: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    sidecar: dict[str, Any] | None = None
+
+
+@dataclass
+class ZooResult:
+    entries: list[ZooEntryResult]
+    table: str = ""
+    table_path: Path | None = None
+    collection_slug: str | None = None
+    errors: list[str] = field(default_factory=list)  # problems that did not fail an entry (the collection)
+
+    def _with(self, *statuses: str) -> list[ZooEntryResult]:
+        return [e for e in self.entries if e.status in statuses]
+
+    @property
+    def published(self) -> list[ZooEntryResult]:
+        return self._with("published")
+
+    @property
+    def skipped(self) -> list[ZooEntryResult]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[ZooEntryResult]:
+        return self._with("failed", "invalid")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _plan(zoo: ZooManifest) -> list[tuple[ZooEntry, ZooEntryResult, GBLMConfig | None]]:
+    """Validate every entry (config, repo id, duplicates) before anything heavy happens."""
+    plans, repos = [], {}
+    for entry in zoo.entries:
+        cfg = entry.config
+        result = ZooEntryResult(_model_id(entry.model), None, "planned", entry.line, config=dict(cfg))
+        try:
+            config = GBLMConfig.from_dict(cfg, strict=True)  # method arguments may be given flat
+            name = entry.repo or default_repo_name(result.model, config.method, config.pattern, config.sparsity)
+            result.repo_id = check_repo_id(name if "/" in name else f"{zoo.organization}/{name}")
+            if result.repo_id in repos:
+                raise ValueError(
+                    f"repo {result.repo_id!r} is also produced by the entry at line {repos[result.repo_id]}: "
+                    "give one of them a `repo:` name"
+                )
+            repos[result.repo_id] = entry.line
+        except (ValueError, TypeError) as err:
+            result.status, result.error = "invalid", str(err)
+            result.line = entry.line_for(str(err))
+            logger.error("Zoo manifest line %s: %s", result.line, err)
+            config = None
+        plans.append((entry, result, config))
+    return plans
+
+
+def _publish_one(
+    entry: ZooEntry,
+    result: ZooEntryResult,
+    config: GBLMConfig,
+    zoo: ZooManifest,
+    work: Path,
+    evaluate: bool,
+    eval_kwargs: dict[str, Any],
+    token: str | None,
+    endpoint: str | None,
+) -> None:
+    from ..pruner import GBLMPruner  # the zoo drives the pruner: it sits above it
+
+    remote = remote_sidecar(result.repo_id, token=token, endpoint=endpoint)
+    if remote is not None and remote.get("config_fingerprint") == config.fingerprint():
+        result.status, result.sidecar = "skipped", remote
+        logger.info("%s is already published with this config: skipped", result.repo_id)
+        return
+    logger.info("Zoo: pruning %s -> %s", entry.model, result.repo_id)
+    pruner = GBLMPruner.from_pretrained(None if entry.model == DEFAULT_MODEL else entry.model, config)
+    try:
+        if evaluate:
+            pruner.evaluate(label="dense", **eval_kwargs)
+        pruner.prune()
+        if evaluate:
+            pruner.evaluate(label="pruned", **eval_kwargs)
+        folder = pruner.save_pretrained(
+            work / result.repo_id.replace("/", "--"), overwrite=True, repo_id=result.repo_id
+        )
+    finally:
+        del pruner
+        gc.collect()
+    result.commit = str(push_folder(folder, result.repo_id, token=token, private=zoo.private, endpoint=endpoint))
+    result.status, result.sidecar = "published", json.loads((folder / "gblm_config.json").read_text())
+
+
+def publish_zoo(
+    manifest: str | Path | dict[str, Any] | ZooManifest,
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    work_dir: str | Path | None = None,
+    evaluate: bool = True,
+    eval_kwargs: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    table_path: str | Path | None = None,
+) -> ZooResult:
+    """Prune, evaluate, save and push every manifest entry; add them to a collection; write the zoo table.
+
+    Checkpoints are kept under `work_dir` (a temporary folder when None). The markdown table goes to `table_path`
+    (default `work_dir/MODEL_ZOO.md` when `work_dir` is given). `dry_run` validates and plans without Hub access.
+    """
+    zoo = load_manifest(manifest)
+    eval_kwargs = {**zoo.evaluation, **(eval_kwargs or {})}
+    plans = _plan(zoo)
+    result = ZooResult([r for _, r, _ in plans])
+    if table_path is None and work_dir is not None:
+        table_path = Path(work_dir) / "MODEL_ZOO.md"
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optimum-gblm-zoo-")))
+        else:
+            work = Path(work_dir) / "checkpoints"
+            work.mkdir(parents=True, exist_ok=True)
+        for entry, entry_result, config in plans if not dry_run else []:
+            if config is None:
+                continue
+            try:
+                _publish_one(entry, entry_result, config, zoo, work, evaluate, eval_kwargs, token, endpoint)
+            except Exception as err:  # one failing entry is reported; the others still get published
+                entry_result.status, entry_result.error = "failed", describe_error(err, token)
+                logger.error("Zoo entry %s (line %s) failed: %s", entry_result.repo_id, entry.line, entry_result.error)
+    if not dry_run:
+        _update_collection(zoo, result, token, endpoint)
+    result.table = render_zoo_table(zoo.organization, result.entries, endpoint)
+    if table_path is not None:
+        result.table_path = Path(table_path)
+        result.table_path.parent.mkdir(parents=True, exist_ok=True)
+        result.table_path.write_text(result.table, encoding="utf-8")
+    logger.info(
+        "Zoo: %d published, %d skipped, %d failed", len(result.published), len(result.skipped), len(result.failed)
+    )
+    return result
+
+
+# -- collection and table -------------------------------------------------------------------------------------------
+def _summary(entry: ZooEntryResult) -> str:
+    cfg = (entry.sidecar or {}).get("config") or entry.config
+    text = f"{cfg.get('method')} {cfg.get('pattern', 'unstructured')} {float(cfg.get('sparsity', 0)):.0%}"
+    metric, values = metric_values(entry.sidecar or {})
+    if values:
+        text += "; " + ", ".join(f"{label} {metric} {v:.4g}" for label, v in sorted(values.items()))
+    return text
+
+
+def _description(zoo: ZooManifest, entries: list[ZooEntryResult]) -> str:
+    given = (zoo.collection or {}).get("description")
+    methods = sorted({str((e.sidecar or {}).get("config", e.config).get("method")) for e in entries})
+    text = given or f"{len(entries)} sparse checkpoints pruned with optimum-gblm ({', '.join(methods)})"
+    return text if len(text) <= DESCRIPTION_LIMIT else text[: DESCRIPTION_LIMIT - 3].rstrip() + "..."
+
+
+def _update_collection(zoo: ZooManifest, result: ZooResult, token: str | None, endpoint: str | None) -> None:
+    members = result.published + result.skipped
+    if zoo.collection is None or not members:
+        return
+    title = zoo.collection.get("title") or "optimum-gblm model zoo"
+    try:
+        result.collection_slug = update_collection(
+            title,
+            zoo.organization,
+            [(entry.repo_id, _summary(entry)) for entry in members],
+            description=_description(zoo, members),
+            private=bool(zoo.collection.get("private", False)),
+            token=token,
+            endpoint=endpoint,
+        )
+    except NETWORK_ERRORS as err:
+        message = f"collection {title!r} was not updated ({describe_error(err, token)}); re-run to retry"
+        logger.error("Zoo: %s", message)
+        result.errors.append(message)
