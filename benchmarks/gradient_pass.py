@@ -23,7 +23,7 @@ from optimum_gblm import GBLMConfig
 from optimum_gblm.adapters import get_adapter
 from optimum_gblm.assets import default_model_path
 from optimum_gblm.calibration import build_token_calibration
-from optimum_gblm.collection import run_collection
+from optimum_gblm.gradients import run_collection
 
 from .common import peak_memory_gib, run_isolated, table
 

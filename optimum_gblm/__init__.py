@@ -1,9 +1,8 @@
 """optimum-gblm: gradient-based pruning (GBLM-Pruner) with Wanda, SparseGPT and magnitude baselines."""
 
 from .cards import render_model_card
-from .collection import collect_gradients
 from .configuration import GBLMConfig
-from .gradients import GradientAccumulation, GradientCollector
+from .gradients import GradientAccumulation, GradientCollector, collect_gradients
 from .hub import HubPublishError, push_folder
 from .methods import list_methods
 from .pruner import GBLMPruner

@@ -54,7 +54,7 @@ class TokenCalibration:
         return (self[i] for i in range(len(self)))
 
     def fingerprint(self) -> str:
-        from .gradient_cache import tensor_fingerprint
+        from .gradients.cache import tensor_fingerprint
 
         return tensor_fingerprint(self.input_ids.long())
 

@@ -13,10 +13,9 @@ from torch import nn
 from .adapters import ModelAdapter, get_adapter
 from .allocation import gradient_allocation
 from .calibration import TokenCalibration, build_token_calibration
-from .collection import required_norms, run_collection
 from .configuration import GBLMConfig
-from .gradient_cache import model_fingerprint
-from .gradients import GradientAccumulation
+from .gradients import GradientAccumulation, required_norms, run_collection
+from .gradients.cache import model_fingerprint
 from .loading import load_model
 from .methods import get_method
 from .report import SparsityReport

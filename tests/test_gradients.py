@@ -1,7 +1,11 @@
 """Per-sample gradient collection: equals a naive loop; Trainer, callback and custom-step paths; cache; errors."""
 
+import ast
 import copy
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +13,8 @@ from transformers import Trainer, TrainingArguments
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
 from optimum_gblm.adapters import get_adapter
-from optimum_gblm.gradient_cache import GradientCacheMismatch
-from optimum_gblm.gradients import NonFiniteGradientError
-from optimum_gblm.trainer_integration import GBLMGradientCallback
+from optimum_gblm.gradients import GradientCacheMismatch, NonFiniteGradientError
+from optimum_gblm.gradients.trainer import GBLMGradientCallback
 
 SCALE = 100.0
 
@@ -45,6 +48,38 @@ def samples_of(ids):
 
 def batches(ids, size=2):
     return [{"input_ids": ids[i : i + size], "labels": ids[i : i + size]} for i in range(0, ids.shape[0], size)]
+
+
+def _package_imports(package: Path) -> dict[str, set[str]]:
+    """Module-level imports between the modules of a package (imports inside functions are lazy, so left out)."""
+    graph = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {
+            alias.name if node.module is None else node.module
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.level == 1
+            for alias in node.names
+        }
+    return graph
+
+
+def test_gradients_package_has_no_import_cycle_and_loads_the_trainer_lazily():
+    import optimum_gblm.gradients as package
+
+    graph = _package_imports(Path(package.__file__).parent)
+    assert set(graph) == {"__init__", "accumulation", "cache", "collector", "loop", "trainer"}
+    assert "trainer" not in graph["__init__"] and "loop" not in graph["trainer"]
+    for module in graph:  # depth-first search for a cycle through `module`
+        seen, stack = set(), list(graph[module] - {"__init__"})
+        while stack:
+            name = stack.pop()
+            assert name != module, f"import cycle through {module}"
+            if name not in seen:
+                seen.add(name)
+                stack.extend(graph.get(name, set()) - {"__init__"})
+    code = "import sys, optimum_gblm; assert 'optimum_gblm.gradients.trainer' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(package.__file__).parents[2])
 
 
 @pytest.fixture
@@ -175,7 +210,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_llama, calib_ids, c
             checkpoint_every=2,
             progress=False,
         )
-    from optimum_gblm.gradient_cache import read_metadata
+    from optimum_gblm.gradients.cache import read_metadata
 
     assert read_metadata(cache)["complete"] == "false" and read_metadata(cache)["nsamples"] == "4"
     resumed = collect_gradients(

@@ -56,7 +56,7 @@ class ImageCalibration:
         return (self[i] for i in range(len(self)))
 
     def fingerprint(self) -> str:
-        from ..gradient_cache import tensor_fingerprint
+        from ..gradients.cache import tensor_fingerprint
 
         tensors = [self.pixel_values.float()] + ([self.labels.long()] if self.labels is not None else [])
         return tensor_fingerprint(*tensors)

@@ -13,22 +13,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .configuration import GBLMConfig
-from .gradient_cache import check_cache, load_cache, model_fingerprint, save_cache, tensor_fingerprint
-from .gradients import GradientAccumulation, GradientCollector, per_sample_backward
-from .utils import DTYPES, model_device, peak_rss_gib
+from ..configuration import GBLMConfig
+from ..utils import DTYPES, model_device, peak_rss_gib
+from .accumulation import GradientAccumulation, required_norms
+from .cache import check_cache, load_cache, model_fingerprint, save_cache, tensor_fingerprint
+from .collector import GradientCollector, per_sample_backward
 
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
-
-
-def required_norms(config: GBLMConfig) -> tuple[str, ...]:
-    """The accumulations a config needs: its gradient norm, plus l2 for gradient-based allocation."""
-    norms = {config.gradient_norm}
-    if config.effective_allocation == "gradient":
-        norms.add("l2")
-    return tuple(sorted(norms))
 
 
 def split_batch(batch: Any) -> Iterator[Any]:
@@ -62,7 +55,7 @@ def model_loss(model: nn.Module, sample: Any) -> torch.Tensor:
             )
         device = model_device(model)
         return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}).loss
-    from .adapters import get_adapter
+    from ..adapters import get_adapter
 
     return get_adapter(model).loss(model, sample)
 
@@ -197,7 +190,7 @@ def collect_gradients(
     """
     config = config or GBLMConfig()
     if trainer is not None:
-        from .trainer_integration import trainer_collection_args
+        from .trainer import trainer_collection_args  # transformers is imported only on this path
 
         model, dataloader, train_step, autocast, gradient_checkpointing = trainer_collection_args(
             trainer, gradient_checkpointing
@@ -209,7 +202,7 @@ def collect_gradients(
     if dataloader is None:
         raise ValueError("collect_gradients needs dataloader= or trainer= (or use GBLMPruner.collect_gradients())")
     if targets is None:
-        from .adapters import get_adapter
+        from ..adapters import get_adapter
 
         targets = get_adapter(model).target_linears(model, config.targets, config.ignore)
     loss_fn = train_step or model_loss

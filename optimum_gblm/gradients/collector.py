@@ -1,6 +1,6 @@
-"""Per-sample gradient accumulation (GBLM stage 1), folded into fp32 accumulators as gradients arrive.
+"""Per-sample gradient folding: each targeted weight's gradient is folded into fp32 accumulators as it arrives.
 
-Each targeted weight's gradient is folded into `l1 = sum_n |c g_n|` and / or `l2sq = sum_n (c g_n)^2` from a
+Each gradient is folded into `l1 = sum_n |c g_n|` and / or `l2sq = sum_n (c g_n)^2` from a
 `register_post_accumulate_grad_hook` and freed at once, so no full gradient copy is kept (the reference keeps
 every `.grad` and copies it to the CPU per sample).
 """
@@ -9,44 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from .accumulation import NORMS, GradientAccumulation, NonFiniteGradientError
+
 logger = logging.getLogger(__name__)
-
-NORMS = ("l1", "l2")
-
-
-@dataclass
-class GradientAccumulation:
-    """Accumulated per-sample gradient norms, keyed by module FQN (the module owning the weight)."""
-
-    scale: float
-    nsamples: int = 0
-    l1: dict[str, torch.Tensor] = field(default_factory=dict)
-    l2sq: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def norms(self) -> tuple[str, ...]:
-        return tuple(n for n, d in (("l1", self.l1), ("l2", self.l2sq)) if d)
-
-    def get(self, norm: str) -> dict[str, torch.Tensor]:
-        """G per module: the l1 sum, or the l2 norm sqrt(sum (c g)^2)."""
-        if norm == "l1" and self.l1:
-            return self.l1
-        if norm == "l2" and self.l2sq:
-            return {k: v.sqrt() for k, v in self.l2sq.items()}
-        raise KeyError(f"the {norm} accumulation was not collected (have: {', '.join(self.norms) or 'none'})")
-
-    def modules(self) -> list[str]:
-        return list(self.l1 or self.l2sq)
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """A per-sample gradient contained NaN or inf."""
 
 
 class GradientCollector:

@@ -12,8 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .gradients import GradientAccumulation
-from .version import __version__
+from ..version import __version__
+from .accumulation import GradientAccumulation
 
 logger = logging.getLogger(__name__)
 

@@ -9,19 +9,11 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
-from .configuration import GBLMConfig
-from .gradients import GradientAccumulation, GradientCollector
+from ..configuration import GBLMConfig
+from .accumulation import GradientAccumulation, required_norms
+from .collector import GradientCollector
 
 logger = logging.getLogger(__name__)
-
-
-def trainer_precision(trainer: Any) -> str:
-    """The gradient dtype matching the Trainer's mixed-precision setting."""
-    if getattr(trainer.args, "fp16", False):
-        return "float16"
-    if getattr(trainer.args, "bf16", False):
-        return "bfloat16"
-    return "float32"
 
 
 def trainer_collection_args(trainer: Any, gradient_checkpointing: bool) -> tuple:
@@ -75,8 +67,7 @@ class GBLMGradientCallback(TrainerCallback):
             )
         if model is None:
             raise ValueError("GBLMGradientCallback did not receive the model from the Trainer")
-        from .adapters import get_adapter
-        from .collection import required_norms
+        from ..adapters import get_adapter
 
         targets = self.targets or get_adapter(model).target_linears(model, self.config.targets, self.config.ignore)
         self.collector = GradientCollector(

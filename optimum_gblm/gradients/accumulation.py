@@ -1,0 +1,50 @@
+"""Accumulated per-sample gradient norms (GBLM stage 1 results) and the norms a config needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..configuration import GBLMConfig
+
+NORMS = ("l1", "l2")
+
+
+@dataclass
+class GradientAccumulation:
+    """Accumulated per-sample gradient norms, keyed by module FQN (the module owning the weight)."""
+
+    scale: float
+    nsamples: int = 0
+    l1: dict[str, torch.Tensor] = field(default_factory=dict)
+    l2sq: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        return tuple(n for n, d in (("l1", self.l1), ("l2", self.l2sq)) if d)
+
+    def get(self, norm: str) -> dict[str, torch.Tensor]:
+        """G per module: the l1 sum, or the l2 norm sqrt(sum (c g)^2)."""
+        if norm == "l1" and self.l1:
+            return self.l1
+        if norm == "l2" and self.l2sq:
+            return {k: v.sqrt() for k, v in self.l2sq.items()}
+        raise KeyError(f"the {norm} accumulation was not collected (have: {', '.join(self.norms) or 'none'})")
+
+    def modules(self) -> list[str]:
+        return list(self.l1 or self.l2sq)
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A per-sample gradient contained NaN or inf."""
+
+
+def required_norms(config: GBLMConfig) -> tuple[str, ...]:
+    """The accumulations a config needs: its gradient norm, plus l2 for gradient-based allocation."""
+    norms = {config.gradient_norm}
+    if config.effective_allocation == "gradient":
+        norms.add("l2")
+    return tuple(sorted(norms))
