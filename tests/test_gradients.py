@@ -166,6 +166,29 @@ def test_callback_path_equals_plain_path(tiny_llama, calib_ids, config, tmp_path
     assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
 
 
+def test_callback_forwards_run_in_eval_mode(calib_ids, config, tmp_path):
+    """The Trainer puts the model in train mode at every step; dropout must stay off while the callback collects."""
+    from tests.conftest import tiny_model
+
+    model = tiny_model(attention_dropout=0.5)
+    plain = collect_gradients(copy.deepcopy(model), config, dataloader=batches(calib_ids), progress=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=1,
+        num_train_epochs=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    callback = GBLMGradientCallback(config)
+    Trainer(model=model, args=args, train_dataset=_dataset(calib_ids), callbacks=[callback]).train()
+    assert callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+    model.train()
+    model(input_ids=calib_ids[:1])
+    assert model.training  # the eval-mode hook is gone after training
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -16,6 +16,12 @@ from .collector import GradientCollector
 logger = logging.getLogger(__name__)
 
 
+def _eval_before_forward(module: nn.Module, args: tuple) -> None:
+    # `Trainer.training_step` calls `model.train()` before every forward; undo it so dropout / drop-path stay off
+    # and every sample sees the same deterministic model as the plain path.
+    module.eval()
+
+
 def trainer_collection_args(trainer: Any, gradient_checkpointing: bool) -> tuple:
     """(model, dataloader, loss step, autocast factory, gradient checkpointing) taken from a Trainer.
 
@@ -43,8 +49,10 @@ class GBLMGradientCallback(TrainerCallback):
 
     Every backward of `trainer.train()` is folded as one sample, so the Trainer must see one sample per
     backward with an unscaled loss: `per_device_train_batch_size=1` and `gradient_accumulation_steps=1` (the
-    Trainer divides accumulated micro-batch losses, which would change the per-sample norms). Only the targeted linear weights get gradients, and each gradient is freed as soon as it is
-    folded, so the optimizer finds no gradient and no weight changes. Results: `callback.accumulation`.
+    Trainer divides accumulated micro-batch losses, which would change the per-sample norms). Only the targeted
+    linear weights get gradients, and each gradient is freed as soon as it is folded, so the optimizer finds no
+    gradient and no weight changes. Every forward runs in eval mode (dropout off), as in the plain path, although
+    the Trainer switches the model to train mode at each step. Results: `callback.accumulation`.
     """
 
     def __init__(self, config: GBLMConfig | None = None, targets: dict[str, nn.Module] | None = None) -> None:
@@ -53,6 +61,7 @@ class GBLMGradientCallback(TrainerCallback):
         self.collector: GradientCollector | None = None
         self.accumulation: GradientAccumulation | None = None
         self._sample = 0
+        self._eval_hook: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
         if args.per_device_train_batch_size != 1:
@@ -74,7 +83,7 @@ class GBLMGradientCallback(TrainerCallback):
             model, targets, norms=required_norms(self.config), scale=self.config.gradient_scale
         )
         self.collector.__enter__()
-        model.eval()  # dropout off, as in the plain path (the Trainer switches to train mode per step: see below)
+        self._eval_hook = model.register_forward_pre_hook(_eval_before_forward)
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
         self._end_sample()
@@ -88,6 +97,9 @@ class GBLMGradientCallback(TrainerCallback):
             self._sample += 1
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if self._eval_hook is not None:
+            self._eval_hook.remove()
+            self._eval_hook = None
         if self.collector is not None:
             self.collector.__exit__(None, None, None)
             self.accumulation = self.collector.state
