@@ -189,6 +189,101 @@ def test_callback_forwards_run_in_eval_mode(calib_ids, config, tmp_path):
     assert model.training  # the eval-mode hook is gone after training
 
 
+def _per_sample_args(tmp_path, **overrides):
+    """Trainer arguments for the callback: one sample per backward, one epoch, no checkpoints."""
+    base = dict(per_device_train_batch_size=1, num_train_epochs=1, report_to=[], use_cpu=True, save_strategy="no")
+    return TrainingArguments(output_dir=str(tmp_path), **{**base, **overrides})
+
+
+class FixedScaler:
+    """Stand-in for accelerate's AMP GradScaler with a constant loss scale: `accelerator.backward` multiplies
+    every loss by it, and the optimizer step goes through it."""
+
+    def __init__(self, scale: float) -> None:
+        self.value = scale
+
+    def get_scale(self) -> float:
+        return self.value
+
+    def is_enabled(self) -> bool:
+        return True
+
+    def scale(self, loss):
+        return loss * self.value
+
+    def step(self, optimizer, closure=None):
+        return optimizer.step(closure)
+
+    def update(self, new_scale=None) -> None:
+        pass
+
+
+def _with_scaler(trainer, scaler):
+    # A CPU fp32 Trainer has no scaler; set one before train() so that accelerate also wraps the optimizer with it.
+    trainer.accelerator.scaler = scaler
+    return trainer
+
+
+def test_callback_divides_by_the_trainer_loss_scale(tiny_llama, calib_ids, config, tmp_path):
+    plain = collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=batches(calib_ids), progress=False)
+    callback = GBLMGradientCallback(config)
+    trainer = Trainer(
+        model=tiny_llama, args=_per_sample_args(tmp_path), train_dataset=_dataset(calib_ids), callbacks=[callback]
+    )
+    _with_scaler(trainer, FixedScaler(1024.0)).train()
+    assert callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+
+
+def test_callback_with_a_real_grad_scaler_steps_without_changing_weights(tiny_llama, calib_ids, config, tmp_path):
+    """torch's GradScaler refuses to step an optimizer that saw no gradient ("No inf checks were recorded")."""
+    plain = collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=batches(calib_ids), progress=False)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    callback = GBLMGradientCallback(config)
+    trainer = Trainer(
+        model=tiny_llama,
+        args=_per_sample_args(tmp_path, learning_rate=1e-2),
+        train_dataset=_dataset(calib_ids),
+        callbacks=[callback],
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _with_scaler(trainer, scaler).train()
+    assert callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+    assert scaler.get_scale() == 1024.0  # no step was seen as an overflow
+    params = {id(p) for p in tiny_llama.parameters()}
+    assert all(id(p) in params for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+class FirstStepOverflows(Trainer):
+    """Gives the first sample a NaN gradient (finite loss), as an fp16 overflow would."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        loss = super().compute_loss(model, inputs, *args, **kwargs)
+        self.seen = [*getattr(self, "seen", []), inputs["input_ids"].cpu()]
+        if len(self.seen) == 1:
+            weight = model.get_submodule("model.layers.1.mlp.up_proj").weight
+            loss = loss + 0 * torch.sqrt(weight - weight.detach()).sum()
+        return loss
+
+
+def test_callback_skips_an_overflowed_sample_and_the_scaler_backs_off(tiny_llama, calib_ids, config, tmp_path):
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    model = copy.deepcopy(tiny_llama)
+    trainer = FirstStepOverflows(model=model, args=_per_sample_args(tmp_path), train_dataset=_dataset(calib_ids))
+    callback = GBLMGradientCallback(config, trainer=trainer)
+    trainer.add_callback(callback)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _with_scaler(trainer, scaler).train()
+    assert callback.skipped == 1 and callback.accumulation.nsamples == 3
+    assert scaler.get_scale() == 512.0  # the overflowed step was skipped and the scale backed off once
+    rest = torch.cat(trainer.seen[1:])
+    plain = collect_gradients(tiny_llama, config, dataloader=batches(rest, size=3), progress=False)
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -314,3 +409,23 @@ def test_cuda_mixed_precision_gives_fp32_masks(dtype, calib_ids):
     agree = sum(int((masks["float32"][k] == masks[dtype][k]).sum()) for k in masks["float32"])
     total = sum(v.numel() for v in masks["float32"].values())
     assert agree / total > 0.995
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_trainer_callback_matches_fp32_plain_path(calib_ids, tmp_path):
+    from tests.conftest import tiny_model
+
+    config = GBLMConfig(method="gblm", gradient_norm="l1", device="cuda", num_samples=4, seqlen=16)
+    model = tiny_model().cuda()
+    plain = collect_gradients(copy.deepcopy(model), config, dataloader=batches(calib_ids), progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    callback = GBLMGradientCallback(config)
+    args = _per_sample_args(tmp_path, use_cpu=False, fp16=True, learning_rate=1e-2)
+    trainer = Trainer(model=model, args=args, train_dataset=_dataset(calib_ids), callbacks=[callback])
+    trainer.train()
+    assert trainer.accelerator.scaler is not None and trainer.accelerator.scaler.is_enabled()
+    assert callback.skipped == 0 and callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"), rtol=1e-2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    params = {id(p) for p in model.parameters()}
+    assert all(id(p) in params for group in trainer.optimizer.param_groups for p in group["params"])
