@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
 from optimum_gblm.adapters import get_adapter
-from optimum_gblm.gradients import GradientCacheMismatch, NonFiniteGradientError
+from optimum_gblm.gradients import GradientAccumulation, GradientCacheMismatch, NonFiniteGradientError
 from optimum_gblm.gradients.trainer import GBLMGradientCallback
 
 SCALE = 100.0
@@ -100,6 +100,16 @@ def test_collector_equals_naive_loop_and_leaves_model_untouched(tiny_llama, cali
     assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
     assert {n: p.requires_grad for n, p in tiny_llama.named_parameters()} == flags
     assert tiny_llama.training and all(p.grad is None for p in tiny_llama.parameters())
+
+
+def test_l2_norm_is_computed_once_and_refreshed_when_samples_are_added():
+    acc = GradientAccumulation(scale=1.0, nsamples=1, l2sq={"a": torch.full((2, 2), 4.0)})
+    first = acc.get("l2")
+    again = acc.get("l2")
+    assert again["a"] is first["a"] and torch.equal(first["a"], torch.full((2, 2), 2.0))
+    acc.l2sq["a"] += 5.0  # one more sample folded
+    acc.nsamples += 1
+    assert torch.equal(acc.get("l2")["a"], torch.full((2, 2), 3.0))
 
 
 def test_pruner_collect_gradients_uses_its_calibration(tiny_llama, calib_ids, config):
