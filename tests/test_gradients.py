@@ -13,7 +13,13 @@ from transformers import Trainer, TrainingArguments
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
 from optimum_gblm.adapters import get_adapter
-from optimum_gblm.gradients import GradientAccumulation, GradientCacheMismatch, NonFiniteGradientError
+from optimum_gblm.gradients import (
+    GradientAccumulation,
+    GradientCacheMismatch,
+    GradientCollector,
+    NonFiniteGradientError,
+)
+from optimum_gblm.gradients.collector import per_sample_backward
 from optimum_gblm.gradients.trainer import GBLMGradientCallback
 
 SCALE = 100.0
@@ -110,6 +116,26 @@ def test_l2_norm_is_computed_once_and_refreshed_when_samples_are_added():
     acc.l2sq["a"] += 5.0  # one more sample folded
     acc.nsamples += 1
     assert torch.equal(acc.get("l2")["a"], torch.full((2, 2), 3.0))
+
+
+def test_fp16_loss_scale_that_fell_to_one_stays_there(tiny_llama, calib_ids):
+    l1, _ = naive_accumulation(copy.deepcopy(tiny_llama), samples_of(calib_ids[:1]))
+    targets = get_adapter(tiny_llama).target_linears(tiny_llama)
+
+    def loss():
+        return tiny_llama(input_ids=calib_ids[:1], labels=calib_ids[:1]).loss
+
+    fresh = GradientCollector(tiny_llama, targets, scale=SCALE, defer_fold=True)
+    with fresh:
+        per_sample_backward(fresh, loss, 0, fp16_scaling=True)
+    assert fresh.loss_scale == 2.0**16  # a first sample starts dynamic loss scaling at 2^16
+    lowered = GradientCollector(tiny_llama, targets, scale=SCALE, defer_fold=True)
+    with lowered:
+        lowered.loss_scale = 1.0  # where earlier overflows have brought it
+        per_sample_backward(lowered, loss, 1, fp16_scaling=True)
+    assert lowered.loss_scale == 1.0
+    assert_close(fresh.state.l1, l1)
+    assert_close(lowered.state.l1, l1)
 
 
 def test_pruner_collect_gradients_uses_its_calibration(tiny_llama, calib_ids, config):

@@ -57,7 +57,9 @@ class GradientCollector:
         self.accumulate_device = accumulate_device
         # fp16 with loss scaling folds only once the whole backward is known to be finite.
         self.defer_fold = defer_fold
-        self.loss_scale = 1.0
+        # fp16 dynamic loss scale of `per_sample_backward`: None until its first sample, since any float,
+        # 1.0 included, is a scale it can legitimately reach.
+        self.loss_scale: float | None = None
         self.loss_scaler = loss_scaler
         self.overflow_marker = overflow_marker
         self.state = state or GradientAccumulation(scale=scale)
@@ -125,7 +127,8 @@ class GradientCollector:
 
     def _fold(self, name: str, grad: torch.Tensor) -> None:
         g = grad.to(dtype=torch.float32)
-        factor = self.state.scale / (self.loss_scale * self._scaler_scale())
+        loss_scale = 1.0 if self.loss_scale is None else self.loss_scale
+        factor = self.state.scale / (loss_scale * self._scaler_scale())
         g = g * factor
         self._finite_checks.append((name, torch.isfinite(g).all()))
         if "l1" in self.norms:
@@ -176,7 +179,7 @@ def per_sample_backward(
     max_retries: int = 24,
 ) -> float:
     """One sample's forward + backward through `loss_fn`, with dynamic loss scaling for fp16. Returns the loss."""
-    if fp16_scaling and collector.loss_scale == 1.0:
+    if fp16_scaling and collector.loss_scale is None:
         collector.loss_scale = 2.0**16
     for _ in range(max_retries):
         loss = loss_fn()
