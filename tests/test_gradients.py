@@ -1,7 +1,11 @@
 """Per-sample gradient collection: equals a naive loop; Trainer, callback and custom-step paths; cache; errors."""
 
+import ast
 import copy
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +13,13 @@ from transformers import Trainer, TrainingArguments
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
 from optimum_gblm.adapters import get_adapter
-from optimum_gblm.gradients import NonFiniteGradientError
-from optimum_gblm.gradients.cache import GradientCacheMismatch
+from optimum_gblm.gradients import (
+    GradientAccumulation,
+    GradientCacheMismatch,
+    GradientCollector,
+    NonFiniteGradientError,
+)
+from optimum_gblm.gradients.collector import per_sample_backward
 from optimum_gblm.gradients.trainer import GBLMGradientCallback
 
 SCALE = 100.0
@@ -47,6 +56,38 @@ def batches(ids, size=2):
     return [{"input_ids": ids[i : i + size], "labels": ids[i : i + size]} for i in range(0, ids.shape[0], size)]
 
 
+def _package_imports(package: Path) -> dict[str, set[str]]:
+    """Module-level imports between the modules of a package (imports inside functions are lazy, so left out)."""
+    graph = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {
+            alias.name if node.module is None else node.module
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.level == 1
+            for alias in node.names
+        }
+    return graph
+
+
+def test_gradients_package_has_no_import_cycle_and_loads_the_trainer_lazily():
+    import optimum_gblm.gradients as package
+
+    graph = _package_imports(Path(package.__file__).parent)
+    assert set(graph) == {"__init__", "accumulation", "cache", "collector", "loop", "trainer"}
+    assert "trainer" not in graph["__init__"] and "loop" not in graph["trainer"]
+    for module in graph:  # depth-first search for a cycle through `module`
+        seen, stack = set(), list(graph[module] - {"__init__"})
+        while stack:
+            name = stack.pop()
+            assert name != module, f"import cycle through {module}"
+            if name not in seen:
+                seen.add(name)
+                stack.extend(graph.get(name, set()) - {"__init__"})
+    code = "import sys, optimum_gblm; assert 'optimum_gblm.gradients.trainer' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(package.__file__).parents[2])
+
+
 @pytest.fixture
 def config():
     return GBLMConfig(method="gblm", gradient_norm="l1", device="cpu", num_samples=4, seqlen=16)
@@ -65,6 +106,36 @@ def test_collector_equals_naive_loop_and_leaves_model_untouched(tiny_llama, cali
     assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
     assert {n: p.requires_grad for n, p in tiny_llama.named_parameters()} == flags
     assert tiny_llama.training and all(p.grad is None for p in tiny_llama.parameters())
+
+
+def test_l2_norm_is_computed_once_and_refreshed_when_samples_are_added():
+    acc = GradientAccumulation(scale=1.0, nsamples=1, l2sq={"a": torch.full((2, 2), 4.0)})
+    first = acc.get("l2")
+    again = acc.get("l2")
+    assert again["a"] is first["a"] and torch.equal(first["a"], torch.full((2, 2), 2.0))
+    acc.l2sq["a"] += 5.0  # one more sample folded
+    acc.nsamples += 1
+    assert torch.equal(acc.get("l2")["a"], torch.full((2, 2), 3.0))
+
+
+def test_fp16_loss_scale_that_fell_to_one_stays_there(tiny_llama, calib_ids):
+    l1, _ = naive_accumulation(copy.deepcopy(tiny_llama), samples_of(calib_ids[:1]))
+    targets = get_adapter(tiny_llama).target_linears(tiny_llama)
+
+    def loss():
+        return tiny_llama(input_ids=calib_ids[:1], labels=calib_ids[:1]).loss
+
+    fresh = GradientCollector(tiny_llama, targets, scale=SCALE, defer_fold=True)
+    with fresh:
+        per_sample_backward(fresh, loss, 0, fp16_scaling=True)
+    assert fresh.loss_scale == 2.0**16  # a first sample starts dynamic loss scaling at 2^16
+    lowered = GradientCollector(tiny_llama, targets, scale=SCALE, defer_fold=True)
+    with lowered:
+        lowered.loss_scale = 1.0  # where earlier overflows have brought it
+        per_sample_backward(lowered, loss, 1, fp16_scaling=True)
+    assert lowered.loss_scale == 1.0
+    assert_close(fresh.state.l1, l1)
+    assert_close(lowered.state.l1, l1)
 
 
 def test_pruner_collect_gradients_uses_its_calibration(tiny_llama, calib_ids, config):
@@ -129,6 +200,124 @@ def test_callback_path_equals_plain_path(tiny_llama, calib_ids, config, tmp_path
     assert callback.accumulation.nsamples == 4
     assert_close(callback.accumulation.get("l1"), plain.get("l1"))
     assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+
+
+def test_callback_forwards_run_in_eval_mode(calib_ids, config, tmp_path):
+    """The Trainer puts the model in train mode at every step; dropout must stay off while the callback collects."""
+    from tests.conftest import tiny_model
+
+    model = tiny_model(attention_dropout=0.5)
+    plain = collect_gradients(copy.deepcopy(model), config, dataloader=batches(calib_ids), progress=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=1,
+        num_train_epochs=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    callback = GBLMGradientCallback(config)
+    Trainer(model=model, args=args, train_dataset=_dataset(calib_ids), callbacks=[callback]).train()
+    assert callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+    model.train()
+    model(input_ids=calib_ids[:1])
+    assert model.training  # the eval-mode hook is gone after training
+
+
+def _per_sample_args(tmp_path, **overrides):
+    """Trainer arguments for the callback: one sample per backward, one epoch, no checkpoints."""
+    base = dict(per_device_train_batch_size=1, num_train_epochs=1, report_to=[], use_cpu=True, save_strategy="no")
+    return TrainingArguments(output_dir=str(tmp_path), **{**base, **overrides})
+
+
+class FixedScaler:
+    """Stand-in for accelerate's AMP GradScaler with a constant loss scale: `accelerator.backward` multiplies
+    every loss by it, and the optimizer step goes through it."""
+
+    def __init__(self, scale: float) -> None:
+        self.value = scale
+
+    def get_scale(self) -> float:
+        return self.value
+
+    def is_enabled(self) -> bool:
+        return True
+
+    def scale(self, loss):
+        return loss * self.value
+
+    def step(self, optimizer, closure=None):
+        return optimizer.step(closure)
+
+    def update(self, new_scale=None) -> None:
+        pass
+
+
+def _with_scaler(trainer, scaler):
+    # A CPU fp32 Trainer has no scaler; set one before train() so that accelerate also wraps the optimizer with it.
+    trainer.accelerator.scaler = scaler
+    return trainer
+
+
+def test_callback_divides_by_the_trainer_loss_scale(tiny_llama, calib_ids, config, tmp_path):
+    plain = collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=batches(calib_ids), progress=False)
+    callback = GBLMGradientCallback(config)
+    trainer = Trainer(
+        model=tiny_llama, args=_per_sample_args(tmp_path), train_dataset=_dataset(calib_ids), callbacks=[callback]
+    )
+    _with_scaler(trainer, FixedScaler(1024.0)).train()
+    assert callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+
+
+def test_callback_with_a_real_grad_scaler_steps_without_changing_weights(tiny_llama, calib_ids, config, tmp_path):
+    """torch's GradScaler refuses to step an optimizer that saw no gradient ("No inf checks were recorded")."""
+    plain = collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=batches(calib_ids), progress=False)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    callback = GBLMGradientCallback(config)
+    trainer = Trainer(
+        model=tiny_llama,
+        args=_per_sample_args(tmp_path, learning_rate=1e-2),
+        train_dataset=_dataset(calib_ids),
+        callbacks=[callback],
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _with_scaler(trainer, scaler).train()
+    assert callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+    assert scaler.get_scale() == 1024.0  # no step was seen as an overflow
+    params = {id(p) for p in tiny_llama.parameters()}
+    assert all(id(p) in params for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+class FirstStepOverflows(Trainer):
+    """Gives the first sample a NaN gradient (finite loss), as an fp16 overflow would."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        loss = super().compute_loss(model, inputs, *args, **kwargs)
+        self.seen = [*getattr(self, "seen", []), inputs["input_ids"].cpu()]
+        if len(self.seen) == 1:
+            weight = model.get_submodule("model.layers.1.mlp.up_proj").weight
+            loss = loss + 0 * torch.sqrt(weight - weight.detach()).sum()
+        return loss
+
+
+def test_callback_skips_an_overflowed_sample_and_the_scaler_backs_off(tiny_llama, calib_ids, config, tmp_path):
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    model = copy.deepcopy(tiny_llama)
+    trainer = FirstStepOverflows(model=model, args=_per_sample_args(tmp_path), train_dataset=_dataset(calib_ids))
+    callback = GBLMGradientCallback(config, trainer=trainer)
+    trainer.add_callback(callback)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _with_scaler(trainer, scaler).train()
+    assert callback.skipped == 1 and callback.accumulation.nsamples == 3
+    assert scaler.get_scale() == 512.0  # the overflowed step was skipped and the scale backed off once
+    rest = torch.cat(trainer.seen[1:])
+    plain = collect_gradients(tiny_llama, config, dataloader=batches(rest, size=3), progress=False)
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize(
@@ -256,3 +445,23 @@ def test_cuda_mixed_precision_gives_fp32_masks(dtype, calib_ids):
     agree = sum(int((masks["float32"][k] == masks[dtype][k]).sum()) for k in masks["float32"])
     total = sum(v.numel() for v in masks["float32"].values())
     assert agree / total > 0.995
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_trainer_callback_matches_fp32_plain_path(calib_ids, tmp_path):
+    from tests.conftest import tiny_model
+
+    config = GBLMConfig(method="gblm", gradient_norm="l1", device="cuda", num_samples=4, seqlen=16)
+    model = tiny_model().cuda()
+    plain = collect_gradients(copy.deepcopy(model), config, dataloader=batches(calib_ids), progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    callback = GBLMGradientCallback(config)
+    args = _per_sample_args(tmp_path, use_cpu=False, fp16=True, learning_rate=1e-2)
+    trainer = Trainer(model=model, args=args, train_dataset=_dataset(calib_ids), callbacks=[callback])
+    trainer.train()
+    assert trainer.accelerator.scaler is not None and trainer.accelerator.scaler.is_enabled()
+    assert callback.skipped == 0 and callback.accumulation.nsamples == 4
+    assert_close(callback.accumulation.get("l1"), plain.get("l1"), rtol=1e-2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    params = {id(p) for p in model.parameters()}
+    assert all(id(p) in params for group in trainer.optimizer.param_groups for p in group["params"])

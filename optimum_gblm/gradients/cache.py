@@ -40,14 +40,6 @@ def model_fingerprint(model: nn.Module, targets: dict[str, nn.Module]) -> str:
     return digest.hexdigest()[:32]
 
 
-def tensor_fingerprint(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
-
-
 def save_cache(path: str | Path, state: GradientAccumulation, metadata: dict[str, str], complete: bool) -> None:
     """Write atomically (temporary sibling + rename): an interruption never leaves a torn cache."""
     path = Path(path)

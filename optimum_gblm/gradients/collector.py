@@ -25,6 +25,11 @@ class GradientCollector:
 
     On exit the model's `requires_grad` flags, train/eval mode and `.grad` fields are restored, also on errors.
     Call `end_sample()` after each per-sample backward: it checks for non-finite values and counts the sample.
+
+    `loss_scaler`: an AMP grad scaler (`get_scale()`, `is_enabled()`, e.g. accelerate's `GradScaler`) that scaled
+    each loss before its backward outside the collector's control (a Trainer); gradients are divided by its scale.
+    `overflow_marker`: with `defer_fold`, a tensor filled with inf as soon as a gradient of the current sample is
+    non-finite, so that a grad scaler inspecting it sees the overflow of the gradients the collector has freed.
     """
 
     def __init__(
@@ -37,6 +42,8 @@ class GradientCollector:
         train_mode: bool = False,
         defer_fold: bool = False,
         state: GradientAccumulation | None = None,
+        loss_scaler: Any | None = None,
+        overflow_marker: torch.Tensor | None = None,
     ) -> None:
         norms = tuple(norms)
         if not norms or any(n not in NORMS for n in norms):
@@ -50,8 +57,13 @@ class GradientCollector:
         self.accumulate_device = accumulate_device
         # fp16 with loss scaling folds only once the whole backward is known to be finite.
         self.defer_fold = defer_fold
-        self.loss_scale = 1.0
+        # fp16 dynamic loss scale of `per_sample_backward`: None until its first sample, since any float,
+        # 1.0 included, is a scale it can legitimately reach.
+        self.loss_scale: float | None = None
+        self.loss_scaler = loss_scaler
+        self.overflow_marker = overflow_marker
         self.state = state or GradientAccumulation(scale=scale)
+        self._sample_scaler_scale: float | None = None  # the scaler's scale, read once per sample
         self._pending: dict[str, torch.Tensor] = {}
         self._finite_checks: list[tuple[str, torch.Tensor]] = []
         self._handles: list[Any] = []
@@ -95,14 +107,28 @@ class GradientCollector:
         param.grad = None  # free it now: the hook is the only consumer
         if grad is None:
             return
+        self._scaler_scale()  # read while this sample's backward runs, before the scaler can update its scale
         if self.defer_fold:
             self._pending[name] = grad
+            if self.overflow_marker is not None:
+                finite = torch.isfinite(grad).all().to(self.overflow_marker.device)
+                self.overflow_marker.masked_fill_(~finite, float("inf"))
         else:
             self._fold(name, grad)
 
+    def _scaler_scale(self) -> float:
+        """The external scaler's loss scale for the current sample, read once per sample (a CUDA read syncs)."""
+        if self.loss_scaler is None:
+            return 1.0
+        if self._sample_scaler_scale is None:
+            enabled = self.loss_scaler.is_enabled()
+            self._sample_scaler_scale = float(self.loss_scaler.get_scale()) if enabled else 1.0
+        return self._sample_scaler_scale
+
     def _fold(self, name: str, grad: torch.Tensor) -> None:
         g = grad.to(dtype=torch.float32)
-        factor = self.state.scale / self.loss_scale
+        loss_scale = 1.0 if self.loss_scale is None else self.loss_scale
+        factor = self.state.scale / (loss_scale * self._scaler_scale())
         g = g * factor
         self._finite_checks.append((name, torch.isfinite(g).all()))
         if "l1" in self.norms:
@@ -113,6 +139,17 @@ class GradientCollector:
     def end_sample(self, sample_index: int) -> bool:
         """Finish one per-sample backward. Returns False when a deferred (fp16) sample overflowed and must be
         retried with a smaller loss scale; raises `NonFiniteGradientError` naming module and sample otherwise."""
+        try:
+            return self._end_sample(sample_index)
+        finally:
+            self._sample_scaler_scale = None
+
+    @property
+    def sample_started(self) -> bool:
+        """Whether a gradient of the current sample has arrived since the last `end_sample()`."""
+        return bool(self._pending or self._finite_checks)
+
+    def _end_sample(self, sample_index: int) -> bool:
         if self.defer_fold:
             finite = all(bool(torch.isfinite(g).all()) for g in self._pending.values())
             if not finite:
@@ -142,7 +179,7 @@ def per_sample_backward(
     max_retries: int = 24,
 ) -> float:
     """One sample's forward + backward through `loss_fn`, with dynamic loss scaling for fp16. Returns the loss."""
-    if fp16_scaling and collector.loss_scale == 1.0:
+    if fp16_scaling and collector.loss_scale is None:
         collector.loss_scale = 2.0**16
     for _ in range(max_retries):
         loss = loss_fn()

@@ -14,9 +14,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..configuration import GBLMConfig
-from ..utils import DTYPES, model_device, peak_rss_gib
+from ..utils import DTYPES, model_device, peak_rss_gib, tensor_fingerprint
 from .accumulation import GradientAccumulation, required_norms
-from .cache import check_cache, load_cache, model_fingerprint, save_cache, tensor_fingerprint
+from .cache import check_cache, load_cache, model_fingerprint, save_cache
 from .collector import GradientCollector, per_sample_backward
 
 logger = logging.getLogger(__name__)
