@@ -49,7 +49,8 @@ def run(args: dict) -> dict:
     dense = settings.get("method") == "dense"
     if dense:
         settings["method"] = "magnitude"  # any valid config: a dense run prunes nothing
-    config = GBLMConfig(num_samples=args.get("num_samples", 32), seqlen=args.get("seqlen", 256), **settings)
+    size = {"num_samples": args.get("num_samples", 32), "seqlen": args.get("seqlen", 256)}
+    config = GBLMConfig.from_dict({**size, **settings}, strict=True)  # method arguments (beta) may be flat
     start = time.perf_counter()
     pruner = GBLMPruner.from_pretrained(args.get("model"), config)
     if args.get("depth"):

@@ -2,7 +2,7 @@
 
 python benchmarks/run_all.py            # full size (about an hour on a 2-core CPU)
 python benchmarks/run_all.py --quick    # reduced sizes, labelled as such
-python benchmarks/run_all.py --only gradient_pass llm gblm_obs vit
+python benchmarks/run_all.py --only gradient_pass llm gblm_obs input_sites vit
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "vit")
+SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "vit")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
                 from benchmarks.llm import run_all as run
 
                 sections = run(args.quick, work)
+            elif suite == "input_sites":
+                from benchmarks.input_sites import run_all as run
+
+                sections = run(args.quick)
             elif suite == "gblm_obs":
                 from benchmarks.gblm_obs import run_all as run
 

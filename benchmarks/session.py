@@ -76,7 +76,7 @@ class QualitySession:
         return pruner
 
     def run(self, seed: int = 0, shuffle_gradients: bool = False, **settings: Any) -> dict[str, Any]:
-        config = GBLMConfig(seed=seed, **self.size, **settings)
+        config = GBLMConfig.from_dict({"seed": seed, **self.size, **settings}, strict=True)  # flat method arguments
         pruner = self._pruner(config, seed)
         gradients = None
         if config.needs_gradients:

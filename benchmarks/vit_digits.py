@@ -27,7 +27,7 @@ from tests import vit_digits  # noqa: E402
 
 logger = logging.getLogger("benchmarks.vit_digits")
 
-# Extra rows: Wanda's image-classifier setting compares scores over the whole layer (ALGORITHMS.md section 10).
+# Extra rows: Wanda's image-classifier setting compares scores over the whole layer (docs/semantics.md#10-calibration-data).
 LAYER_GROUP_RUNS = (("wanda", "layer"), ("gblm", "layer"))
 
 

@@ -21,7 +21,7 @@ from .evaluation import Evaluator, make_evaluator
 from .gradients import GradientAccumulation, required_norms, run_collection
 from .gradients.cache import model_fingerprint
 from .methods import get_method
-from .pipelines import WholeModel, pipeline_for
+from .pipelines import Walk, WholeModel, pipeline_for
 from .pruning_map import PruningMap, Stage, prune_settings
 from .targets import PruneTarget, target_modules
 from .utils import resolve_device
@@ -52,7 +52,7 @@ class GBLMPruner:
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.adapter = adapter or get_adapter(model)
-        self.preprocessing = preprocessing or getattr(self.adapter, "data_config", None) or {}
+        self.preprocessing = preprocessing or self.adapter.preprocessing()
         self.calibration: Any = None
         self.gradients: GradientAccumulation | None = None
         self.pruning_map: PruningMap | None = None
@@ -180,15 +180,17 @@ class GBLMPruner:
         pruning_map = PruningMap(pattern=cfg.pattern)
         grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
         pipeline.run(
-            self.model,
-            self.adapter,
-            per_block,
-            BlockPruner(cfg, pruning_map, grads, self.sparsities),
-            statistic=method.statistic,
-            samples=self.calibration if pipeline.needs_data else (),
-            batch_size=cfg.batch_size,
-            progress=progress,
-            desc=f"{cfg.method}: blocks",
+            Walk(
+                self.model,
+                self.adapter,
+                per_block,
+                BlockPruner(cfg, pruning_map, grads, self.sparsities),
+                statistic=method.statistic,
+                samples=self.calibration if pipeline.needs_data else (),
+                batch_size=cfg.batch_size,
+                progress=progress,
+                desc=f"{cfg.method}: blocks",
+            )
         )
         pruning_map.stages.append(Stage("prune", cfg.method, prune_settings(cfg.to_dict())))
         self.pruning_map = pruning_map

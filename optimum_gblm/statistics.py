@@ -1,4 +1,4 @@
-"""Input statistics per input site, accumulated in fp32: add_batch -> finalize -> free (see docs/semantics.md#4).
+"""Input statistics per input site, accumulated in fp32: add_batch -> finalize -> free (see docs/semantics.md#4-input-statistics).
 
 Targets that read the same input (q/k/v, gate/up) share one object, so the sums (and anything derived from them,
 such as SparseGPT's inverse-Hessian factor) are computed once per site instead of once per target.

@@ -465,3 +465,15 @@ def test_cuda_fp16_trainer_callback_matches_fp32_plain_path(calib_ids, tmp_path)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     params = {id(p) for p in model.parameters()}
     assert all(id(p) in params for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+def test_default_step_looks_up_the_adapter_once(tiny_llama, calib_ids, config, monkeypatch):
+    """The adapter used to be rebuilt for every calibration sample (a ViT adapter reads its data config each time)."""
+    import optimum_gblm.adapters as adapters
+
+    calls = []
+    real = adapters.get_adapter
+    monkeypatch.setattr(adapters, "get_adapter", lambda model: calls.append(1) or real(model))
+    acc = collect_gradients(tiny_llama, config, dataloader=[calib_ids], progress=False)
+    assert acc.nsamples == calib_ids.shape[0] == 4
+    assert len(calls) == 2  # once for the default targets, once for the loss: not once per sample

@@ -1,5 +1,5 @@
 """Reference parity: a deliberately plain re-implementation of the reference Wanda / GBLM metrics and of the
-per-row and N:M selection, written from ALGORITHMS.md and sharing no code with the package, must give the
+per-row and N:M selection, written from docs/semantics.md and sharing no code with the package, must give the
 package's masks exactly.
 
 The plain version gets block i's linear inputs from a whole-model forward after blocks 0..i-1 were pruned

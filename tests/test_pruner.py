@@ -160,7 +160,7 @@ def test_prune_twice_and_gradients_after_prune_are_refused(calib_ids):
 
 
 def test_layerwise_pass_feeds_pruned_outputs_forward(calib_ids):
-    """Block 1's statistics must come from block 0's *pruned* outputs (ALGORITHMS.md section 7)."""
+    """Block 1's statistics must come from block 0's *pruned* outputs (docs/semantics.md#7-the-layer-by-layer-pass)."""
     model = tiny_model()
     seen = []
     handle = model.model.layers[1].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))

@@ -133,6 +133,10 @@ class ModelAdapter:
         """A calibration set from tensors the user passed to `prune(calibration=...)`."""
         raise NotImplementedError
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The input preprocessing the model expects (timm: its data config); {} when inputs are token ids."""
+        return {}
+
     def describe_calibration(self, calibration: Any) -> dict[str, Any]:
         """JSON-ready description of a calibration set for the side-car and the card."""
         return {**calibration.describe(), "fingerprint": calibration.fingerprint()}

@@ -121,7 +121,7 @@ class DecoderAdapter(ModelAdapter):
         return model(input_ids=self._ids(model, sample), use_cache=False)
 
     def loss(self, model: nn.Module, sample: Any) -> torch.Tensor:
-        # All next-token predictions of the window, no label masking (docs/semantics.md#3).
+        # All next-token predictions of the window, no label masking (docs/semantics.md#3-gradients).
         ids = self._ids(model, sample)
         return model(input_ids=ids, labels=ids, use_cache=False).loss
 

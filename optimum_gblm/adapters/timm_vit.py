@@ -1,7 +1,7 @@
 """timm Vision Transformers (ViT, DeiT incl. distilled, register tokens): adapter and loading.
 
 Only the four linears of each block are pruned; patch embedding, prefix tokens, position embeddings and heads live
-outside `blocks` and stay dense. Gradients and evaluation run in eval mode (docs/semantics.md#2).
+outside `blocks` and stay dense. Gradients and evaluation run in eval mode (docs/semantics.md#2-what-is-pruned).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class TimmViTAdapter(ModelAdapter):
         adapter = cls(model)
         kind, size, classes = type(model).__name__, adapter.input_size, adapter.num_classes
         logger.info("Loaded timm %s (%s): input %s, %d classes", kind, model_id, size, classes)
-        return LoadedModel(model, adapter, None, model_id, dict(adapter.data_config))
+        return LoadedModel(model, adapter, None, model_id, adapter.preprocessing())
 
     def bind(self, model: nn.Module) -> None:
         """Read what input checks and preprocessing need from the model (sizes, classes, data config)."""
@@ -120,6 +120,9 @@ class TimmViTAdapter(ModelAdapter):
         other = {r for b in self.blocks(model) for r, m in b.named_modules() if isinstance(m, nn.Linear)}
         if other := other - set(VIT_LINEARS):
             logger.warning("Block linears left dense: %s (set targets= to prune them)", sorted(other))
+
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.data_config)
 
     # -- input checks (before any heavy work) -----------------------------------------------------------------------
     def check_images(self, images: Any) -> torch.Tensor:

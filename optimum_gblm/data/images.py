@@ -1,5 +1,5 @@
 """Image calibration and evaluation sets: tensors, image folders and `datasets` image datasets, preprocessed with a
-timm model's eval transforms (docs/semantics.md#10)."""
+timm model's eval transforms (docs/semantics.md#10-calibration-data)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Windows are `seqlen` tokens cut at seeded random offsets (Python `random.Random(seed)`, as the references use
 `random`). Calibration text never overlaps evaluation text: for the offline corpus, evaluation is the last
-`EVAL_EXTRACTS` extracts in file order and calibration is all the others (docs/semantics.md#10).
+`EVAL_EXTRACTS` extracts in file order and calibration is all the others (docs/semantics.md#10-calibration-data).
 """
 
 from __future__ import annotations

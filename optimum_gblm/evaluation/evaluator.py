@@ -55,7 +55,7 @@ class AccuracyEvaluator(Evaluator):
 
     def __init__(self, adapter: Any, preprocessing: dict[str, Any] | None = None) -> None:
         self.adapter = adapter  # checks sizes and labels against the model
-        self.preprocessing = preprocessing or getattr(adapter, "data_config", {})
+        self.preprocessing = preprocessing or adapter.preprocessing()
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
 

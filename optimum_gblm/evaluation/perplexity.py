@@ -1,4 +1,4 @@
-"""Perplexity with the reference protocol (docs/semantics.md#11): non-overlapping windows of held-out text."""
+"""Perplexity with the reference protocol (docs/semantics.md#11-evaluation-protocol): non-overlapping windows of held-out text."""
 
 from __future__ import annotations
 

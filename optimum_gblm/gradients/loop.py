@@ -44,20 +44,28 @@ def split_batch(batch: Any) -> Iterator[Any]:
     raise TypeError(f"unsupported batch type {type(batch).__name__}: use a tensor, a dict of tensors or a tuple")
 
 
-def model_loss(model: nn.Module, sample: Any) -> torch.Tensor:
-    """Default step: `model(**sample).loss` for dict batches (which need labels); for plain tensors, the model
-    adapter's loss (causal LMs: next-token loss over the whole window)."""
-    if isinstance(sample, dict):
-        if "labels" not in sample:
-            raise ValueError(
-                f"a calibration batch has no 'labels' (keys: {sorted(sample)}): gradients need a loss; add labels "
-                "(for causal LMs, labels = input_ids) or pass train_step="
-            )
-        device = model_device(model)
-        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}).loss
-    from ..adapters import get_adapter
+def default_loss() -> LossFn:
+    """The default step: `model(**sample).loss` for dict batches (which need labels); for plain tensors, the model
+    adapter's loss (causal LMs: next-token loss over the whole window). The adapter is looked up once, at the first
+    tensor sample, not per sample (a ViT adapter reads the model's data config when it is built)."""
+    adapters: dict[int, Any] = {}
 
-    return get_adapter(model).loss(model, sample)
+    def step(model: nn.Module, sample: Any) -> torch.Tensor:
+        if isinstance(sample, dict):
+            if "labels" not in sample:
+                raise ValueError(
+                    f"a calibration batch has no 'labels' (keys: {sorted(sample)}): gradients need a loss; add "
+                    "labels (for causal LMs, labels = input_ids) or pass train_step="
+                )
+            device = model_device(model)
+            return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}).loss
+        if id(model) not in adapters:
+            from ..adapters import get_adapter
+
+            adapters[id(model)] = get_adapter(model)
+        return adapters[id(model)].loss(model, sample)
+
+    return step
 
 
 def _peak_memory_text(device: torch.device) -> str:
@@ -205,7 +213,7 @@ def collect_gradients(
         from ..adapters import get_adapter
 
         targets = get_adapter(model).target_linears(model, config.targets, config.ignore)
-    loss_fn = train_step or model_loss
+    loss_fn = train_step or default_loss()
     samples: Iterable[Any] = (s for batch in dataloader for s in split_batch(batch))
     metadata: dict[str, str] = {}
     total = None

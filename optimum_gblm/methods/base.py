@@ -44,7 +44,7 @@ class TargetJob:
     group: str  # comparison group of unstructured selection
     args: MethodArgs
     stats: InputStatistics | None = None  # shared by every target of the input site
-    gradient: torch.Tensor | None = None  # G of docs/semantics.md#3, with the config's norm
+    gradient: torch.Tensor | None = None  # G of docs/semantics.md#3-gradients, with the config's norm
     score_dtype: str = "float32"
 
 

@@ -1,4 +1,4 @@
-"""GBLM-Pruner and its gradient-only ablation (docs/semantics.md#5)."""
+"""GBLM-Pruner and its gradient-only ablation (docs/semantics.md#5-scores)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""gblm-obs: SparseGPT's OBS update with a gradient term in the selection score (docs/semantics.md#9).
+"""gblm-obs: SparseGPT's OBS update with a gradient term in the selection score (docs/semantics.md#9-gblm-obs).
 
 Inside every scored slice the candidate score is `S / mean(S) + beta * T / mean(T)`, with SparseGPT's saliency
 `S = w^2 / diag(Hinv)^2` and the gradient saliency `T = (|w| * G)^2`. Its default allocation is the gradient-based

@@ -1,4 +1,4 @@
-"""SparseGPT (Frantar & Alistarh): blocked OBS reconstruction with lazy updates (docs/semantics.md#8).
+"""SparseGPT (Frantar & Alistarh): blocked OBS reconstruction with lazy updates (docs/semantics.md#8-sparsegpt).
 
 The kernels take a score function, so gblm-obs (gblm_obs.py) reuses them with a gradient term in the selection.
 """

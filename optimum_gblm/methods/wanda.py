@@ -1,4 +1,4 @@
-"""Wanda: |W_ij| * sqrt(a_j), compared per output row (docs/semantics.md#5)."""
+"""Wanda: |W_ij| * sqrt(a_j), compared per output row (docs/semantics.md#5-scores)."""
 
 import torch
 

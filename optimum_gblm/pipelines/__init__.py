@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import BlockHandler, Pipeline
+from .base import BlockHandler, Pipeline, Walk
 from .datafree import DataFreePipeline
 from .placement import BlockByBlock, IntermediatesStore, Placement, WholeModel, place_model
 from .sequential import SequentialPipeline
@@ -48,6 +48,7 @@ __all__ = [
     "IntermediatesStore",
     "Pipeline",
     "Placement",
+    "Walk",
     "WholeModel",
     "list_pipelines",
     "pipeline_for",

@@ -5,6 +5,7 @@ applies the pruning."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..statistics import InputStatistics
@@ -20,6 +21,22 @@ if TYPE_CHECKING:
 BlockHandler = Callable[[int, list[PruneTarget], dict[str, InputStatistics]], None]
 
 
+@dataclass
+class Walk:
+    """One walk over a model's blocks: `targets[i]` are block i's targets, `handler` prunes them. `statistic` is what
+    the handler's method needs per input site ("activations", "hessian" or None), from `samples`."""
+
+    model: nn.Module
+    adapter: ModelAdapter
+    targets: Sequence[list[PruneTarget]]
+    handler: BlockHandler
+    statistic: str | None = None
+    samples: Sequence[Any] = ()
+    batch_size: int = 1
+    progress: bool = True
+    desc: str = "blocks"
+
+
 class Pipeline:
     name: ClassVar[str]
     description: ClassVar[str]
@@ -29,18 +46,6 @@ class Pipeline:
         self.placement = placement or WholeModel("cpu")
         self.intermediates = intermediates
 
-    def run(
-        self,
-        model: nn.Module,
-        adapter: ModelAdapter,
-        targets: Sequence[list[PruneTarget]],
-        handler: BlockHandler,
-        *,
-        statistic: str | None = None,
-        samples: Sequence[Any] = (),
-        batch_size: int = 1,
-        progress: bool = True,
-        desc: str = "blocks",
-    ) -> None:
-        """Walk every block of `model`; `targets[i]` are block i's targets."""
+    def run(self, walk: Walk) -> None:
+        """Walk every block of `walk.model`, handing each block's targets (and statistics) to `walk.handler`."""
         raise NotImplementedError

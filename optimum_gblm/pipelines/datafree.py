@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
 from tqdm.auto import tqdm
 
-from ..targets import PruneTarget
 from ..utils import inference_mode
-from .base import BlockHandler, Pipeline
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from ..adapters import ModelAdapter
+from .base import Pipeline, Walk
 
 
 class DataFreePipeline(Pipeline):
@@ -22,26 +13,15 @@ class DataFreePipeline(Pipeline):
     description = "no calibration forward pass: every block's targets are pruned from their weights (and gradients)"
     needs_data = False
 
-    def run(
-        self,
-        model: nn.Module,
-        adapter: ModelAdapter,
-        targets: Sequence[list[PruneTarget]],
-        handler: BlockHandler,
-        *,
-        statistic: str | None = None,
-        samples: Sequence[Any] = (),
-        batch_size: int = 1,
-        progress: bool = True,
-        desc: str = "blocks",
-    ) -> None:
-        if statistic is not None:
-            raise ValueError(f"the datafree pipeline collects no {statistic} statistics: use the sequential pipeline")
-        self.placement.prepare(model)
-        with inference_mode(model):
-            for index, block in enumerate(tqdm(adapter.blocks(model), desc=desc, disable=not progress)):
-                if not targets[index]:
+    def run(self, walk: Walk) -> None:
+        if walk.statistic is not None:
+            raise ValueError(f"the datafree pipeline collects no {walk.statistic} statistics: use the sequential one")
+        self.placement.prepare(walk.model)
+        with inference_mode(walk.model):
+            blocks = walk.adapter.blocks(walk.model)
+            for index, block in enumerate(tqdm(blocks, desc=walk.desc, disable=not walk.progress)):
+                if not walk.targets[index]:
                     continue
                 self.placement.onload(block)
-                handler(index, targets[index], {})
+                walk.handler(index, walk.targets[index], {})
                 self.placement.offload(block)

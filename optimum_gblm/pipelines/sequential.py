@@ -1,4 +1,4 @@
-"""The sequential pipeline (docs/semantics.md#7): capture the inputs of block 0, then per block accumulate input
+"""The sequential pipeline (docs/semantics.md#7-the-layer-by-layer-pass): capture the inputs of block 0, then per block accumulate input
 statistics from the dense block, let the handler prune its targets, and re-run the pruned block to feed the next.
 
 Statistics are accumulated once per input site (q/k/v share one object), from a hook on one member of the site;
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..statistics import InputStatistics
 from ..targets import PruneTarget, group_by_site
 from ..utils import inference_mode, move_to
-from .base import BlockHandler, Pipeline
+from .base import Pipeline, Walk
 from .placement import IntermediatesStore
 
 if TYPE_CHECKING:
@@ -145,37 +145,26 @@ class SequentialPipeline(Pipeline):
     #: for the side-by-side benchmark of the saving).
     share_sites: bool = True
 
-    def run(
-        self,
-        model: nn.Module,
-        adapter: ModelAdapter,
-        targets: Sequence[list[PruneTarget]],
-        handler: BlockHandler,
-        *,
-        statistic: str | None = None,
-        samples: Sequence[Any] = (),
-        batch_size: int = 1,
-        progress: bool = True,
-        desc: str = "blocks",
-    ) -> None:
+    def run(self, walk: Walk) -> None:
+        model, statistic = walk.model, walk.statistic
         self.placement.prepare(model)
-        blocks = adapter.blocks(model)
+        blocks = walk.adapter.blocks(model)
         with inference_mode(model), IntermediatesStore(self.intermediates) as store:
-            kwargs = capture_block_inputs(model, adapter, samples, store)
-            groups = batch_groups([store.shape(i) for i in range(len(kwargs))], kwargs, batch_size)
+            kwargs = capture_block_inputs(model, walk.adapter, walk.samples, store)
+            groups = batch_groups([store.shape(i) for i in range(len(kwargs))], kwargs, walk.batch_size)
             logger.debug("%d samples in %d block batches", len(kwargs), len(groups))
 
             def forward(block: nn.Module, group: list[int]) -> torch.Tensor:
                 return _run_block(block, torch.cat([store.get(j) for j in group]), kwargs[group[0]])
 
-            for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
+            for index, block in enumerate(tqdm(blocks, desc=walk.desc, disable=not walk.progress)):
                 self.placement.onload(block)
-                block_targets = targets[index]
+                block_targets = walk.targets[index]
                 if block_targets:
                     by_target: dict[str, InputStatistics] = {}
                     if statistic is not None:
                         by_target = self._collect(block, block_targets, statistic, groups, forward)
-                    handler(index, block_targets, by_target)
+                    walk.handler(index, block_targets, by_target)
                     for site_stats in {id(s): s for s in by_target.values()}.values():
                         site_stats.free()
                 # Re-run the (pruned) block: its outputs are the next block's inputs.
