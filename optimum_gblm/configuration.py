@@ -13,6 +13,7 @@ from typing import Any
 
 from .masks import parse_pattern
 from .methods import DEFAULT_METHOD, all_groups, argument_owners, get_method, list_methods
+from .methods.registry import reserve_argument_names
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -280,3 +281,6 @@ class GBLMConfig:
             raise FileNotFoundError(f"No {CONFIG_NAME} found at {path}")
         data = json.loads(path.read_text())
         return cls.from_dict(data.get("config", data))
+
+
+reserve_argument_names({f.name for f in fields(GBLMConfig)})

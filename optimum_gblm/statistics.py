@@ -43,7 +43,9 @@ class InputStatistics:
         self._derived.clear()
 
     def _checked(self) -> torch.Tensor:
-        if self._sum is None or self.nsamples == 0:
+        if self._sum is None:
+            raise RuntimeError("these statistics were already freed")
+        if self.nsamples == 0:
             raise RuntimeError("no calibration inputs were recorded for this input site")
         return self._sum
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from optimum_gblm import GBLMConfig, GBLMPruner, render_model_card
+from optimum_gblm import GBLMConfig, GBLMPruner, list_methods, render_model_card
 from optimum_gblm.assets import DEFAULT_MODEL_ID, DEFAULT_MODEL_LICENSE
+from optimum_gblm.methods import get_method
 from optimum_gblm.publishing.cards import PLOT_NAME, base_name, card_metadata, default_repo_name, write_sparsity_plot
 from optimum_gblm.publishing.provenance import base_model_license, hub_base_model
 from tests.conftest import tiny_model
@@ -160,3 +162,42 @@ def test_save_pretrained_writes_card_and_plot(tmp_path: Path):
 def test_plot_skipped_without_layers(tmp_path: Path):
     assert write_sparsity_plot(tmp_path, {"config": {}, "sparsity": None}) is None
     assert not (tmp_path / PLOT_NAME).exists()
+
+
+# -- every registered method, and image calibrations ------------------------------------------------------------------
+def _format2_sidecar(method: str) -> dict:
+    """The golden gblm-obs side-car, upgraded to format 2, re-targeted at `method` (its own default arguments)."""
+    from optimum_gblm.publishing.sidecar import upgrade_sidecar
+
+    sidecar = upgrade_sidecar(_sidecar("llama-gblm-obs"))
+    settings = {k: v for k, v in sidecar["config"].items() if k not in ("method", "method_args", "allocation")}
+    sidecar["config"] = GBLMConfig(**{**settings, "method": method}).to_dict()
+    return sidecar
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_card_describes_every_registered_method(method: str):
+    """The Method row, the tags, the gradient row and the method-argument row come from the method's declaration."""
+    declared = get_method(method)
+    sidecar = _format2_sidecar(method)
+    text = render_model_card(sidecar)
+    assert f"| Method | `{method}`: {declared.card_description} |" in text
+    assert method in card_metadata(sidecar)["tags"]
+    assert ("| Gradients |" in text) == declared.needs_gradients
+    arguments = [f.name for f in fields(declared.args)]
+    row = next((line for line in text.splitlines() if line.startswith("| Method arguments |")), "")
+    assert all(f" {name} " in row for name in arguments) and bool(row) == bool(arguments), row
+    assert "None" not in text
+
+
+def test_vit_card_describes_image_calibration(tmp_path: Path):
+    """An image calibration has no seqlen: the card says how many images of which size, never `None tokens`."""
+    from tests.test_timm_vit import images, labels, tiny_vit
+
+    pruner = GBLMPruner.from_pretrained(tiny_vit(), GBLMConfig(method="wanda", num_samples=8, device="cpu"))
+    pruner.prune(calibration=(images(), labels()), progress=False)
+    folder = pruner.save_pretrained(tmp_path / "vit")
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in card.splitlines() if line.startswith("| Calibration |"))
+    assert "8 images of 3x32x32 from `tensor`" in row, row
+    assert "None" not in card and "tokens" not in row

@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -123,6 +123,29 @@ def test_prune_options_come_from_the_config():
         assert re.search(rf"^  {re.escape(name)} +\S", text, re.MULTILINE), name
 
 
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_parses_with_its_own_arguments(method: str):
+    """In process: `--method M` and M's own options give M's config; another method's option is a usage error."""
+    import argparse
+
+    from optimum_gblm.commands.errors import UsageError
+    from optimum_gblm.commands.options import add_config_arguments, config_from_args
+    from optimum_gblm.methods import get_method
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    declared = get_method(method).make_args()
+    steps = {"int": 1, int: 1, "float": 0.5, float: 0.5}  # a valid value other than the default
+    changed = {f.name: getattr(declared, f.name) + steps[f.type] for f in fields(declared) if f.type in steps}
+    options = [str(x) for name, value in changed.items() for x in (f"--{name.replace('_', '-')}", value)]
+    config = config_from_args(parser.parse_args(["--method", method, *options]))
+    assert config.method == method and config.method_args == {**asdict(declared), **changed}
+    foreign = [name for name, owners in argument_owners().items() if method not in owners]
+    for name in foreign:
+        with pytest.raises(UsageError, match=f"{name} is an option of method"):
+            config_from_args(parser.parse_args(["--method", method, f"--{name.replace('_', '-')}", "1"]))
+
+
 # -- prune / gradients / evaluate ---------------------------------------------------------------------------------
 def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
     import torch
@@ -171,7 +194,7 @@ def test_evaluate_a_dense_model(assets):
 @pytest.mark.parametrize(
     "option, allowed",
     [
-        (("--method", "foo"), ("invalid choice", "gblm", "wanda", "sparsegpt", "magnitude")),
+        (("--method", "foo"), ("invalid choice", *list_methods())),
         (("--pattern", "2-4"), ("pattern", "unstructured", "N:M")),
         (("--sparsity", "1.5"), ("sparsity", "between 0 and 1")),
         (("--model", "/no/such/model"), ("does not exist",)),

@@ -6,17 +6,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from optimum_gblm import GBLMConfig, GBLMPruner, verify_checkpoint
+from optimum_gblm import GBLMConfig, GBLMPruner, list_methods, verify_checkpoint
 from optimum_gblm.adapters import get_adapter
 from optimum_gblm.masks import prune_count
+from optimum_gblm.methods import get_method
 from tests.conftest import tiny_model
 
-METHODS = ["magnitude", "wanda", "gradient", "gblm", "sparsegpt", "gblm-obs"]
+METHODS = list_methods()  # every registered method, a newly registered one included
 UNTOUCHED = ("embed_tokens", "norm", "lm_head")
 
 
 def _cfg(method, pattern="unstructured", sparsity=0.5, **kw):
-    kw.setdefault("allocation", "uniform" if method == "gblm-obs" else None)
+    # Methods that allocate sparsity across linears by default (gblm-obs) are pinned to uniform: exact per-linear counts.
+    kw.setdefault("allocation", "uniform" if get_method(method).default_allocation != "uniform" else None)
     return GBLMConfig(method=method, pattern=pattern, sparsity=sparsity, num_samples=4, seqlen=16, device="cpu", **kw)
 
 

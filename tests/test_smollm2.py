@@ -59,8 +59,9 @@ def test_exact_sparsity_and_untouched_modules(setup, pruned):
     dense = setup[0].state_dict()
     for (method, pattern), (pruner, _) in pruned.items():
         assert len(pruner.pruning_map.targets) == 30 * 7
-        for name, linear in pruner.targets().items():
-            w, w0 = linear.weight.detach(), dense[f"{name}.weight"]
+        for target in pruner.targets():
+            name = target.name
+            w, w0 = target.weight(), dense[f"{name}.weight"]
             if pattern == "2:4":
                 after = (w.reshape(w.shape[0], -1, 4) == 0).sum(-1)
                 before = (w0.reshape(w0.shape[0], -1, 4) == 0).sum(-1)

@@ -18,12 +18,25 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from optimum_gblm import GBLMConfig, GBLMPruner, verify_checkpoint
+from optimum_gblm import GBLMConfig, GBLMPruner, list_methods, verify_checkpoint
 from optimum_gblm.adapters import TimmViTAdapter, get_adapter
 from optimum_gblm.data.images import ImageCalibration
 from optimum_gblm.masks import check_pattern, prune_count
+from optimum_gblm.methods import get_method
 
-METHODS = ("magnitude", "wanda", "gradient", "gblm", "sparsegpt", "gblm-obs")
+METHODS = tuple(list_methods())  # every registered method, a newly registered one included
+
+
+def _first_per_statistic() -> tuple[str, ...]:
+    """One method per input statistic (the first registered of each): what prefix-token variants change."""
+    chosen: dict[str, str] = {}
+    for method in METHODS:
+        if get_method(method).statistic is not None:
+            chosen.setdefault(get_method(method).statistic, method)
+    return tuple(chosen.values())
+
+
+STATISTIC_METHODS = _first_per_statistic()
 PATTERNS = (("unstructured", 0.5), ("2:4", 0.5))
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5}
 KINDS = {
@@ -108,7 +121,7 @@ def test_every_method_and_pattern(method: str, pattern: str, sparsity: float) ->
 
 
 @pytest.mark.parametrize("kind", ["deit-distilled", "registers"])
-@pytest.mark.parametrize("method", ["gblm", "sparsegpt"])
+@pytest.mark.parametrize("method", STATISTIC_METHODS)
 def test_prefix_token_variants(kind: str, method: str) -> None:
     model = tiny_vit(kind)
     dense = {k: v.clone() for k, v in model.state_dict().items()}

@@ -160,3 +160,23 @@ def test_example_manifest_in_the_repository_plans_cleanly():
     result = publish_zoo(manifest, dry_run=True)
     assert result.entries and all(e.status == "planned" for e in result.entries)
     assert len({e.repo_id for e in result.entries}) == len(result.entries)
+
+
+def test_line_containers_do_not_share_their_line_tables(tmp_path: Path):
+    """Each mapping / sequence keeps its own line table, also when built without the YAML loader."""
+    from optimum_gblm.zoo.manifest import _line, _LineDict, _LineList
+
+    first, second = _LineDict(a=1), _LineDict(b=2)
+    first.key_lines["a"] = 3
+    assert second.key_lines == {} and first.key_lines is not second.key_lines
+    assert _line(second, "a") is None and _line(first, "a") == 3
+    items, others = _LineList([1]), _LineList([2])
+    items.item_lines.append(7)
+    assert others.item_lines == [] and items.item_lines is not others.item_lines
+    assert _line(others, 0) is None and _line(items, 0) == 7
+    assert first.line is None and items.line is None
+    # the loader still records the lines of what it builds
+    path = tmp_path / "zoo.yaml"
+    path.write_text("organization: test-org\nentries:\n  - model: org/m\n    method: wanda\n")
+    (entry,) = load_manifest(path).entries
+    assert entry.line == 3 and entry.field_lines == {"model": 3, "method": 4}

@@ -9,7 +9,7 @@ from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from ..configuration import GBLMConfig
-from ..methods import argument_owners, get_method, list_methods
+from ..methods import all_groups, argument_owners, get_method, list_methods
 from .errors import UsageError
 
 # Argument groups shown in --help, each a tuple of GBLMConfig field names; a field missing here still gets an
@@ -61,7 +61,8 @@ def _value_type(hint: Any) -> Any:
 def _add_field(group: argparse._ArgumentGroup, f: Field, hint: Any) -> None:
     default = _default(f)
     text = f.metadata.get("help", "").replace("%", "%%")
-    choices = list_methods() if f.name == "method" else f.metadata.get("choices")
+    # Registry-backed choices are read now, so methods registered after import are offered too.
+    choices = {"method": list_methods(), "group": all_groups()}.get(f.name, f.metadata.get("choices"))
     kwargs: dict[str, Any] = {"dest": f.name, "default": default}
     hint = _value_type(hint)
     if hint is bool:

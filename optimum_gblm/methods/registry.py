@@ -8,6 +8,9 @@ from typing import TypeVar
 from .base import MethodArgs, PruningMethod
 
 _REGISTRY: dict[str, PruningMethod] = {}
+# Names a method argument may not take: GBLMConfig's own fields (configuration.py reserves them), since flat
+# method arguments share the config's namespace in dicts, manifests and CLI options.
+_RESERVED: set[str] = set()
 DEFAULT_METHOD = "gblm"  # what GBLMConfig() prunes with: the project's namesake
 M = TypeVar("M", bound=type[PruningMethod])
 
@@ -26,8 +29,22 @@ def register_method(cls: M) -> M:
         raise ValueError(f"method {name!r}: `args` must be a MethodArgs dataclass")
     if not cls.groups:
         raise ValueError(f"method {name!r} declares no comparison group")
+    _check_argument_names(name, cls.args)
     _REGISTRY[name] = cls()
     return cls
+
+
+def _check_argument_names(name: str, args: type[MethodArgs]) -> None:
+    clash = sorted({f.name for f in fields(args)} & _RESERVED)
+    if clash:
+        raise ValueError(f"method {name!r}: argument name(s) {', '.join(clash)} are GBLMConfig fields; rename them")
+
+
+def reserve_argument_names(names: set[str]) -> None:
+    """Forbid `names` as method argument names (GBLMConfig's fields); already registered methods are checked too."""
+    _RESERVED.update(names)
+    for method in _REGISTRY.values():
+        _check_argument_names(method.name, method.args)
 
 
 def get_method(name: str) -> PruningMethod:

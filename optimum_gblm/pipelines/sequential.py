@@ -167,8 +167,8 @@ class SequentialPipeline(Pipeline):
                     walk.handler(index, block_targets, by_target)
                     for site_stats in {id(s): s for s in by_target.values()}.values():
                         site_stats.free()
-                # Re-run the (pruned) block: its outputs are the next block's inputs.
-                for group in groups:
+                # Re-run the (pruned) block: its outputs are the next block's inputs (none after the last block).
+                for group in groups if index < len(blocks) - 1 else ():
                     out = forward(block, group)
                     for k, j in enumerate(group):
                         store.put(j, out[k : k + 1])

@@ -158,6 +158,13 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _calibration_size(calib: dict[str, Any]) -> str:
+    """`4 x 16 tokens` (text windows) or `4 images of 3x32x32` (image calibrations describe `input_size`)."""
+    if calib.get("input_size"):
+        return f"{calib.get('num_samples')} images of {'x'.join(str(d) for d in calib['input_size'])}"
+    return f"{calib.get('num_samples')} x {calib.get('seqlen')} tokens"
+
+
 def _pruning_table(sidecar: dict[str, Any]) -> str:
     config = sidecar["config"]
     sparsity = sidecar.get("pruning_map") or {}
@@ -178,7 +185,7 @@ def _pruning_table(sidecar: dict[str, Any]) -> str:
         rows.append(
             (
                 "Calibration",
-                f"{calib.get('num_samples')} x {calib.get('seqlen')} tokens from `{source}` "
+                f"{_calibration_size(calib)} from `{source}` "
                 f"(seed {config.get('seed')}, fingerprint `{calib.get('fingerprint')}`)",
             )
         )

@@ -76,7 +76,7 @@ def upgrade_sidecar(data: dict[str, Any]) -> dict[str, Any]:
         except ValueError as err:  # e.g. a method this version does not know: keep the config as written
             logger.warning("could not upgrade the version-1 config (%s); keeping it as written", err)
     report = data.get("sparsity")
-    upgraded["pruning_map"] = PruningMap.from_v1_report(report, data.get("config")).to_dict() if report else None
+    upgraded["pruning_map"] = PruningMap.from_v1_report(report, upgraded.get("config")).to_dict() if report else None
     upgraded["format"] = SIDECAR_FORMAT
     upgraded["upgraded_from"] = "optimum-gblm/1"
     return upgraded

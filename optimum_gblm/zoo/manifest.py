@@ -34,13 +34,21 @@ def _model_id(model: str) -> str:
 
 # -- manifest -------------------------------------------------------------------------------------------------------
 class _LineDict(dict):
-    line: int | None = None
-    key_lines: dict[Any, int] = {}
+    """A mapping with the line it starts on and the line of each key (per instance: never shared)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.line: int | None = None
+        self.key_lines: dict[Any, int] = {}
 
 
 class _LineList(list):
-    line: int | None = None
-    item_lines: list[int] = []
+    """A sequence with the line it starts on and the line of each item (per instance: never shared)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.line: int | None = None
+        self.item_lines: list[int] = []
 
 
 class _LineLoader(yaml.SafeLoader):

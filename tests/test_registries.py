@@ -1,0 +1,309 @@
+"""The method and adapter registries: a newly registered method or model family is usable everywhere at once (config,
+pruner, CLI, model card), bad registrations are refused, and the public API exports the extension points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import optimum_gblm
+from optimum_gblm import GBLMConfig, GBLMPruner, MethodArgs, PruningMethod, list_methods, register_method
+from optimum_gblm.adapters import (
+    DecoderAdapter,
+    ModelAdapter,
+    TimmViTAdapter,
+    UnsupportedModel,
+    adapter_for_source,
+    get_adapter,
+    list_adapters,
+    register_adapter,
+    supported_architectures,
+)
+from optimum_gblm.adapters import registry as adapter_registry
+from optimum_gblm.masks import prune_count
+from optimum_gblm.methods import registry as methods_registry
+from optimum_gblm.publishing.cards import card_metadata, render_model_card
+from tests.conftest import tiny_model
+
+
+# -- a method registered by a test ----------------------------------------------------------------------------------
+@dataclass
+class RandomArgs(MethodArgs):
+    random_seed: int = field(default=1, metadata={"help": "Seed of the random scores."})
+
+
+@pytest.fixture
+def method_registry():
+    """The method registry as it was before the test, restored afterwards (also when the test fails), so a method
+    registered here (or a refused registration that slipped through) never reaches other tests."""
+    before = dict(methods_registry._REGISTRY)
+    try:
+        yield methods_registry._REGISTRY
+    finally:
+        methods_registry._REGISTRY.clear()
+        methods_registry._REGISTRY.update(before)
+
+
+@pytest.fixture
+def random_method(method_registry):
+    """A "random" method with one argument of its own, registered for one test."""
+
+    @register_method
+    class RandomPruning(PruningMethod):
+        name = "random"
+        args = RandomArgs
+        description = "uniformly random scores (a sanity baseline)"
+        card_description = "random pruning, a sanity baseline that ignores the weights"
+
+        def score(self, job):
+            generator = torch.Generator().manual_seed(job.args.random_seed)
+            return torch.rand(job.weight.shape, generator=generator)
+
+    return RandomPruning
+
+
+def _cfg(method: str, **kwargs) -> GBLMConfig:
+    return GBLMConfig(method=method, num_samples=4, seqlen=16, device="cpu", **kwargs)
+
+
+def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight == 0 for n, m in get_adapter(model).target_linears(model).items()}
+
+
+def test_a_registered_method_is_validated_by_the_config(random_method):
+    assert list_methods()[-1] == "random"
+    assert GBLMConfig(method="random").method_args == {"random_seed": 1}
+    assert _cfg("random", method_args={"random_seed": 7}).args == RandomArgs(7)
+    assert GBLMConfig.from_dict({"method": "random", "random_seed": 3}).method_args == {"random_seed": 3}  # flat
+    with pytest.raises(ValueError, match="random_seed=0 is invalid: it must be a positive integer"):
+        GBLMConfig(method="random", method_args={"random_seed": 0})
+    with pytest.raises(ValueError, match="method 'random' has no argument.* blocksize: its arguments are random_seed"):
+        GBLMConfig(method="random", method_args={"blocksize": 8})
+    with pytest.raises(ValueError, match="random_seed is an argument of method random, not of method='wanda'"):
+        GBLMConfig.from_dict({"method": "wanda", "random_seed": 3})
+    with pytest.raises(ValueError, match="group='block' is not available for method='random': allowed row, layer"):
+        GBLMConfig(method="random", group="block")
+
+
+def test_a_registered_method_prunes(random_method):
+    model = tiny_model()
+    pruner = GBLMPruner(model, _cfg("random"))
+    pruner.prune(progress=False)  # no statistic, no gradients: the data-free pipeline, no calibration needed
+    assert pruner.calibration is None and len(pruner.pruning_map.targets) == 14
+    for name, mask in _masks(model).items():
+        assert (mask.sum(dim=1) == prune_count(mask.shape[1], 0.5)).all(), name  # its default group: row
+    (stage,) = pruner.pruning_map.stages
+    assert stage.method == "random" and stage.settings["method_args"] == {"random_seed": 1}
+    same, other, magnitude = tiny_model(), tiny_model(), tiny_model()
+    GBLMPruner(same, _cfg("random")).prune(progress=False)
+    GBLMPruner(other, _cfg("random", method_args={"random_seed": 2})).prune(progress=False)
+    GBLMPruner(magnitude, _cfg("magnitude", group="row")).prune(progress=False)
+    first = _masks(model)
+    assert all(torch.equal(first[n], m) for n, m in _masks(same).items())  # its own argument is used ...
+    assert not any(torch.equal(first[n], m) for n, m in _masks(other).items())
+    assert not any(torch.equal(first[n], m) for n, m in _masks(magnitude).items())  # ... and its own score
+
+
+def test_a_registered_method_gets_cli_options(random_method):
+    from optimum_gblm.commands.options import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    groups = {group.title: [a.option_strings for a in group._group_actions] for group in parser._action_groups}
+    assert groups["random arguments"] == [["--random-seed"]]
+    method_option = next(a for a in parser._actions if a.dest == "method")
+    assert "random" in method_option.choices
+    config = config_from_args(parser.parse_args(["--method", "random", "--random-seed", "5"]))
+    assert config.method == "random" and config.method_args == {"random_seed": 5}
+    assert config_from_args(parser.parse_args(["--method", "random"])).method_args == {"random_seed": 1}
+
+
+def test_a_registered_method_is_named_on_the_model_card(random_method):
+    pruner = GBLMPruner(tiny_model(), _cfg("random", method_args={"random_seed": 3}))
+    pruner.prune(progress=False)
+    sidecar = json.loads(json.dumps(pruner.sidecar(), default=str))
+    card = render_model_card(sidecar)
+    assert f"| Method | `random`: {random_method.card_description} |" in card
+    assert "| Method arguments | random_seed 3 |" in card and "| Gradients |" not in card
+    assert "random" in card_metadata(sidecar)["tags"] and "pruned with random" in card
+
+
+def _method(**attributes) -> type[PruningMethod]:
+    defaults = {"name": "scratch", "description": "d", "card_description": "c"}
+    return type("Scratch", (PruningMethod,), {**defaults, **attributes})
+
+
+@dataclass
+class NotMethodArgs:
+    size: int = 1
+
+
+@dataclass
+class ClashingArgs(MethodArgs):
+    seed: int = 1  # a GBLMConfig field: flat method arguments share the config's namespace
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"name": "wanda"}, "A pruning method named 'wanda' is already registered"),
+        ({"name": ""}, "Scratch needs a `name`"),
+        ({"description": ""}, "method 'scratch' needs a `description`"),
+        ({"card_description": ""}, "method 'scratch' needs a `card_description`"),
+        ({"args": NotMethodArgs}, "`args` must be a MethodArgs dataclass"),
+        ({"args": dict}, "`args` must be a MethodArgs dataclass"),
+        ({"groups": ()}, "declares no comparison group"),
+        ({"args": ClashingArgs}, "argument name\\(s\\) seed are GBLMConfig fields"),
+    ],
+)
+def test_bad_method_registrations_are_refused(attributes, message, method_registry):
+    before = list_methods()
+    with pytest.raises(ValueError, match=message):
+        register_method(_method(**attributes))
+    assert list_methods() == before
+
+
+def test_a_description_is_required_even_when_inherited_empty(method_registry):
+    class NoDescription(PruningMethod):
+        name = "no-description"
+        card_description = "c"
+
+    with pytest.raises(ValueError, match="needs a `description`"):
+        register_method(NoDescription)
+    assert "no-description" not in list_methods()
+
+
+# -- adapters ---------------------------------------------------------------------------------------------------------
+class ToyBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, 2 * width)
+        self.down = nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class ToyNet(nn.Module):
+    def __init__(self, width: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(ToyBlock(width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.layers:
+            x = block(x)
+        return x
+
+
+@pytest.fixture
+def adapters():
+    """The adapter registry as it was before the test, restored afterwards (also when the test fails)."""
+    before = list(adapter_registry._ADAPTERS)
+    try:
+        yield adapter_registry._ADAPTERS
+    finally:
+        adapter_registry._ADAPTERS[:] = before
+
+
+@pytest.fixture
+def toy_adapter(adapters):
+    """An adapter for ToyNet, registered for one test."""
+
+    @register_adapter
+    class ToyAdapter(ModelAdapter):
+        name = "toy"
+        library = "torch"
+        metric_name = "mse"
+        block_path = "layers"
+        block_linears = ("up", "down")
+
+        @classmethod
+        def supports(cls, model):
+            return isinstance(model, ToyNet)
+
+        @classmethod
+        def architectures(cls):
+            return ["ToyNet (tests)"]
+
+        @classmethod
+        def claims_source(cls, source):
+            return source.startswith("toy:")
+
+        def forward(self, model, sample):
+            return model(sample)
+
+        def make_calibration(self, data, config):
+            return [x.unsqueeze(0) for x in data]
+
+    return ToyAdapter
+
+
+def test_a_registered_adapter_serves_its_models(toy_adapter):
+    model = ToyNet()
+    assert isinstance(get_adapter(model), toy_adapter) and adapter_for_source("toy:net") is toy_adapter
+    assert "ToyNet (tests)" in supported_architectures()
+    pruner = GBLMPruner(model, _cfg("wanda"))
+    assert [t.name for t in pruner.targets()] == ["layers.0.up", "layers.0.down", "layers.1.up", "layers.1.down"]
+    pruner.prune(calibration=torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0)), progress=False)
+    for name, mask in _masks(model).items():
+        assert (mask.sum(dim=1) == prune_count(mask.shape[1], 0.5)).all(), name
+    assert pruner.pruning_map.overall_sparsity == 0.5 and pruner.pruning_map.stages[0].method == "wanda"
+
+
+def test_register_adapter_refuses_duplicates_and_incomplete_adapters(adapters):
+    before = list_adapters()
+    with pytest.raises(ValueError, match="An adapter named 'decoder' is already registered"):
+        register_adapter(type("AnotherDecoder", (DecoderAdapter,), {}))
+    with pytest.raises(ValueError, match="An adapter named 'timm-vit' is already registered"):
+        register_adapter(type("AnotherViT", (ModelAdapter,), {"name": "timm-vit"}))
+    with pytest.raises(ValueError, match="adapter Incomplete needs `library`"):
+        register_adapter(type("Incomplete", (ModelAdapter,), {"name": "incomplete"}))
+    assert list_adapters() == before
+
+
+def test_unsupported_models_name_the_supported_architectures():
+    with pytest.raises(UnsupportedModel, match="No adapter for architecture 'Sequential'") as caught:
+        get_adapter(nn.Sequential(nn.Linear(2, 2)))
+    assert isinstance(caught.value, ValueError) and caught.value.kind == "Sequential"
+    supported = supported_architectures()
+    assert "llama (transformers)" in supported and any("VisionTransformer" in s for s in supported)
+    assert all(s in str(caught.value) for s in supported)
+
+
+def test_adapter_for_source(tmp_path: Path):
+    for source in ("timm/vit_tiny_patch16_224", "hf-hub:org/x", "timm:vit_tiny_patch16_224"):
+        assert adapter_for_source(source) is TimmViTAdapter, source
+    for source in ("org/model", "gpt2", "HuggingFaceTB/SmolLM2-135M", str(tmp_path / "missing")):
+        assert adapter_for_source(source) is DecoderAdapter, source
+    timm_folder, hf_folder = tmp_path / "timm", tmp_path / "hf"
+    timm_folder.mkdir()
+    hf_folder.mkdir()
+    (timm_folder / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "num_classes": 5}))
+    (hf_folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    assert adapter_for_source(str(timm_folder)) is TimmViTAdapter
+    assert adapter_for_source(str(hf_folder)) is DecoderAdapter
+
+
+# -- the public API ---------------------------------------------------------------------------------------------------
+def test_public_api_exports_the_extension_points():
+    from optimum_gblm import GBLMGradientCallback, PruneTarget, PruningMap, register_adapter, register_method
+    from optimum_gblm.adapters.registry import register_adapter as adapter_registration
+    from optimum_gblm.gradients.trainer import GBLMGradientCallback as callback
+    from optimum_gblm.methods.registry import register_method as method_registration
+    from optimum_gblm.pruning_map import PruningMap as pruning_map
+    from optimum_gblm.targets import PruneTarget as prune_target
+
+    assert register_method is method_registration and register_adapter is adapter_registration
+    assert GBLMGradientCallback is callback and PruneTarget is prune_target and PruningMap is pruning_map
+    assert {"register_method", "register_adapter", "GBLMGradientCallback", "PruneTarget", "PruningMap"} <= set(
+        optimum_gblm.__all__
+    )
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        optimum_gblm.NoSuchName  # noqa: B018
