@@ -15,7 +15,8 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from optimum_gblm import GBLMConfig, GBLMPruner, list_methods, render_model_card
 from optimum_gblm.assets import DEFAULT_MODEL_ID, DEFAULT_MODEL_LICENSE
 from optimum_gblm.methods import get_method
-from optimum_gblm.publishing.cards import PLOT_NAME, base_name, card_metadata, default_repo_name, write_sparsity_plot
+from optimum_gblm.publishing.cards import PLOT_NAME, base_name, card_metadata, default_repo_name
+from optimum_gblm.publishing.plot import write_sparsity_plot
 from optimum_gblm.publishing.provenance import base_model_license, hub_base_model
 from tests.conftest import tiny_model
 

@@ -19,7 +19,8 @@ from safetensors import safe_open
 
 from ..masks import check_pattern, sparsity_of
 from ..pruning_map import PruningMap
-from .cards import write_model_card, write_sparsity_plot
+from .cards import write_model_card
+from .plot import write_sparsity_plot
 from .sidecar import read_sidecar, write_sidecar
 
 logger = logging.getLogger(__name__)
