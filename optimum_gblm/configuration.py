@@ -279,7 +279,14 @@ class GBLMConfig:
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"No {CONFIG_NAME} found at {path}")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a GBLMConfig object")
         return cls.from_dict(data.get("config", data))
 
 

@@ -184,6 +184,25 @@ def test_evaluate_prints_the_metric_of_a_pruned_checkpoint(assets, pruned):
     assert float(match.group(1)) == pytest.approx(recorded, rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ('{"format": "optimum-gblm/2", "config": {"method": "gblm", "seqlen": 16', "is not valid JSON"),
+        ('{"format": "optimum-gblm/2", "config": {"method": "gblm", "seqlen": "16"}}', "config.pattern is None"),
+    ],
+)
+def test_evaluate_refuses_a_corrupt_sidecar(pruned, tmp_path: Path, content: str, problem: str):
+    out, _ = pruned
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "gblm_config.json").write_text(content)
+    result = cli("evaluate", broken, *EVAL, "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "dense" not in result.stdout, result
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("optimum-cli gblm evaluate: error:")
+    assert str(broken / "gblm_config.json") in last and problem in last
+
+
 def test_evaluate_a_dense_model(assets):
     result = ok(cli("evaluate", assets["model"], *EVAL, "--eval-source", assets["text"], "--no-progress"))
     value = float(re.search(r"^perplexity: ([\d.]+) \(.*dense", result.stdout, re.MULTILINE).group(1))

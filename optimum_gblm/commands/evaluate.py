@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import fields
 from pathlib import Path
@@ -13,6 +12,7 @@ from optimum.commands.base import CommandInfo
 
 from ..configuration import CONFIG_NAME, GBLMConfig
 from .base import GBLMSubcommand, check_eval_source, check_model_path
+from .errors import UsageError
 from .options import add_config_arguments, add_eval_arguments, config_from_args
 from .prune import eval_kwargs
 
@@ -20,17 +20,18 @@ logger = logging.getLogger(__name__)
 
 
 def read_sidecar(model: str) -> dict[str, Any]:
-    """The checkpoint's `gblm_config.json` when it has one (a pruned folder), else {}: plain JSON, no loading."""
-    from ..publishing.sidecar import upgrade_sidecar
+    """The checkpoint's `gblm_config.json` when it has one (a saved folder), else {}: plain JSON, no loading. A side-car
+    that cannot be read is refused, naming the file: guessing would relabel a pruned model dense and change the
+    evaluation length."""
+    from ..publishing.sidecar import read_sidecar as read
 
-    path = Path(model).expanduser() / CONFIG_NAME
-    if not path.is_file():
+    folder = Path(model).expanduser()
+    if not (folder / CONFIG_NAME).is_file():
         return {}
     try:
-        return upgrade_sidecar(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        logger.warning("could not read %s; evaluating without it", path)
-        return {}
+        return read(folder)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{err}. Fix or remove it to evaluate the weights without it") from None
 
 
 def describe(sidecar: dict[str, Any]) -> str:
@@ -64,7 +65,7 @@ class EvaluateCommand(GBLMSubcommand):
         check_model_path(args.model)
         check_eval_source(args.eval_source)
         sidecar = read_sidecar(args.model)
-        seqlen = int((sidecar.get("config") or {}).get("seqlen", config.seqlen))
+        seqlen = sidecar["config"]["seqlen"] if sidecar else config.seqlen
 
         from ..pruner import GBLMPruner
 

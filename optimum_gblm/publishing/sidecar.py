@@ -13,6 +13,7 @@ from ..pruning_map import PruningMap
 from .provenance import base_model_license, library_versions
 
 SIDECAR_FORMAT = "optimum-gblm/2"
+KNOWN_FORMATS = ("optimum-gblm/1", SIDECAR_FORMAT)
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +83,55 @@ def upgrade_sidecar(data: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+class InvalidSidecar(ValueError):
+    """A `gblm_config.json` that cannot be trusted: the message names the file and what is wrong with it."""
+
+
+def _problem(data: Any) -> str | None:
+    """What makes a parsed side-car unusable (None when it is usable): the fields readers rely on."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, found a JSON {type(data).__name__}"
+    if data.get("format", SIDECAR_FORMAT) not in KNOWN_FORMATS:  # none: GBLMConfig.save_pretrained's config-only file
+        return f"unknown format {data.get('format')!r} (this version reads {' and '.join(KNOWN_FORMATS)})"
+    config = data.get("config")
+    if not isinstance(config, dict):
+        return "no `config` object"
+    expected = {"method": str, "pattern": str, "sparsity": (int, float), "seqlen": int}
+    for key, kind in expected.items():
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            return f"config.{key} is {config.get(key)!r}"
+    pruning_map = data.get("pruning_map")
+    if pruning_map is not None and not (
+        isinstance(pruning_map, dict)
+        and isinstance(pruning_map.get("targets"), dict)
+        and isinstance(pruning_map.get("overall_sparsity"), (int, float))
+    ):
+        return "`pruning_map` is neither null nor a map with `targets` and `overall_sparsity`"
+    return None
+
+
 def read_sidecar(folder: str | Path) -> dict[str, Any]:
-    """The side-car of a saved folder, in the format-2 layout (format-1 files are upgraded in memory)."""
+    """The side-car of a saved folder, in the format-2 layout (format-1 files are upgraded in memory). A file that is
+    not valid JSON, or lacks what readers rely on, raises `InvalidSidecar` naming the file."""
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not an optimum-gblm checkpoint")
-    return upgrade_sidecar(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InvalidSidecar(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): truncated or corrupt"
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidSidecar(f"{path} is not UTF-8 text: corrupt") from None
+    problem = _problem(data)
+    if problem is None:
+        try:  # a format-1 pruning report that cannot be upgraded
+            data = upgrade_sidecar(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            problem = f"unreadable format-1 sparsity report ({type(err).__name__}: {err})"
+        else:
+            problem = _problem(data)
+    if problem:
+        raise InvalidSidecar(f"{path} is not a valid optimum-gblm side-car: {problem}")
+    return data
