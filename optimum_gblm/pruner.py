@@ -45,12 +45,14 @@ class GBLMPruner:
         model_id: str | None = None,
         adapter: ModelAdapter | None = None,
         preprocessing: dict[str, Any] | None = None,
+        base_model: str | None = None,
     ) -> None:
         self.config = config or GBLMConfig()
         self.config.validate()
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.base_model = _check_base_model(base_model)
         self.adapter = adapter or get_adapter(model)
         self.preprocessing = preprocessing or self.adapter.preprocessing()
         self.calibration: Any = None
@@ -65,11 +67,19 @@ class GBLMPruner:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | Path | nn.Module | None = None, config: GBLMConfig | None = None, **load_kwargs: Any
+        cls,
+        model: str | Path | nn.Module | None = None,
+        config: GBLMConfig | None = None,
+        base_model: str | None = None,
+        **load_kwargs: Any,
     ) -> GBLMPruner:
-        """Load a model (Hub id, local folder, timm name, or an instance; None = the embedded SmolLM2-135M)."""
+        """Load a model (Hub id, local folder, timm name, or an instance; None = the embedded SmolLM2-135M).
+
+        `base_model` is the Hub id the model is published under, for the card's metadata and link when `model` is a
+        local folder or an instance (without it, a local model is named in plain text, never linked)."""
         config = config or GBLMConfig()
         config.validate()
+        _check_base_model(base_model)
         loaded = load_model(model, config, **load_kwargs)
         return cls(
             loaded.model,
@@ -78,6 +88,7 @@ class GBLMPruner:
             model_id=loaded.model_id,
             adapter=loaded.adapter,
             preprocessing=loaded.preprocessing,
+            base_model=base_model,
         )
 
     # -- checks before heavy work ---------------------------------------------------------------------------------
@@ -226,7 +237,7 @@ class GBLMPruner:
         return value
 
     # -- publishing -----------------------------------------------------------------------------------------------
-    def sidecar(self, repo_id: str | None = None) -> dict[str, Any]:
+    def sidecar(self, repo_id: str | None = None, base_model: str | None = None) -> dict[str, Any]:
         """The `gblm_config.json` content (format 2): config, provenance, pruning map, calibration, results."""
         from .publishing.sidecar import build_sidecar
 
@@ -235,6 +246,7 @@ class GBLMPruner:
             model=self.model,
             model_id=self.model_id,
             adapter=self.adapter,
+            base_model=base_model or self.base_model,
             pruning_map=self.pruning_map,
             calibration=None if self.calibration is None else self.adapter.describe_calibration(self.calibration),
             results=self.results,
@@ -244,16 +256,25 @@ class GBLMPruner:
         )
 
     def save_pretrained(
-        self, save_directory: str | Path, overwrite: bool = False, model_card: bool = True, repo_id: str | None = None
+        self,
+        save_directory: str | Path,
+        overwrite: bool = False,
+        model_card: bool = True,
+        repo_id: str | None = None,
+        allow_dense: bool = False,
+        base_model: str | None = None,
     ) -> Path:
         """Write weights (the family's native format, exact zeros), tokenizer / preprocessing, side-car and card,
-        atomically. `repo_id` (set by `push_to_hub`) makes the card's snippets name the repo the folder goes to."""
+        atomically. `repo_id` (set by `push_to_hub`) makes the card's snippets name the repo the folder goes to;
+        `base_model` names the base model's Hub id for this save. A model that was not pruned is refused unless
+        `allow_dense=True`, which saves it labelled dense (no pruning map, a card that claims no sparsity)."""
         from .publishing.checkpoint import save_checkpoint
 
+        self._check_pruned(allow_dense)
         return save_checkpoint(
             save_directory,
             lambda folder: self.adapter.save(self.model, folder, self.tokenizer),
-            self.sidecar(repo_id),
+            self.sidecar(repo_id, _check_base_model(base_model)),
             overwrite=overwrite,
             model_card=model_card,
         )
@@ -268,15 +289,18 @@ class GBLMPruner:
         endpoint: str | None = None,
         save_directory: str | Path | None = None,
         overwrite: bool = False,
+        allow_dense: bool = False,
     ) -> str:
         """Save with `save_pretrained` (to a temporary folder unless `save_directory`) and upload that exact folder,
-        generated card included. Returns the commit URL (a str with `.oid`)."""
+        generated card included. Returns the commit URL (a str with `.oid`). A model that was not pruned is refused
+        unless `allow_dense=True` (then published labelled dense)."""
         from .publishing.hub import push_saved
 
-        if self.pruning_map is None:
-            logger.warning("Pushing a model that was not pruned by this pruner")
+        self._check_pruned(allow_dense)
         return push_saved(
-            lambda folder, overwrite: self.save_pretrained(folder, overwrite=overwrite, repo_id=repo_id),
+            lambda folder, overwrite: self.save_pretrained(
+                folder, overwrite=overwrite, repo_id=repo_id, allow_dense=allow_dense
+            ),
             repo_id,
             private=private,
             token=token,
@@ -285,4 +309,20 @@ class GBLMPruner:
             endpoint=endpoint,
             save_directory=save_directory,
             overwrite=overwrite,
+            allow_dense=allow_dense,
         )
+
+    def _check_pruned(self, allow_dense: bool) -> None:
+        """Refuse, before anything is written or sent, to save or publish a model that was never pruned."""
+        if self.pruning_map is None and not allow_dense:
+            raise RuntimeError(
+                "this model was not pruned: call prune() before saving or pushing it, or pass allow_dense=True to "
+                "save it as a dense checkpoint (labelled dense, no pruning map)"
+            )
+
+
+def _check_base_model(base_model: str | None) -> str | None:
+    """The Hub id the user names as the base model, checked before anything is loaded or written."""
+    from .publishing.provenance import check_base_model
+
+    return check_base_model(base_model) if base_model else None

@@ -218,6 +218,7 @@ def test_evaluate_a_dense_model(assets):
         (("--sparsity", "1.5"), ("sparsity", "between 0 and 1")),
         (("--model", "/no/such/model"), ("does not exist",)),
         (("--eval", "--eval-source", "missing.txt"), ("offline-corpus", "wikitext2")),
+        (("--base-model", "./tiny-llama"), ("--base-model './tiny-llama' is not a Hub model id", "org/name")),
     ],
 )
 def test_bad_input_is_a_usage_error(assets, tmp_path: Path, option, allowed):
@@ -264,10 +265,32 @@ def hub(tmp_path: Path):
 def test_push_uploads_the_folder(pruned, hub):
     (out, _), (hub, env) = pruned, hub
     repo = "test-user/tiny-gblm"
+    card_before = (out / "README.md").read_text()
     result = ok(cli("push", out, repo, "--endpoint", hub.endpoint, "--token", TOKEN, "--no-progress", env=env))
     assert repo in result.stdout
-    assert hub.file_content(repo, "gblm_config.json") == (out / "gblm_config.json").read_bytes()
+    # Saved without a repo id: the side-car and the card are uploaded naming the repo, the local folder is left alone.
+    local = json.loads((out / "gblm_config.json").read_text())
+    assert json.loads(hub.file_content(repo, "gblm_config.json")) == {**local, "repo_id": repo}
+    card = hub.file_content(repo, "README.md").decode()
+    assert f'from_pretrained("{repo}")' in card and "path/to/this/checkpoint" not in card
+    assert (out / "README.md").read_text() == card_before and "repo_id" not in local
     assert hub.file_content(repo, "model.safetensors") == (out / "model.safetensors").read_bytes()
+
+
+def test_push_refuses_a_dense_folder_unless_allow_dense(assets, hub, tmp_path: Path):
+    from optimum_gblm import GBLMPruner
+
+    hub, env = hub
+    pruner = GBLMPruner.from_pretrained(str(assets["model"]), GBLMConfig(method="magnitude", device="cpu"))
+    dense = pruner.save_pretrained(tmp_path / "dense", allow_dense=True)
+    result = cli("push", dense, "test-user/dense", "--endpoint", hub.endpoint, "--token", TOKEN, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("optimum-cli gblm push: error:") and "no pruning map" in last and "--allow-dense" in last
+    assert hub.requests == []
+    args = ("push", dense, "test-user/dense", "--allow-dense", "--endpoint", hub.endpoint, "--token", TOKEN)
+    ok(cli(*args, env=env))
+    assert "(dense, not pruned)" in hub.file_content("test-user/dense", "README.md").decode()
 
 
 def test_push_refuses_offline_mode_and_bad_folders(pruned, tmp_path: Path):
@@ -282,10 +305,15 @@ def test_prune_push_to_hub(assets, hub, tmp_path: Path):
     hub, env = hub
     repo = "test-user/tiny-magnitude"
     options = tiny_options(assets, "--method", "magnitude", "--output", tmp_path / "out")
+    options += ["--base-model", "test-org/tiny-base"]  # --model is a local folder: the Hub id comes from the user
     result = ok(cli("prune", *options, "--push-to-hub", repo, "--endpoint", hub.endpoint, env=env))
     assert "pushed to: " in result.stdout
     sidecar = json.loads(hub.file_content(repo, "gblm_config.json"))
-    assert sidecar["config"]["method"] == "magnitude"
+    assert sidecar["config"]["method"] == "magnitude" and sidecar["base_model"] == "test-org/tiny-base"
+    card = hub.file_content(repo, "README.md").decode()
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == "test-org/tiny-base"
+    assert "https://huggingface.co/test-org/tiny-base" in card and f'from_pretrained("{repo}")' in card
+    assert (tmp_path / "out" / "README.md").read_text() == card  # the local folder holds what was published
 
 
 def test_zoo_publishes_a_manifest(assets, hub, tmp_path: Path):

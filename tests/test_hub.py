@@ -13,7 +13,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard, snapshot_download
 from transformers import AutoModelForCausalLM
 
-from optimum_gblm import GBLMPruner, HubPublishError, push_folder, verify_checkpoint
+from optimum_gblm import GBLMPruner, HubPublishError, push_folder, render_model_card, verify_checkpoint
 from optimum_gblm.publishing.cards import PLOT_NAME
 from tests.hub_server import LocalHubServer, patch_hub_in_process
 from tests.test_cards import tiny_pruner
@@ -60,7 +60,14 @@ def test_push_then_load_through_the_hub(hub: LocalHubServer, pruner: GBLMPruner,
     snapshot = Path(snapshot_download(repo_id, endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path / "dl"))
     downloaded = _files(snapshot)
     downloaded.pop(".gitattributes")
-    assert downloaded == _files(folder)  # exactly the saved folder: our card, not a default one
+    # The saved folder, its side-car and card naming the repo it went to (saved without one): our card, not a default
+    sidecar = {**json.loads((folder / "gblm_config.json").read_text()), "repo_id": repo_id}
+    expected_card = render_model_card(sidecar)
+    assert downloaded == {
+        **_files(folder),
+        "gblm_config.json": (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode(),
+        "README.md": expected_card.encode(),
+    }
     assert verify_checkpoint(snapshot).ok
 
     reloaded = AutoModelForCausalLM.from_pretrained(snapshot)  # plain transformers, no optimum_gblm code
@@ -71,7 +78,7 @@ def test_push_then_load_through_the_hub(hub: LocalHubServer, pruner: GBLMPruner,
     assert (q_proj == 0).float().mean().item() == pytest.approx(0.5)
 
     card = ModelCard.load(repo_id)  # through the patched default endpoint
-    assert card.content == (folder / "README.md").read_text()
+    assert card.content == expected_card and f'from_pretrained("{repo_id}")' in card.content
     assert card.data.license == "mit" and "pruned" in card.data.tags and "wanda" in card.data.tags
     assert {r.metric_name for r in card.data.eval_results} == {"Perplexity (dense)", "Perplexity (pruned)"}
     card.validate()  # the server's /api/validate-yaml

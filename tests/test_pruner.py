@@ -92,7 +92,8 @@ def test_from_pretrained_folder_and_sidecar(tmp_path, calib_ids):
     import json
 
     sidecar = json.loads((out / "gblm_config.json").read_text())
-    assert sidecar["config"]["method"] == "wanda" and sidecar["base_model"] == str(src)
+    assert sidecar["config"]["method"] == "wanda" and sidecar["source"] == str(src)
+    assert sidecar["base_model"] is None and sidecar["base_model_name"] == "dense"  # a local folder has no Hub id
     assert sidecar["calibration"]["fingerprint"] and sidecar["pruning_map"]["overall_sparsity"] == pytest.approx(0.5)
     assert set(sidecar["versions"]) >= {"optimum-gblm", "torch", "transformers"}
 

@@ -113,6 +113,15 @@ def check_model_path(model: str | None) -> None:
         )
 
 
+def check_base_model(base_model: str | None) -> str | None:
+    from ..publishing.provenance import check_base_model as check
+
+    try:
+        return check(base_model) if base_model else None
+    except ValueError as err:
+        raise UsageError(str(err).replace("base_model=", "--base-model ").replace("leave it out", "omit it")) from None
+
+
 def check_eval_source(source: str) -> None:
     """Text presets, an existing file or folder, or (image models) a dataset id; a missing local path is an error."""
     if source not in EVAL_SOURCES and _path_like(source) and not Path(source).expanduser().exists():

@@ -12,7 +12,14 @@ from typing import Any
 
 from optimum.commands.base import CommandInfo
 
-from .base import GBLMSubcommand, check_eval_source, check_model_path, check_output_file, check_output_folder
+from .base import (
+    GBLMSubcommand,
+    check_base_model,
+    check_eval_source,
+    check_model_path,
+    check_output_file,
+    check_output_folder,
+)
 from .options import (
     EVAL_SOURCES,
     add_config_arguments,
@@ -89,6 +96,12 @@ class PruneCommand(GBLMSubcommand):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         run = parser.add_argument_group("run")
         add_model_argument(run)
+        run.add_argument(
+            "--base-model",
+            metavar="HUB_ID",
+            help="Hub id of the base model, for the card's base_model metadata and link when --model is a local "
+            "folder (default: --model when it is a Hub id; a local folder is named in plain text).",
+        )
         run.add_argument("--output", required=True, metavar="DIR", help="Folder to save the pruned checkpoint to.")
         run.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output folder.")
         groups = add_config_arguments(parser)
@@ -109,6 +122,7 @@ class PruneCommand(GBLMSubcommand):
         config = config_from_args(args)
         output = check_output_folder(args.output, args.overwrite)
         check_model_path(args.model)
+        base_model = check_base_model(args.base_model)
         gradients = check_output_file(args.gradients) if args.gradients else None
         if gradients is not None and not config.needs_gradients:
             logger.warning("--gradients is ignored: method %r with this allocation needs no gradients", config.method)
@@ -121,7 +135,7 @@ class PruneCommand(GBLMSubcommand):
         from ..publishing.checkpoint import verify_checkpoint
 
         start = time.perf_counter()
-        pruner = GBLMPruner.from_pretrained(args.model, config)
+        pruner = GBLMPruner.from_pretrained(args.model, config, base_model=base_model)
         steps = {"load": time.perf_counter() - start}
         if args.eval:
             with timed(steps, "eval"):
@@ -131,7 +145,8 @@ class PruneCommand(GBLMSubcommand):
             with timed(steps, "eval"):
                 pruner.evaluate("pruned", **eval_kwargs(pruner, args, config.seqlen))
         with timed(steps, "save"):
-            saved = pruner.save_pretrained(output, overwrite=args.overwrite)
+            # the repo id, when pushing: the local card's snippets then name the repo it is published to
+            saved = pruner.save_pretrained(output, overwrite=args.overwrite, repo_id=args.push_to_hub)
             verify_checkpoint(saved).raise_for_problems()
         url = None
         if push_folder is not None:

@@ -43,20 +43,23 @@ def hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def check_folder(path: str) -> Path:
+def check_folder(path: str, allow_dense: bool = False) -> Path:
+    """A checkpoint folder with a valid side-car that holds a pruning map (unless --allow-dense) and a valid card."""
     from ..publishing.hub import check_checkpoint_folder
 
     try:
-        return check_checkpoint_folder(Path(path).expanduser())
+        return check_checkpoint_folder(Path(path).expanduser(), allow_dense)
     except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(str(err).replace("pass allow_dense=True", "pass --allow-dense")) from None
 
 
 class PushCommand(GBLMSubcommand):
     COMMAND = CommandInfo(name="push", help="Publish a saved (pruned) checkpoint folder to the Hugging Face Hub.")
     DESCRIPTION = (
         "Upload a folder written by `optimum-cli gblm prune` (or GBLMPruner.save_pretrained) to a Hub model repo,\n"
-        "creating the repo when needed. The folder is uploaded as is: weights, side-car and model card."
+        "creating the repo when needed. The folder is uploaded as is (weights, side-car and model card), except\n"
+        "that a generated card and its side-car are uploaded naming the repo (the local folder is not modified).\n"
+        "A folder saved without being pruned (no pruning map) is refused unless --allow-dense."
     )
     EXAMPLES = (
         "  optimum-cli gblm push smollm2-gblm-50 my-user/smollm2-135m-gblm-50 --private\n"
@@ -67,10 +70,15 @@ class PushCommand(GBLMSubcommand):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("folder", help="Checkpoint folder to upload.")
         parser.add_argument("repo_id", help="Target Hub repo, e.g. my-user/my-pruned-model.")
+        parser.add_argument(
+            "--allow-dense",
+            action="store_true",
+            help="Publish a folder saved without being pruned (GBLMPruner.save_pretrained(..., allow_dense=True)).",
+        )
         add_hub_arguments(parser.add_argument_group("hub"))
 
     def execute(self) -> None:
-        folder = check_folder(self.args.folder)
+        folder = check_folder(self.args.folder, self.args.allow_dense)
         push_folder = load_push_folder(self.args.repo_id)
-        result = push_folder(folder, self.args.repo_id, **hub_kwargs(self.args))
+        result = push_folder(folder, self.args.repo_id, allow_dense=self.args.allow_dense, **hub_kwargs(self.args))
         print(f"Pushed {folder} to {self.args.repo_id}: {result}")

@@ -18,11 +18,12 @@ import yaml
 
 from ..methods import get_method, list_methods
 from .plot import PLOT_NAME, ordered_layers
-from .provenance import hub_base_model
+from .provenance import hub_base_model, short_name
 
 logger = logging.getLogger(__name__)
 
 TAGS = ("pruned", "sparse", "gblm", "optimum-gblm")
+DENSE_TAGS = ("gblm", "optimum-gblm", "dense")  # saved with allow_dense=True: no claim of sparsity
 PLACEHOLDER_REPO = "path/to/this/checkpoint"
 _TASKS = {
     "transformers": ("text-generation", "Text Generation"),
@@ -34,10 +35,7 @@ _METRICS = {"perplexity": "Perplexity", "accuracy": "Top-1 accuracy"}
 # -- names ---------------------------------------------------------------------------------------------------------
 def base_name(model_id: str | None) -> str:
     """Short name of the base model: the last path component of its id or folder."""
-    if not model_id:
-        return "model"
-    hub = hub_base_model(model_id)
-    return re.split(r"[/\\:]", (hub or model_id).rstrip("/\\"))[-1] or "model"
+    return short_name(hub_base_model(model_id) or model_id) if model_id else "model"
 
 
 def pattern_slug(pattern: str) -> str:
@@ -47,7 +45,11 @@ def pattern_slug(pattern: str) -> str:
 
 def default_repo_name(model_id: str | None, method: str, pattern: str, sparsity: float) -> str:
     """Deterministic repo name `{base}-{method}-{pattern}-{percent}`, e.g. `SmolLM2-135M-gblm-2of4-50`."""
-    name = f"{base_name(model_id)}-{method}-{pattern_slug(pattern)}-{sparsity * 100:g}"
+    return repo_safe(f"{base_name(model_id)}-{method}-{pattern_slug(pattern)}-{sparsity * 100:g}")
+
+
+def repo_safe(name: str) -> str:
+    """Characters a repo name allows, no doubled or trailing separators."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
     return re.sub(r"([-.])\1+", r"\1", name).strip("-.")
 
@@ -104,11 +106,28 @@ def model_index(sidecar: dict[str, Any], name: str) -> list[dict[str, Any]] | No
     return eval_results_to_model_index(name, results)
 
 
+def base_of(sidecar: dict[str, Any]) -> tuple[str | None, str]:
+    """(Hub id or None, display name) of the base model. Side-cars without `base_model_name` (older versions) held
+    the loaded path or id in `base_model`: decided lexically, as when they were written."""
+    base = sidecar.get("base_model")
+    return hub_base_model(base), sidecar.get("base_model_name") or base_name(base)
+
+
+def is_pruned(sidecar: dict[str, Any]) -> bool:
+    """False for a model saved dense (`allow_dense=True`): its card must not claim a pruning."""
+    from .sidecar import upgrade_sidecar
+
+    return bool(upgrade_sidecar(sidecar).get("pruning_map"))
+
+
 def card_name(sidecar: dict[str, Any]) -> str:
     config = sidecar["config"]
     if sidecar.get("repo_id"):
         return sidecar["repo_id"].split("/")[-1]
-    return default_repo_name(sidecar.get("base_model"), config["method"], config["pattern"], config["sparsity"])
+    name = base_of(sidecar)[1]
+    if not is_pruned(sidecar):
+        return repo_safe(f"{base_name(name)}-dense")
+    return default_repo_name(name, config["method"], config["pattern"], config["sparsity"])
 
 
 def card_metadata(sidecar: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +136,7 @@ def card_metadata(sidecar: dict[str, Any]) -> dict[str, Any]:
     config = sidecar["config"]
     library = sidecar.get("library", "transformers")
     meta: dict[str, Any] = {}
-    base = hub_base_model(sidecar.get("base_model"))
+    base = base_of(sidecar)[0]
     if base:
         meta["base_model"] = base
     meta["library_name"] = library
@@ -125,7 +144,7 @@ def card_metadata(sidecar: dict[str, Any]) -> dict[str, Any]:
     if sidecar.get("license"):
         meta["license"] = sidecar["license"]
     pattern = config["pattern"] if config["pattern"] == "unstructured" else pattern_slug(config["pattern"])
-    tags = [*TAGS, config["method"], f"{pattern}-sparsity"]
+    tags = [*TAGS, config["method"], f"{pattern}-sparsity"] if is_pruned(sidecar) else [*DENSE_TAGS]
     meta["tags"] = list(dict.fromkeys(tags))
     index = model_index(sidecar, card_name(sidecar))
     if index:
@@ -151,7 +170,8 @@ def _pruning_table(sidecar: dict[str, Any]) -> str:
     config = sidecar["config"]
     sparsity = sidecar.get("pruning_map") or {}
     method = get_method(config["method"]) if config["method"] in list_methods() else None
-    rows = [
+    rows = [] if sparsity else [("Status", "**not pruned**: dense weights, the settings below were not applied")]
+    rows += [
         ("Method", f"`{config['method']}`: {method.card_description if method else 'see optimum-gblm'}"),
         ("Pattern", f"`{config['pattern']}`"),
         ("Target sparsity", f"{config['sparsity']:.2%}"),
@@ -250,7 +270,7 @@ def _usage(sidecar: dict[str, Any], repo: str) -> str:
     )
 
 
-def _reproduce(sidecar: dict[str, Any], base: str) -> str:
+def _reproduce(sidecar: dict[str, Any], base: str, pruned: bool) -> str:
     if sidecar.get("repo_id"):
         imports = "from huggingface_hub import hf_hub_download\n"
         source = f'hf_hub_download("{sidecar["repo_id"]}", "gblm_config.json")'
@@ -259,12 +279,19 @@ def _reproduce(sidecar: dict[str, Any], base: str) -> str:
     return (
         f"{imports}from optimum_gblm import GBLMConfig, GBLMPruner\n\n"
         f"config = GBLMConfig.from_pretrained({source})\n"
-        f'pruner = GBLMPruner.from_pretrained("{base}", config)\npruner.prune()'
+        f'pruner = GBLMPruner.from_pretrained("{base}", config)\n'
+        + ("pruner.prune()" if pruned else 'pruner.save_pretrained("dense-copy", allow_dense=True)  # not pruned')
     )
 
 
-def _notes(sidecar: dict[str, Any]) -> str:
-    lines = [f"- {key}: {value}" for key, value in sorted((sidecar.get("deviations") or {}).items())]
+def _notes(sidecar: dict[str, Any], pruned: bool) -> str:
+    weights = (
+        "- Weights are stored dense (safetensors) with exact zeros: the file size equals the dense model's. Use a "
+        "sparse\n  kernel or runtime to turn the sparsity into speed or memory savings."
+        if pruned
+        else "- Weights are the base model's, unchanged (safetensors): this checkpoint was not pruned."
+    )
+    lines = [weights] + [f"- {key}: {value}" for key, value in sorted((sidecar.get("deviations") or {}).items())]
     versions = sidecar.get("versions") or {}
     if versions:
         lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
@@ -279,30 +306,36 @@ def render_model_card(sidecar: dict[str, Any]) -> str:
     sidecar = upgrade_sidecar(sidecar)
     config = sidecar["config"]
     sparsity = sidecar.get("pruning_map") or {}
-    base = sidecar.get("base_model")
-    hub_base = hub_base_model(base)
-    shown = f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base else f"`{base_name(base)}`"
+    hub_base, name = base_of(sidecar)
+    shown = f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base else f"`{name}`"
     repo = sidecar.get("repo_id") or PLACEHOLDER_REPO
     overall = sparsity.get("overall_sparsity", config["sparsity"])
+    library = sidecar.get("library", "transformers")
+    settings = f"`{config['method']}` ({config['pattern']}, {config['sparsity']:.0%})"
     values = {
         "metadata": yaml.safe_dump(card_metadata(sidecar), sort_keys=False, allow_unicode=True, width=1000).strip(),
-        "title": f"{base_name(base)} pruned with {config['method']} ({config['pattern']}, {config['sparsity']:.0%})",
+        "title": f"{name} pruned with {config['method']} ({config['pattern']}, {config['sparsity']:.0%})"
+        if sparsity
+        else f"{name} (dense, not pruned)",
         "summary": (
             f"This checkpoint is {shown} pruned to {overall:.2%} sparsity in its pruned linears "
             f"(`{config['pattern']}`) with the `{config['method']}` method of "
-            "[optimum-gblm](https://arxiv.org/abs/2311.04902). It loads with plain "
-            f"{sidecar.get('library', 'transformers')}, no custom code."
+            f"[optimum-gblm](https://arxiv.org/abs/2311.04902). It loads with plain {library}, no custom code."
+            if sparsity
+            else f"This checkpoint is {shown}, saved **dense (not pruned)** with "
+            f"[optimum-gblm](https://arxiv.org/abs/2311.04902): the {settings} settings below were not applied. "
+            f"It loads with plain {library}, no custom code."
         ),
         "pruning_table": _pruning_table(sidecar),
         "sparsity_section": _sparsity_section(sidecar),
         "results_section": _results_section(sidecar),
         "usage": _usage(sidecar, repo),
         "library": sidecar.get("library", "transformers"),
-        "reproduce": _reproduce(sidecar, hub_base or f"path/to/{base_name(base)}"),
+        "reproduce": _reproduce(sidecar, hub_base or f"path/to/{name}", bool(sparsity)),
         "settings_table": _table(
             ("setting", "value"), [(f"`{k}`", f"`{json.dumps(v)}`") for k, v in sorted(config.items())]
         ),
-        "notes": _notes(sidecar),
+        "notes": _notes(sidecar, bool(sparsity)),
     }
     template = resources.files("optimum_gblm").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     for key, value in values.items():

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ..configuration import CONFIG_NAME
 from ..masks import check_pattern, sparsity_of
 from ..pruning_map import PruningMap
-from .cards import write_model_card
+from .cards import render_model_card, write_model_card
 from .plot import write_sparsity_plot
 from .sidecar import read_sidecar, write_sidecar
 
@@ -83,6 +85,40 @@ def save_checkpoint(
             write_model_card(tmp, sidecar)
     logger.info("Saved %s to %s", "pruned model" if sidecar.get("pruning_map") else "model", target)
     return target.absolute()
+
+
+@contextlib.contextmanager
+def staged_for_repo(folder: Path, repo_id: str) -> Iterator[Path]:
+    """The folder to upload to `repo_id`: `folder` itself when its side-car already names that repo, else a
+    temporary mirror (links to the same files) whose side-car records the repo id and whose card is re-rendered for
+    it, so the card's snippets load the repo instead of a placeholder. The user's folder is never modified. A card
+    that is not the one its side-car renders (edited by hand, or by another version) is uploaded as written."""
+    raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))  # as written (format 1 stays format 1)
+    if raw.get("repo_id") == repo_id:
+        yield folder
+        return
+    if (folder / "README.md").read_text(encoding="utf-8") != render_model_card(raw):
+        logger.warning(
+            "%s/README.md is not the generated card: uploaded as written, not re-rendered for %s", folder, repo_id
+        )
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="optimum-gblm-upload-") as tmp:
+        staged = Path(tmp) / folder.name
+        staged.mkdir()
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder)
+            if not path.is_file() or relative.as_posix() in ("README.md", CONFIG_NAME):
+                continue
+            (staged / relative).parent.mkdir(parents=True, exist_ok=True)
+            try:  # a link: weights are not copied
+                os.symlink(path.absolute(), staged / relative)
+            except OSError:  # no symlinks here (Windows without the privilege)
+                shutil.copy2(path, staged / relative)
+        payload = {**raw, "repo_id": repo_id}
+        write_sidecar(staged, payload)
+        write_model_card(staged, payload)
+        yield staged
 
 
 def _weight_files(folder: Path) -> dict[str, Path]:

@@ -67,8 +67,9 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def check_checkpoint_folder(folder: str | Path) -> Path:
-    """An optimum-gblm checkpoint: a folder with `gblm_config.json` and a README.md whose metadata parses."""
+def check_checkpoint_folder(folder: str | Path, allow_dense: bool = False) -> Path:
+    """An optimum-gblm checkpoint: a folder with a valid `gblm_config.json` that holds a pruning map (unless
+    `allow_dense`: a model saved dense) and a README.md whose metadata parses."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder: save the model with save_pretrained first")
@@ -87,15 +88,24 @@ def check_checkpoint_folder(folder: str | Path) -> Path:
             model_index_to_eval_results(metadata["model-index"])
     except Exception as err:
         raise ValueError(f"{folder / 'README.md'} has invalid metadata: {err}") from err
+    from .sidecar import read_sidecar
+
+    if not read_sidecar(folder).get("pruning_map") and not allow_dense:  # an invalid side-car raises, named
+        raise ValueError(
+            f"{folder / CONFIG_NAME} has no pruning map: the model was saved without being pruned. Prune it first, "
+            "or pass allow_dense=True to publish it as a dense model"
+        )
     return folder
 
 
 def _default_message(folder: Path) -> str:
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())["config"]
-        return f"Upload {config['method']} {config['pattern']} {config['sparsity']:.0%} pruned model (optimum-gblm)"
-    except (KeyError, TypeError, ValueError):
-        return "Upload pruned model (optimum-gblm)"
+    from .sidecar import read_sidecar
+
+    sidecar = read_sidecar(folder)
+    config = sidecar["config"]
+    if not sidecar.get("pruning_map"):
+        return "Upload dense model, not pruned (optimum-gblm)"
+    return f"Upload {config['method']} {config['pattern']} {config['sparsity']:.0%} pruned model (optimum-gblm)"
 
 
 def push_folder(
@@ -107,15 +117,20 @@ def push_folder(
     commit_message: str | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
+    allow_dense: bool = False,
 ) -> CommitInfo:
     """Create the repo if needed and upload exactly `folder` (files on the Hub that the folder lacks are removed,
-    so stale shards never linger). Pushing an unchanged folder again makes no commit.
+    so stale shards never linger). Pushing an unchanged folder again makes no commit. A folder saved without this
+    repo id is uploaded with its side-car and generated card naming the repo (`staged_for_repo`: the local folder
+    is left as it is). A model saved without being pruned is refused unless `allow_dense`.
 
     Returns the commit URL, a `str` whose `.oid` is the commit id. Server errors raise `HubPublishError`.
     """
     check_repo_id(repo_id)
-    folder = check_checkpoint_folder(folder)
+    folder = check_checkpoint_folder(folder, allow_dense)
     from huggingface_hub import HfApi
+
+    from .checkpoint import staged_for_repo
 
     api = HfApi(endpoint=endpoint, token=token)
     logger.info("Pushing %s to %s%s", folder, repo_id, f" (revision {revision})" if revision else "")
@@ -123,13 +138,14 @@ def push_folder(
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message or _default_message(folder),
-            revision=revision,
-            delete_patterns=["*"],  # never deletes .gitattributes; files being uploaded are kept
-        )
+        with staged_for_repo(folder, repo_id) as upload:
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=upload,
+                commit_message=commit_message or _default_message(folder),
+                revision=revision,
+                delete_patterns=["*"],  # never deletes .gitattributes; files being uploaded are kept
+            )
     except NETWORK_ERRORS as err:
         reason = describe_error(err, token)
         raise HubPublishError(
@@ -154,6 +170,7 @@ def push_saved(
     endpoint: str | None = None,
     save_directory: str | Path | None = None,
     overwrite: bool = False,
+    allow_dense: bool = False,
 ) -> CommitInfo:
     """`GBLMPruner.push_to_hub`: `save(folder, overwrite)` (to `save_directory` or a temporary folder), then
     `push_folder` of exactly that folder."""
@@ -161,7 +178,7 @@ def push_saved(
 
     check_repo_id(repo_id)
     kwargs: dict[str, Any] = {"token": token, "private": private, "commit_message": commit_message}
-    kwargs.update(revision=revision, endpoint=endpoint)
+    kwargs.update(revision=revision, endpoint=endpoint, allow_dense=allow_dense)
     if save_directory is not None:
         check_output_dir(save_directory, overwrite)  # before any network call
         return push_folder(save(Path(save_directory), overwrite), repo_id, **kwargs)

@@ -34,6 +34,43 @@ def hub_base_model(model_id: str | None) -> str | None:
     return model_id
 
 
+def check_base_model(base_model: str) -> str:
+    """The Hub id a user names as the base model (`hf-hub:` prefix dropped); a path or an invalid id is refused."""
+    hub_id = base_model.removeprefix("hf-hub:")
+    if hub_base_model(hub_id) != hub_id:
+        raise ValueError(
+            f"base_model={base_model!r} is not a Hub model id: give the id the base model is published under "
+            "(name or org/name, e.g. HuggingFaceTB/SmolLM2-135M), or leave it out for a model with no Hub id"
+        )
+    return hub_id
+
+
+def _is_local_folder(model_id: str) -> bool:
+    """A folder on disk that is not a Hub cache snapshot: loaders read it first, so its name is no Hub id."""
+    return not _SNAPSHOT.search(model_id) and Path(model_id).expanduser().exists()
+
+
+def resolve_base_model(
+    model_id: str | None, base_model: str | None = None, model: Any = None
+) -> tuple[str | None, str]:
+    """(Hub id or None, display name) of the base model: the user's `base_model`, else `model_id` when it is a Hub
+    id and no local folder; the name falls back to the folder's name, then a timm model's architecture."""
+    hub_id = check_base_model(base_model) if base_model else None
+    if hub_id is None and model_id and not _is_local_folder(model_id):
+        hub_id = hub_base_model(model_id)
+    if hub_id or model_id:
+        local = hub_id is None and _is_local_folder(model_id)
+        return hub_id, Path(model_id).expanduser().resolve().name if local else short_name(hub_id or model_id)
+    pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    architecture = pretrained_cfg.get("architecture") if isinstance(pretrained_cfg, dict) else None
+    return None, architecture if isinstance(architecture, str) and architecture else "model"
+
+
+def short_name(name: str) -> str:
+    """The last component of a Hub id, path or `prefix:name`."""
+    return re.split(r"[/\\:]", name.rstrip("/\\"))[-1] or "model"
+
+
 def _card_license(readme: str | Path | None) -> str | None:
     if readme is None or not Path(readme).is_file():
         return None

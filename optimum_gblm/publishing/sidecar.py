@@ -10,7 +10,7 @@ from typing import Any
 
 from ..configuration import CONFIG_NAME, GBLMConfig
 from ..pruning_map import PruningMap
-from .provenance import base_model_license, library_versions
+from .provenance import base_model_license, library_versions, resolve_base_model
 
 SIDECAR_FORMAT = "optimum-gblm/2"
 KNOWN_FORMATS = ("optimum-gblm/1", SIDECAR_FORMAT)
@@ -24,6 +24,7 @@ def build_sidecar(
     model: Any,
     model_id: str | None,
     adapter: Any,
+    base_model: str | None = None,
     pruning_map: PruningMap | None,
     calibration: dict[str, Any] | None,
     results: dict[str, float],
@@ -31,13 +32,20 @@ def build_sidecar(
     evaluation: dict[str, dict[str, Any]],
     repo_id: str | None = None,
 ) -> dict[str, Any]:
-    """The side-car of a saved checkpoint. Environment-dependent card inputs (the base model's license) are resolved
-    here, once, so the card re-renders from the side-car alone."""
+    """The side-car of a saved checkpoint. Environment-dependent card inputs (the base model's Hub id, name and
+    license) are resolved here, once, so the card re-renders from the side-car alone.
+
+    `base_model` is the Hub id the user names; without it, `model_id` counts as one only when it is not a local
+    folder. `source` keeps what the model was loaded from."""
+    hub_id, name = resolve_base_model(model_id, base_model, model)
+    license_ = base_model_license(model_id, model) or (base_model_license(hub_id) if hub_id else None)
     payload: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
         "config": config.to_dict(),
         "config_fingerprint": config.fingerprint(),
-        "base_model": model_id,
+        "base_model": hub_id,
+        "base_model_name": name,
+        "source": model_id,
         "library": adapter.library,
         "adapter": adapter.name,
         "pruning_map": pruning_map.to_dict() if pruning_map is not None else None,
@@ -51,7 +59,7 @@ def build_sidecar(
             else "fp16 scores, as the reference",
             "ties": "exact per-group counts with stable tie-breaking (reference: <= threshold over-prunes ties)",
         },
-        "license": base_model_license(model_id, model),
+        "license": license_,
         "evaluation": dict(evaluation),
     }
     if repo_id:

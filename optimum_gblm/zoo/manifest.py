@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 CARTESIAN = {"models", "methods", "patterns", "sparsities"}
 TOP_LEVEL = {"organization", "private", "collection", "defaults", "evaluation", "entries", *CARTESIAN}
-ENTRY_KEYS = {"model", "repo"}
+ENTRY_KEYS = {"model", "repo", "base_model"}  # base_model: the Hub id of a local `model`, for its card
 DESCRIPTION_LIMIT = 150  # the Hub's limit for a collection description
 DEFAULT_MODEL = "default"  # manifest spelling of the embedded SmolLM2-135M-Instruct
 
@@ -99,6 +99,7 @@ class ZooEntry:
     repo: str | None = None
     line: int | None = None
     field_lines: dict[str, int] = field(default_factory=dict)
+    base_model: str | None = None
 
     def line_for(self, error: str) -> int | None:
         """The manifest line of the field an error message names (`sparsity=...`), else the entry's line."""
@@ -170,7 +171,7 @@ def load_manifest(manifest: str | Path | dict[str, Any] | ZooManifest) -> ZooMan
             config["calibration"] = _resolve(config["calibration"], base)
         line = _line(raw) or _line(data["entries"], index)
         model = DEFAULT_MODEL if raw["model"] is None else str(_resolve(raw["model"], base))
-        entries.append(ZooEntry(model, config, raw.get("repo"), line, lines))
+        entries.append(ZooEntry(model, config, raw.get("repo"), line, lines, raw.get("base_model")))
     if not entries:
         raise ValueError("the manifest lists no entries: give `entries`, or `models` and `methods`")
     evaluation = {k: _resolve(v, base) if k == "source" else v for k, v in (data.get("evaluation") or {}).items()}

@@ -25,6 +25,7 @@ from ..publishing.hub import (
     remote_sidecar,
     update_collection,
 )
+from ..publishing.provenance import check_base_model
 from .manifest import DEFAULT_MODEL, DESCRIPTION_LIMIT, ZooEntry, ZooManifest, _model_id, load_manifest
 from .table import render_zoo_table
 
@@ -80,7 +81,8 @@ def _plan(zoo: ZooManifest) -> list[tuple[ZooEntry, ZooEntryResult, GBLMConfig |
         result = ZooEntryResult(_model_id(entry.model), None, "planned", entry.line, config=dict(cfg))
         try:
             config = GBLMConfig.from_dict(cfg, strict=True)  # method arguments may be given flat
-            name = entry.repo or default_repo_name(result.model, config.method, config.pattern, config.sparsity)
+            base = check_base_model(entry.base_model) if entry.base_model else result.model
+            name = entry.repo or default_repo_name(base, config.method, config.pattern, config.sparsity)
             result.repo_id = check_repo_id(name if "/" in name else f"{zoo.organization}/{name}")
             if result.repo_id in repos:
                 raise ValueError(
@@ -116,7 +118,8 @@ def _publish_one(
         logger.info("%s is already published with this config: skipped", result.repo_id)
         return
     logger.info("Zoo: pruning %s -> %s", entry.model, result.repo_id)
-    pruner = GBLMPruner.from_pretrained(None if entry.model == DEFAULT_MODEL else entry.model, config)
+    model = None if entry.model == DEFAULT_MODEL else entry.model
+    pruner = GBLMPruner.from_pretrained(model, config, base_model=entry.base_model)
     try:
         if evaluate:
             pruner.evaluate(label="dense", **eval_kwargs)
