@@ -164,10 +164,13 @@ def check_cache(
 
 
 def check_cache_settings(path: str | Path, settings: dict[str, Any], norms: tuple[str, ...]) -> dict[str, str]:
-    """What can be checked before the model is loaded: the gradient settings, and the calibration settings the cache
-    recorded. Raises `GradientCacheMismatch` (or `GradientCacheError` for an unreadable file)."""
+    """What can be checked before the model is loaded, for a run whose calibration comes from config `settings`:
+    the gradient settings and norms, and the calibration settings of a cache whose calibration came from a config
+    source too (it recorded a seed; tokens from elsewhere are only known by their fingerprint). Raises
+    `GradientCacheMismatch` (or `GradientCacheError` for an unreadable file)."""
     meta = read_metadata(path)
-    keys = ("scale", "gradient_dtype", *(f"calibration_{k}" for k in CALIBRATION_SETTINGS))
+    calibration = CALIBRATION_SETTINGS if "calibration_seed" in meta else ()
+    keys = ("scale", "gradient_dtype", *(f"calibration_{k}" for k in calibration))
     problems = _problems(meta, settings, keys, norms, known_only=True)
     if problems:
         raise GradientCacheMismatch(
