@@ -19,7 +19,7 @@ from .configuration import GBLMConfig
 from .decisions import BlockPruner
 from .evaluation import Evaluator, make_evaluator
 from .gradients import GradientAccumulation, required_norms, run_collection
-from .gradients.cache import calibration_settings, model_fingerprint
+from .gradients.cache import calibration_settings, config_source, model_fingerprint
 from .methods import get_method
 from .pipelines import Walk, WholeModel, pipeline_for
 from .pruning_map import PruningMap, Stage, prune_settings
@@ -121,7 +121,7 @@ class GBLMPruner:
         seqlen = calib.describe().get("seqlen")
         if self._calibration_from_config:
             cfg = self.config
-            settings = calibration_settings(cfg.calibration, cfg.num_samples, seqlen, cfg.seed)
+            settings = calibration_settings(config_source(cfg.calibration), cfg.num_samples, seqlen, cfg.seed)
         else:
             settings = calibration_settings(getattr(calib, "source", "tensor"), len(calib), seqlen)
         return {

@@ -521,6 +521,8 @@ def test_dataloader_cache_is_reused_by_prune_with_the_same_tokens(tiny_llama, ca
     from torch.utils.data import DataLoader
 
     cache = tmp_path / "grads.safetensors"
+    # Saving fills in config.architectures and config.dtype, as every model loaded from a folder or the Hub has them.
+    tiny_llama.save_pretrained(tmp_path / "saved")
     shuffled = calib_ids[torch.tensor([2, 0, 3, 1])]
     batches_with_masks = [{**b, "attention_mask": torch.ones_like(b["input_ids"])} for b in batches(shuffled, 3)]
     collect_gradients(
@@ -536,6 +538,10 @@ def test_dataloader_cache_is_reused_by_prune_with_the_same_tokens(tiny_llama, ca
     assert _digest(cache) == digest
     trainer = _trainer(copy.deepcopy(tiny_llama), calib_ids, tmp_path)
     assert collect_gradients(config=config, trainer=trainer, cache_path=cache, progress=False).nsamples == 4
+    assert _cache_reused(caplog) and _digest(cache) == digest
+    # in a later run, the same weights loaded from a folder (config._name_or_path set) are the same model
+    caplog.clear()
+    GBLMPruner.from_pretrained(str(tmp_path / "saved"), config).prune(calib_ids, gradients=cache, progress=False)
     assert _cache_reused(caplog) and _digest(cache) == digest
 
 
@@ -620,20 +626,28 @@ def test_truncated_cache_is_named_and_left_untouched(tiny_llama, calib_ids, conf
             assert cache.read_bytes() == data[:size]
 
 
-def test_calibration_mismatch_names_the_differing_settings(tiny_llama, tmp_path):
+def test_calibration_mismatch_names_the_differing_settings(tiny_llama, tmp_path, monkeypatch):
+    from optimum_gblm.gradients.cache import calibration_settings, check_cache_settings, config_source
     from tests.tiny_models import tiny_tokenizer, write_text
 
     text = write_text(tmp_path / "text.txt")
     cache = tmp_path / "grads.safetensors"
 
-    def pruner(**settings):
+    def pruner(calibration=str(text), **settings):
         cfg = GBLMConfig(
-            method="gblm", device="cpu", calibration=str(text), **{"num_samples": 2, "seqlen": 16, **settings}
+            method="gblm", device="cpu", calibration=calibration, **{"num_samples": 2, "seqlen": 16, **settings}
         )
         return GBLMPruner(copy.deepcopy(tiny_llama), cfg, tokenizer=tiny_tokenizer())
 
-    pruner(seed=0).collect_gradients(cache_path=cache, progress=False)
+    monkeypatch.chdir(tmp_path)
+    pruner("text.txt", seed=0).collect_gradients(cache_path=cache, progress=False)  # a relative path ...
     digest = _digest(cache)
+    settings = calibration_settings(config_source(str(text)), 2, 16, 0)  # ... is the same source as the absolute one
+    assert check_cache_settings(cache, settings, ("l1",))["calibration_source"] == str(text.resolve())
+    with pytest.raises(GradientCacheMismatch, match="calibration_seed: cache has '0', this run needs '1'"):
+        check_cache_settings(cache, calibration_settings(config_source(str(text)), 2, 16, 1), ("l1",))
+    (tmp_path / "c4").mkdir()  # a preset stays a preset, whatever the working directory holds
+    assert config_source("c4") == "c4"
     with pytest.raises(
         GradientCacheMismatch, match=r"calibration_fingerprint.*seed '0' in the cache, '1' here"
     ) as error:

@@ -137,12 +137,12 @@ def check_gradient_cache(path: Path, config: Any, advice: str) -> None:
     if not path.exists():
         return
     from ..gradients import GradientCacheError, required_norms
-    from ..gradients.cache import calibration_settings, check_cache_settings
+    from ..gradients.cache import calibration_settings, check_cache_settings, config_source
 
     settings = {
         "scale": config.gradient_scale,
         "gradient_dtype": config.gradient_dtype,
-        **calibration_settings(config.calibration, config.num_samples, config.seqlen, config.seed),
+        **calibration_settings(config_source(config.calibration), config.num_samples, config.seqlen, config.seed),
     }
     try:
         check_cache_settings(path, settings, required_norms(config))

@@ -15,13 +15,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..configuration import CALIBRATION_PRESETS
 from ..version import __version__
 from .accumulation import GradientAccumulation
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "optimum-gblm-gradients/1"
-# Version 2: calibration fingerprints of the samples in any order, model fingerprints without runtime flags.
+# Version 2: calibration fingerprints of the samples in any order; model fingerprints without config._name_or_path
+# and runtime flags.
 # Caches without this key (version 1) are compared against the fingerprints of version 1.
 FINGERPRINT_VERSION = "2"
 # Metadata that must be equal for a cache to be reused (norms may be a superset of what is needed).
@@ -29,8 +31,9 @@ MATCH_KEYS = ("model_fingerprint", "calibration_fingerprint", "nsamples_target",
 # What the calibration was made of, recorded to explain a calibration_fingerprint mismatch (not matched: the same
 # tokens from a Trainer and from a tensor are the same calibration set).
 CALIBRATION_SETTINGS = ("source", "num_samples", "seqlen", "seed")
-# Config attributes that change how a model runs, not what it computes (a Trainer sets use_cache=False).
-RUNTIME_CONFIG_KEYS = ("use_cache", "output_attentions", "output_hidden_states", "return_dict")
+# Config attributes that say where a model was loaded from or how it runs, not what it computes (a Trainer sets
+# use_cache=False; the same weights loaded from another folder or Hub id are the same model).
+UNHASHED_CONFIG_KEYS = ("_name_or_path", "use_cache", "output_attentions", "output_hidden_states", "return_dict")
 HINT = "delete it to collect again, or choose another cache path"
 
 
@@ -43,14 +46,14 @@ class GradientCacheMismatch(GradientCacheError):
 
 
 def model_fingerprint(model: nn.Module, targets: dict[str, nn.Module], legacy: bool = False) -> str:
-    """Hash of the model config (without runtime flags), the targeted module names and shapes, and a strided
-    sample of each weight. `legacy`: the version-1 hash, config runtime flags included."""
+    """Hash of the model config (without where it was loaded from and runtime flags), the targeted module names
+    and shapes, and a strided sample of each weight. `legacy`: the version-1 hash, with the whole config."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         text = config.to_json_string(use_diff=False)
         if not legacy:
-            values = {k: v for k, v in json.loads(text).items() if k not in RUNTIME_CONFIG_KEYS}
+            values = {k: v for k, v in json.loads(text).items() if k not in UNHASHED_CONFIG_KEYS}
             text = json.dumps(values, indent=2, sort_keys=True)
         digest.update(text.encode())
     for name, module in targets.items():
@@ -62,17 +65,18 @@ def model_fingerprint(model: nn.Module, targets: dict[str, nn.Module], legacy: b
     return digest.hexdigest()[:32]
 
 
+def config_source(source: str) -> str:
+    """A config's calibration source as caches record it: a local file or folder by its absolute path (the same
+    file from another working directory), presets and dataset names as they are."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if source not in CALIBRATION_PRESETS and path.exists() else source
+
+
 def calibration_settings(
     source: str, num_samples: int, seqlen: int | None = None, seed: int | None = None
 ) -> dict[str, str]:
-    """Cache metadata describing a calibration set. A source that is a local path is recorded absolute."""
-    path = Path(source).expanduser()
-    values = {
-        "source": str(path.resolve()) if source and path.exists() else source,
-        "num_samples": num_samples,
-        "seqlen": seqlen,
-        "seed": seed,
-    }
+    """Cache metadata describing a calibration set (`seed` only for sets built from a config source)."""
+    values = {"source": source, "num_samples": num_samples, "seqlen": seqlen, "seed": seed}
     return {f"calibration_{k}": str(v) for k, v in values.items() if v is not None}
 
 
