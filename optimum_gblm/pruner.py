@@ -19,7 +19,7 @@ from .configuration import GBLMConfig
 from .decisions import BlockPruner
 from .evaluation import Evaluator, make_evaluator
 from .gradients import GradientAccumulation, required_norms, run_collection
-from .gradients.cache import model_fingerprint
+from .gradients.cache import calibration_settings, config_source, model_fingerprint
 from .methods import get_method
 from .pipelines import Walk, WholeModel, pipeline_for
 from .pruning_map import PruningMap, Stage, prune_settings
@@ -56,6 +56,7 @@ class GBLMPruner:
         self.adapter = adapter or get_adapter(model)
         self.preprocessing = preprocessing or self.adapter.preprocessing()
         self.calibration: Any = None
+        self._calibration_from_config = False  # built from the config's source (so its seed applies)
         self.gradients: GradientAccumulation | None = None
         self.pruning_map: PruningMap | None = None
         self.sparsities: dict[str, float] = {}
@@ -119,22 +120,46 @@ class GBLMPruner:
         """The calibration set (built once): samples of the config's source, or the tensors given here."""
         if calibration is not None:
             self.calibration = self.adapter.make_calibration(calibration, self.config)
+            self._calibration_from_config = False
         if self.calibration is None:
             self.calibration = self.adapter.build_calibration(self.config, self.tokenizer, self.preprocessing)
+            self._calibration_from_config = True
         return self.calibration
 
     def cache_metadata(self) -> dict[str, str]:
+        """What a gradient cache of this pruner must match (fingerprints), and what explains a mismatch (settings)."""
         calib = self.calibration_data()
+        seqlen = calib.describe().get("seqlen")
+        if self._calibration_from_config:
+            cfg = self.config
+            settings = calibration_settings(config_source(cfg.calibration), cfg.num_samples, seqlen, cfg.seed)
+        else:
+            settings = calibration_settings(getattr(calib, "source", "tensor"), len(calib), seqlen)
         return {
             "model_fingerprint": model_fingerprint(self.model, target_modules(self.targets())),
             "calibration_fingerprint": calib.fingerprint(),
             "nsamples_target": str(len(calib)),
+            **settings,
         }
 
+    def _legacy_cache_metadata(self) -> dict[str, str]:
+        """The fingerprints that caches written before fingerprint version 2 recorded."""
+        legacy = {"model_fingerprint": model_fingerprint(self.model, target_modules(self.targets()), legacy=True)}
+        if hasattr(self.calibration, "legacy_fingerprint"):
+            legacy["calibration_fingerprint"] = self.calibration.legacy_fingerprint()
+        return legacy
+
     def collect_gradients(
-        self, cache_path: str | Path | None = None, checkpoint_every: int = 0, progress: bool = True, **kwargs: Any
+        self,
+        cache_path: str | Path | None = None,
+        checkpoint_every: int = 0,
+        progress: bool = True,
+        overwrite: bool = False,
+        **kwargs: Any,
     ) -> GradientAccumulation:
-        """Per-sample gradient pass of the dense model over the pruner's own calibration set."""
+        """Per-sample gradient pass of the dense model over the pruner's own calibration set. `cache_path`: a
+        matching complete cache is reused, a partial one resumed, one made for anything else refused (the error
+        names what differs; the file is left untouched) unless `overwrite`."""
         if self.pruning_map is not None:
             raise RuntimeError("the model is already pruned: gradients must come from the dense model")
         calib = self.calibration_data()
@@ -150,6 +175,8 @@ class GBLMPruner:
             norms=required_norms(self.config),
             cache_path=cache_path,
             cache_metadata=self.cache_metadata(),
+            legacy_metadata=self._legacy_cache_metadata,
+            overwrite=overwrite,
             checkpoint_every=checkpoint_every,
             tokens_fn=self.adapter.sample_tokens,
             progress=progress,
@@ -164,7 +191,14 @@ class GBLMPruner:
         gradients: GradientAccumulation | str | Path | None = None,
         progress: bool = True,
     ) -> nn.Module:
-        """Prune the model in place and return it. `gradients` may be an accumulation or a cache file path."""
+        """Prune the model in place and return it.
+
+        `calibration`: the calibration set instead of the config's source: for text models token ids (a
+        [N, seqlen] tensor, a DataLoader or a list of samples: dicts with input_ids, tensors), for image models
+        images (and labels). `gradients`: an accumulation, or a cache file path (written when it does not exist,
+        reused when it matches this model, these calibration tokens in any order and the gradient settings,
+        refused otherwise).
+        """
         if self.pruning_map is not None:
             raise RuntimeError("this pruner has already pruned its model")
         cfg = self.config

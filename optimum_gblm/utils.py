@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -33,13 +34,31 @@ def move_to(obj: Any, device: torch.device) -> Any:
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     """Hash of the shapes and bytes of tensors (calibration sets, gradient caches)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for t in tensors:
         digest.update(str(tuple(t.shape)).encode())
         digest.update(t.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def samples_fingerprint(samples: Iterable[tuple[torch.Tensor, ...]]) -> str:
+    """The calibration fingerprint: a hash of the multiset of samples, each given as the tensors that identify it
+    (an adapter's `fingerprint_tensors`). Sample order does not count: accumulations and statistics are sums, and
+    a Trainer or a DataLoader may shuffle."""
+    digests = sorted(tensor_fingerprint(*sample) for sample in samples)
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest()[:32]
+
+
+def sample_tensors(sample: Any) -> tuple[torch.Tensor, ...]:
+    """Every tensor of one sample (a tensor, a dict in key order, or a tuple): the fallback fingerprint tensors of
+    samples that no adapter understands."""
+    if isinstance(sample, torch.Tensor):
+        return (sample,)
+    if hasattr(sample, "keys"):
+        values = [sample[k] for k in sorted(sample.keys())]
+    else:
+        values = sample if isinstance(sample, (tuple, list)) else ()
+    return tuple(v for v in values if isinstance(v, torch.Tensor))
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -163,15 +163,110 @@ def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
     assert (weight == 0).float().mean().item() == pytest.approx(0.5)
 
 
-def test_gradients_cache_is_reused_by_prune(assets, tmp_path: Path):
-    cache = tmp_path / "grads.safetensors"
-    result = ok(cli("gradients", *tiny_options(assets), "--output", cache, "--checkpoint-every", "2"))
+@pytest.fixture(scope="module")
+def gradients(assets: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
+    """A gradient cache written by `gblm gradients` with `tiny_options` (tests copy it before changing it)."""
+    cache = assets["root"] / "grads.safetensors"
+    return cache, ok(cli("gradients", *tiny_options(assets), "--output", cache, "--checkpoint-every", "2"))
+
+
+def test_gradients_cache_is_reused_by_prune(assets, gradients, tmp_path: Path):
+    cache, result = gradients
     assert cache.is_file() and "4 samples" in result.stdout
     stamp = cache.stat().st_mtime_ns
     result = ok(cli("prune", *tiny_options(assets), "--gradients", cache, "--output", tmp_path / "out"))
     assert "Reusing complete gradient cache" in result.stderr
     assert cache.stat().st_mtime_ns == stamp  # read, not collected again
     assert verify_checkpoint(tmp_path / "out").ok
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_gradients_output_for_other_settings_needs_overwrite(assets, gradients, tmp_path: Path):
+    """An existing cache made with other options is refused before anything is loaded (the model here is an empty
+    folder), by `gradients --output` unless --overwrite, and by `prune --gradients`; a partial cache made with the
+    same options is resumed."""
+    from optimum_gblm.gradients.cache import read_metadata
+
+    cache, empty = tmp_path / "grads.safetensors", tmp_path / "not-a-model"
+    empty.mkdir()
+    shutil.copy(gradients[0], cache)
+    data = cache.read_bytes()
+    other = tiny_options(assets, "--seed", "1", model=False)
+    refused = cli("gradients", "--model", empty, *other, "--output", cache)
+    assert refused.returncode == 2, refused.stderr
+    last = _last_line(refused)
+    assert (
+        str(cache) in last and "calibration_seed: cache has '0', this run needs '1'" in last and "--overwrite" in last
+    )
+    refused = cli("prune", "--model", empty, *other, "--gradients", cache, "--output", tmp_path / "out")
+    assert refused.returncode == 2 and "calibration_seed" in _last_line(refused)
+    assert "gblm gradients --output" in _last_line(refused) and not (tmp_path / "out").exists()
+    assert cache.read_bytes() == data
+    ok(cli("gradients", "--model", assets["model"], *other, "--output", cache, "--overwrite"))
+    meta = read_metadata(cache)
+    assert meta["calibration_seed"] == "1" and meta["complete"] == "true" and cache.read_bytes() != data
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(cache), framework="pt") as f:  # as an interrupted run leaves it: 2 of 4 samples
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(tensors, str(cache), metadata={**meta, "complete": "false", "nsamples": "2"})
+    resumed = ok(cli("gradients", "--model", assets["model"], *other, "--output", cache))
+    assert "Resuming gradient collection" in resumed.stderr and read_metadata(cache)["complete"] == "true"
+
+
+def test_a_cache_for_another_model_is_a_usage_error(assets, gradients, tmp_path: Path):
+    other = save_tiny_llama(tmp_path / "other-llama", seed=1)
+    stamp = gradients[0].stat().st_mtime_ns
+    result = cli(
+        "prune",
+        "--model",
+        other,
+        *tiny_options(assets, model=False),
+        "--gradients",
+        gradients[0],
+        "--output",
+        tmp_path / "out",
+    )
+    assert result.returncode == 2, result.stderr
+    last = _last_line(result)
+    assert "model_fingerprint" in last and str(gradients[0]) in last and "another --gradients path" in last
+    assert gradients[0].stat().st_mtime_ns == stamp and not (tmp_path / "out").exists()
+
+
+def test_unusable_gradient_caches_are_usage_errors_before_loading(assets, tmp_path: Path):
+    empty, out = tmp_path / "not-a-model", tmp_path / "out"
+    empty.mkdir()
+    options = tiny_options(assets, model=False)
+    truncated = tmp_path / "grads.safetensors"
+    truncated.write_bytes((1000).to_bytes(8, "little") + b'{"__metadata__": {"format": ')  # a cut-off header
+    for command in (
+        ("prune", "--gradients", truncated, "--output", out),
+        ("gradients", "--output", truncated),
+    ):
+        result = cli(command[0], "--model", empty, *options, *command[1:])
+        assert result.returncode == 2, result.stderr
+        last = _last_line(result)
+        assert str(truncated) in last and "not a complete optimum-gblm gradient cache" in last and "delete it" in last
+    assert "--overwrite" in last
+    assert truncated.read_bytes()[8:] == b'{"__metadata__": {"format": ' and not out.exists()
+    unused = cli(
+        "prune", "--model", empty, *options, "--method", "wanda", "--gradients", "g.safetensors", "--output", out
+    )
+    assert unused.returncode == 2
+    last = _last_line(unused)
+    assert "--gradients is not used by method 'wanda'" in last and "gblm" in last and "--allocation gradient" in last
+
+
+def test_gradient_cache_help_says_what_happens():
+    flat = " ".join(help_text("prune").split())
+    assert "written by this run if it does not exist" in flat and "is refused" in flat
+    assert "otherwise written by this run" not in flat
+    assert "--overwrite" in help_text("gradients")
 
 
 def test_evaluate_prints_the_metric_of_a_pruned_checkpoint(assets, pruned):

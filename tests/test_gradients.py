@@ -477,3 +477,182 @@ def test_default_step_looks_up_the_adapter_once(tiny_llama, calib_ids, config, m
     acc = collect_gradients(tiny_llama, config, dataloader=[calib_ids], progress=False)
     assert acc.nsamples == calib_ids.shape[0] == 4
     assert len(calls) == 2  # once for the default targets, once for the loss: not once per sample
+
+
+# -- the cache round trip: a cache written from a dataloader or a Trainer is reused by the pruner -----------------
+def _cache_reused(caplog) -> bool:
+    return any("Reusing complete gradient cache" in r.getMessage() for r in caplog.records)
+
+
+def _trainer(model, ids, tmp_path, batch_size=2):
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=batch_size, report_to=[], use_cpu=True
+    )
+    return Trainer(model=model, args=args, train_dataset=_dataset(ids))
+
+
+def test_readme_gradient_cache_snippet_writes_then_reuses_the_cache(tiny_llama, calib_ids, config, tmp_path, caplog):
+    """The README's snippet, run as written, on a tiny LLaMA and a tiny Trainer instead of a real model."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in readme.split("```python")[1:] if "collect_gradients(" in b]
+    assert len(blocks) == 1, "the README has one gradient-cache snippet"
+    snippet = blocks[0].split("```", 1)[0]
+    model = tiny_llama
+    trainer = _trainer(model, calib_ids, tmp_path)  # Trainer sets config.use_cache=False: the model is the same
+    caplog.set_level("INFO", logger="optimum_gblm")
+    namespace = {"model": model, "config": config, "trainer": trainer}
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(tmp_path)
+        exec(compile(snippet, "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    cache = tmp_path / "grads.safetensors"
+    assert cache.is_file(), "the snippet writes the cache it then reuses"
+    assert _cache_reused(caplog), "the pruner collected gradients again instead of reusing the cache"
+    assert namespace["pruner"].pruning_map is not None
+
+
+def test_dataloader_cache_is_reused_by_prune_with_the_same_tokens(tiny_llama, calib_ids, config, tmp_path, caplog):
+    """The fingerprint is of the tokens (in any order), not of the container: attention masks and labels of the
+    dataloader's batches, the batch size and a shuffled order do not matter."""
+    from torch.utils.data import DataLoader
+
+    cache = tmp_path / "grads.safetensors"
+    # Saving fills in config.architectures and config.dtype, as every model loaded from a folder or the Hub has them.
+    tiny_llama.save_pretrained(tmp_path / "saved")
+    shuffled = calib_ids[torch.tensor([2, 0, 3, 1])]
+    batches_with_masks = [{**b, "attention_mask": torch.ones_like(b["input_ids"])} for b in batches(shuffled, 3)]
+    collect_gradients(
+        copy.deepcopy(tiny_llama), config, dataloader=batches_with_masks, cache_path=cache, progress=False
+    )
+    digest = _digest(cache)
+    caplog.set_level("INFO", logger="optimum_gblm")
+    for calibration in (calib_ids, DataLoader(_dataset(calib_ids), batch_size=2), _dataset(calib_ids)):
+        caplog.clear()
+        pruner = GBLMPruner(copy.deepcopy(tiny_llama), config)
+        pruner.prune(calibration=calibration, gradients=cache, progress=False)
+        assert _cache_reused(caplog), type(calibration).__name__
+    assert _digest(cache) == digest
+    trainer = _trainer(copy.deepcopy(tiny_llama), calib_ids, tmp_path)
+    assert collect_gradients(config=config, trainer=trainer, cache_path=cache, progress=False).nsamples == 4
+    assert _cache_reused(caplog) and _digest(cache) == digest
+    # in a later run, the same weights loaded from a folder (config._name_or_path set) are the same model
+    caplog.clear()
+    GBLMPruner.from_pretrained(str(tmp_path / "saved"), config).prune(calib_ids, gradients=cache, progress=False)
+    assert _cache_reused(caplog) and _digest(cache) == digest
+
+
+def test_prune_turns_samples_of_token_ids_into_a_token_calibration(tiny_llama, calib_ids, config):
+    from torch.utils.data import DataLoader
+
+    from optimum_gblm.data.text import TokenCalibration
+
+    expected = TokenCalibration(calib_ids).fingerprint()
+    pruner = GBLMPruner(tiny_llama, config)
+    for data in (
+        DataLoader(_dataset(calib_ids), batch_size=3),
+        list(calib_ids),
+        [{"input_ids": row.tolist()} for row in calib_ids],
+        {"input_ids": calib_ids, "attention_mask": torch.ones_like(calib_ids)},
+    ):
+        calib = pruner.adapter.make_calibration(data, config)
+        assert isinstance(calib, TokenCalibration) and calib.fingerprint() == expected
+        assert torch.equal(calib.input_ids, calib_ids)
+    padded = {"input_ids": calib_ids, "attention_mask": torch.ones_like(calib_ids)}
+    padded["attention_mask"][1, -3:] = 0
+    with pytest.raises(ValueError, match="padding"):
+        pruner.adapter.make_calibration([padded], config)
+    with pytest.raises(ValueError, match=r"same length.*\[12, 16\]"):
+        pruner.adapter.make_calibration([calib_ids[0], calib_ids[1, :12]], config)
+    with pytest.raises(ValueError, match="input_ids"):
+        pruner.adapter.make_calibration([{"pixel_values": calib_ids}], config)
+
+
+def test_collect_gradients_refuses_a_model_that_is_not_the_trainers(tiny_llama, calib_ids, config, tmp_path):
+    from tests.conftest import tiny_model
+
+    trainer = _trainer(tiny_llama, calib_ids, tmp_path)
+    with pytest.raises(ValueError, match="trainer.model"):
+        collect_gradients(tiny_model(seed=3), config, trainer=trainer, progress=False)
+
+
+def test_caches_of_fingerprint_version_1_are_still_reused(tiny_llama, calib_ids, config, tmp_path, caplog):
+    """Caches written before calibration fingerprints ignored sample order (ordered windows, config runtime flags
+    in the model hash) still match the run that wrote them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from optimum_gblm.gradients.cache import model_fingerprint
+    from optimum_gblm.targets import target_modules
+    from optimum_gblm.utils import tensor_fingerprint
+
+    cache = tmp_path / "grads.safetensors"
+    pruner = GBLMPruner(copy.deepcopy(tiny_llama), config)
+    pruner.calibration_data(calib_ids)
+    pruner.collect_gradients(cache_path=cache, progress=False)
+    with safe_open(str(cache), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    version1 = {k: v for k, v in meta.items() if k != "fingerprint_version" and not k.startswith("calibration_")}
+    version1["model_fingerprint"] = model_fingerprint(tiny_llama, target_modules(pruner.targets()), legacy=True)
+    version1["calibration_fingerprint"] = tensor_fingerprint(calib_ids.long())
+    assert version1["calibration_fingerprint"] != meta["calibration_fingerprint"]
+    save_file(tensors, str(cache), metadata=version1)
+    caplog.set_level("INFO", logger="optimum_gblm")
+    GBLMPruner(copy.deepcopy(tiny_llama), config).prune(calibration=calib_ids, gradients=cache, progress=False)
+    assert _cache_reused(caplog)
+
+
+# -- cache errors: the file is named, the reason given, the file left untouched ----------------------------------
+def test_truncated_cache_is_named_and_left_untouched(tiny_llama, calib_ids, config, tmp_path):
+    from optimum_gblm.gradients import GradientCacheError
+
+    cache = tmp_path / "grads.safetensors"
+    collect_gradients(copy.deepcopy(tiny_llama), config, dataloader=[calib_ids], cache_path=cache, progress=False)
+    data = cache.read_bytes()
+    for size in (5, 100, len(data) // 2):
+        cache.write_bytes(data[:size])
+        for run in (
+            lambda: collect_gradients(tiny_llama, config, dataloader=[calib_ids], cache_path=cache, progress=False),
+            lambda: GBLMPruner(tiny_llama, config).prune(calibration=calib_ids, gradients=cache, progress=False),
+        ):
+            with pytest.raises(GradientCacheError) as error:
+                run()
+            message = str(error.value)
+            assert str(cache) in message and "not a complete optimum-gblm gradient cache" in message, message
+            assert "delete it" in message and "another cache path" in message
+            assert cache.read_bytes() == data[:size]
+
+
+def test_calibration_mismatch_names_the_differing_settings(tiny_llama, tmp_path, monkeypatch):
+    from optimum_gblm.gradients.cache import calibration_settings, check_cache_settings, config_source
+    from tests.tiny_models import tiny_tokenizer, write_text
+
+    text = write_text(tmp_path / "text.txt")
+    cache = tmp_path / "grads.safetensors"
+
+    def pruner(calibration=str(text), **settings):
+        cfg = GBLMConfig(
+            method="gblm", device="cpu", calibration=calibration, **{"num_samples": 2, "seqlen": 16, **settings}
+        )
+        return GBLMPruner(copy.deepcopy(tiny_llama), cfg, tokenizer=tiny_tokenizer())
+
+    monkeypatch.chdir(tmp_path)
+    pruner("text.txt", seed=0).collect_gradients(cache_path=cache, progress=False)  # a relative path ...
+    digest = _digest(cache)
+    settings = calibration_settings(config_source(str(text)), 2, 16, 0)  # ... is the same source as the absolute one
+    assert check_cache_settings(cache, settings, ("l1",))["calibration_source"] == str(text.resolve())
+    with pytest.raises(GradientCacheMismatch, match="calibration_seed: cache has '0', this run needs '1'"):
+        check_cache_settings(cache, calibration_settings(config_source(str(text)), 2, 16, 1), ("l1",))
+    (tmp_path / "c4").mkdir()  # a preset stays a preset, whatever the working directory holds
+    assert config_source("c4") == "c4"
+    with pytest.raises(
+        GradientCacheMismatch, match=r"calibration_fingerprint.*seed '0' in the cache, '1' here"
+    ) as error:
+        pruner(seed=1).collect_gradients(cache_path=cache, progress=False)
+    assert "num_samples" not in str(error.value) and "seqlen" not in str(error.value)
+    with pytest.raises(GradientCacheMismatch, match=r"seqlen '16' in the cache, '12' here"):
+        pruner(seed=0, seqlen=12).collect_gradients(cache_path=cache, progress=False)
+    assert _digest(cache) == digest

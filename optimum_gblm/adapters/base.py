@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..targets import PruneTarget, linear_target
+from ..utils import sample_tensors
 
 
 @dataclass
@@ -132,6 +133,12 @@ class ModelAdapter:
     def make_calibration(self, data: Any, config: Any) -> Any:
         """A calibration set from tensors the user passed to `prune(calibration=...)`."""
         raise NotImplementedError
+
+    def fingerprint_tensors(self, sample: Any) -> tuple[torch.Tensor, ...]:
+        """The tensors that identify one calibration sample in a calibration fingerprint (`utils.samples_fingerprint`),
+        whatever its container: the same as the adapter's calibration sets use for the same data. Here: all of
+        the sample's tensors."""
+        return sample_tensors(sample)
 
     def preprocessing(self) -> dict[str, Any]:
         """The input preprocessing the model expects (timm: its data config); {} when inputs are token ids."""

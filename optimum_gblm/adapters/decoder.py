@@ -146,9 +146,18 @@ class DecoderAdapter(ModelAdapter):
         )
 
     def make_calibration(self, data: Any, config: Any) -> Any:
-        from ..data.text import TokenCalibration
+        from ..data.text import as_token_calibration
 
-        return data if isinstance(data, TokenCalibration) else TokenCalibration(data)
+        return as_token_calibration(data)
+
+    def fingerprint_tensors(self, sample: Any) -> tuple[torch.Tensor, ...]:
+        from ..data.text import token_fingerprint_tensors
+
+        if isinstance(sample, torch.Tensor):
+            return token_fingerprint_tensors(sample)
+        if hasattr(sample, "keys") and "input_ids" in sample:
+            return token_fingerprint_tensors(sample["input_ids"])
+        return super().fingerprint_tensors(sample)
 
     # -- saving ---------------------------------------------------------------------------------------------------
     def save(self, model: nn.Module, folder: Any, tokenizer: Any = None) -> None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import CALIBRATION_PRESETS
-from ..data.images import ImageCalibration, load_images
+from ..data.images import ImageCalibration, image_fingerprint_tensors, load_images
 from ..utils import DTYPES
 from .base import LoadedModel, ModelAdapter
 from .registry import UnsupportedModel, register_adapter
@@ -233,6 +233,15 @@ class TimmViTAdapter(ModelAdapter):
                 labels = model(pixels).argmax(dim=-1)
         logits = model(pixels)
         return F.cross_entropy(logits.float(), labels.to(logits.device).long())
+
+    def fingerprint_tensors(self, sample: Any) -> tuple[torch.Tensor, ...]:
+        if isinstance(sample, torch.Tensor):
+            return image_fingerprint_tensors(sample)
+        if isinstance(sample, dict) and "pixel_values" in sample:
+            return image_fingerprint_tensors(sample["pixel_values"], sample.get("labels"))
+        if isinstance(sample, (tuple, list)) and len(sample) == 2 and isinstance(sample[0], torch.Tensor):
+            return image_fingerprint_tensors(*sample)
+        return super().fingerprint_tensors(sample)
 
     def sample_tokens(self, sample: Any) -> int:
         images = sample["pixel_values"] if isinstance(sample, dict) else sample

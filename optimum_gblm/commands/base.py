@@ -7,7 +7,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from optimum.commands.base import BaseOptimumCLICommand
 
@@ -138,6 +138,25 @@ def check_output_folder(path: str, overwrite: bool) -> Path:
         return check_output_dir(path, overwrite=overwrite)
     except (FileExistsError, PermissionError) as err:
         raise UsageError(str(err).replace("pass overwrite=True", "pass --overwrite")) from None
+
+
+def check_gradient_cache(path: Path, config: Any, advice: str) -> None:
+    """An existing gradient cache must be readable and made with this run's settings (those the cache recorded),
+    checked before the model is loaded; `advice` says what to do instead. The file is never modified here."""
+    if not path.exists():
+        return
+    from ..gradients import GradientCacheError, required_norms
+    from ..gradients.cache import calibration_settings, check_cache_settings, config_source
+
+    settings = {
+        "scale": config.gradient_scale,
+        "gradient_dtype": config.gradient_dtype,
+        **calibration_settings(config_source(config.calibration), config.num_samples, config.seqlen, config.seed),
+    }
+    try:
+        check_cache_settings(path, settings, required_norms(config))
+    except GradientCacheError as err:
+        raise UsageError(f"{err}. {advice}") from None
 
 
 def check_output_file(path: str) -> Path:

@@ -8,7 +8,8 @@ import time
 
 from optimum.commands.base import CommandInfo
 
-from .base import GBLMSubcommand, check_model_path, check_output_file
+from .base import GBLMSubcommand, check_gradient_cache, check_model_path, check_output_file
+from .errors import UsageError
 from .options import add_config_arguments, config_from_args, non_negative_int
 from .prune import add_model_argument
 
@@ -21,7 +22,8 @@ class GradientsCommand(GBLMSubcommand):
         "Run the per-sample gradient pass of the dense model over the calibration set and write the\n"
         "accumulations to a safetensors cache. `prune --gradients CACHE` with the same model, calibration and\n"
         "gradient options reuses it (a mismatch is refused, naming the differing fields). An interrupted run\n"
-        "resumes from its last checkpoint (--checkpoint-every) when started again with the same options."
+        "resumes from its last checkpoint (--checkpoint-every) when started again with the same options; an\n"
+        "existing cache made with other options is refused before anything is loaded, unless --overwrite."
     )
     EXAMPLES = (
         "  optimum-cli gblm gradients --output grads.safetensors --checkpoint-every 16\n"
@@ -33,7 +35,17 @@ class GradientsCommand(GBLMSubcommand):
         run = parser.add_argument_group("run")
         add_model_argument(run)
         run.add_argument(
-            "--output", required=True, metavar="CACHE", help="Gradient cache file to write (.safetensors)."
+            "--output",
+            required=True,
+            metavar="CACHE",
+            help="Gradient cache file to write (.safetensors). If it exists: a complete cache made with the same "
+            "model and options is kept as is, a partial one is resumed, any other is refused (see --overwrite).",
+        )
+        run.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="Replace an existing --output cache (whatever made it) instead of reusing or resuming it; the "
+            "file is replaced only once the new cache is written (at the first checkpoint or at the end).",
         )
         run.add_argument(
             "--checkpoint-every",
@@ -49,16 +61,26 @@ class GradientsCommand(GBLMSubcommand):
         config = config_from_args(args)
         cache = check_output_file(args.output)
         check_model_path(args.model)
+        advice = "Pass --overwrite to replace it, or choose another --output."
+        if not args.overwrite:
+            check_gradient_cache(cache, config, advice)
         if not config.needs_gradients:
             logger.info("method %r prunes without gradients; collecting them for later runs anyway", config.method)
 
+        from ..gradients import GradientCacheError
         from ..pruner import GBLMPruner
 
         start = time.perf_counter()
         pruner = GBLMPruner.from_pretrained(args.model, config)
-        state = pruner.collect_gradients(
-            cache_path=cache, checkpoint_every=args.checkpoint_every, progress=self.progress
-        )
+        try:  # a cache for another model is only known once the model is loaded (still before the gradient pass)
+            state = pruner.collect_gradients(
+                cache_path=cache,
+                checkpoint_every=args.checkpoint_every,
+                progress=self.progress,
+                overwrite=args.overwrite,
+            )
+        except GradientCacheError as err:
+            raise UsageError(f"{err}. {advice}") from None
         print(
             f"Gradients of {pruner.model_id}: {state.nsamples} samples, {len(pruner.targets())} linears, "
             f"norms {', '.join(state.norms)}, in {time.perf_counter() - start:.1f} s\n  cache: {cache}"

@@ -16,10 +16,12 @@ from .base import (
     GBLMSubcommand,
     check_base_model,
     check_eval_source,
+    check_gradient_cache,
     check_model_path,
     check_output_file,
     check_output_folder,
 )
+from .errors import UsageError
 from .options import (
     EVAL_SOURCES,
     add_config_arguments,
@@ -108,8 +110,11 @@ class PruneCommand(GBLMSubcommand):
         groups["gradients"].add_argument(
             "--gradients",
             metavar="CACHE",
-            help="Gradient cache file (.safetensors): reused when it matches this model, calibration set and "
-            "settings, otherwise written by this run (see `optimum-cli gblm gradients`).",
+            help="Gradient cache file (.safetensors): written by this run if it does not exist, reused if it "
+            "matches this model, calibration set and gradient options, resumed if it is a partial one; a cache made "
+            "for anything else is refused, naming what differs, and left untouched (replace it with `optimum-cli "
+            "gblm gradients --output CACHE --overwrite`). Only for methods or an --allocation that use gradients "
+            "(otherwise a usage error).",
         )
         add_eval_arguments(parser, "evaluation", "the calibration --seqlen", flag=True)
         hub = parser.add_argument_group("hub")
@@ -124,13 +129,19 @@ class PruneCommand(GBLMSubcommand):
         check_model_path(args.model)
         base_model = check_base_model(args.base_model)
         gradients = check_output_file(args.gradients) if args.gradients else None
-        if gradients is not None and not config.needs_gradients:
-            logger.warning("--gradients is ignored: method %r with this allocation needs no gradients", config.method)
-            gradients = None
+        if gradients is not None:
+            check_gradients_used(config)
+            check_gradient_cache(
+                gradients,
+                config,
+                "Choose another --gradients path, or replace the cache with `optimum-cli gblm gradients --output "
+                f"{args.gradients} --overwrite` and these options.",
+            )
         if args.eval:
             check_eval_source(args.eval_source)
         push_folder = load_push_folder(args.push_to_hub) if args.push_to_hub else None
 
+        from ..gradients import GradientCacheError
         from ..pruner import GBLMPruner
         from ..publishing.checkpoint import verify_checkpoint
 
@@ -140,7 +151,10 @@ class PruneCommand(GBLMSubcommand):
         if args.eval:
             with timed(steps, "eval"):
                 pruner.evaluate("dense", **eval_kwargs(pruner, args, config.seqlen))
-        pruner.prune(gradients=gradients, progress=self.progress)
+        try:  # a cache for another model is only known once the model is loaded (still before the gradient pass)
+            pruner.prune(gradients=gradients, progress=self.progress)
+        except GradientCacheError as err:
+            raise UsageError(f"{err}. Choose another --gradients path.") from None
         if args.eval:
             with timed(steps, "eval"):
                 pruner.evaluate("pruned", **eval_kwargs(pruner, args, config.seqlen))
@@ -156,6 +170,19 @@ class PruneCommand(GBLMSubcommand):
         order = ("load", "gradients", "prune", "eval", "save", "push")
         steps = {k: steps[k] for k in sorted(steps, key=lambda k: order.index(k) if k in order else len(order))}
         print(summary(pruner, saved, time.perf_counter() - start, steps, args.push_to_hub, url))
+
+
+def check_gradients_used(config: Any) -> None:
+    """--gradients with a method and allocation that use no gradients is a usage error: it would not be read."""
+    if config.needs_gradients:
+        return
+    from ..methods import get_method, list_methods
+
+    users = [name for name in list_methods() if get_method(name).needs_gradients]
+    raise UsageError(
+        f"--gradients is not used by method {config.method!r} with allocation {config.effective_allocation!r}: "
+        f"drop --gradients, or use a method that needs gradients ({', '.join(users)}) or --allocation gradient"
+    )
 
 
 def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], repo_id: str | None, url: Any) -> str:

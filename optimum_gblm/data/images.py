@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..utils import tensor_fingerprint
+from ..utils import samples_fingerprint, tensor_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class ImageCalibration:
         return (self[i] for i in range(len(self)))
 
     def fingerprint(self) -> str:
+        """The calibration fingerprint: images and labels, in any order (docs/semantics.md#3-gradients)."""
+        labels = [None] * len(self) if self.labels is None else self.labels
+        return samples_fingerprint(image_fingerprint_tensors(x, y) for x, y in zip(self.pixel_values, labels))
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint that gradient caches written before fingerprint version 2 recorded (ordered images)."""
         tensors = [self.pixel_values.float()] + ([self.labels.long()] if self.labels is not None else [])
         return tensor_fingerprint(*tensors)
 
@@ -55,6 +61,12 @@ class ImageCalibration:
         labels = "given" if self.labels is not None else PSEUDO if self.pseudo_labels else "none"
         size = list(self.pixel_values.shape[1:])
         return {"source": self.source, "num_samples": len(self), "input_size": size, "labels": labels}
+
+
+def image_fingerprint_tensors(pixels: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """What identifies one image sample in a calibration fingerprint: its [C, H, W] fp32 pixels and its label."""
+    image = pixels.reshape(pixels.shape[-3:]).float()
+    return (image,) if label is None else (image, torch.as_tensor(label).reshape(-1).long())
 
 
 # -- images from folders and datasets ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..utils import tensor_fingerprint
+from ..utils import samples_fingerprint, tensor_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,70 @@ class TokenCalibration:
         return (self[i] for i in range(len(self)))
 
     def fingerprint(self) -> str:
+        """The calibration fingerprint of these windows (docs/semantics.md#3-gradients): the same value as for
+        the same token ids in any container and order (a DataLoader, a Trainer's dataset)."""
+        return samples_fingerprint(token_fingerprint_tensors(row) for row in self.input_ids)
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint that gradient caches written before fingerprint version 2 recorded (ordered windows)."""
         return tensor_fingerprint(self.input_ids.long())
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "num_samples": len(self), "seqlen": int(self.input_ids.shape[1])}
+
+
+def token_fingerprint_tensors(input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What identifies one text sample in a calibration fingerprint: its token ids, as 1-D int64. Labels,
+    attention masks, a batch dimension of one and the integer dtype do not count."""
+    return (input_ids.reshape(-1).long(),)
+
+
+def _token_rows(item: Any) -> torch.Tensor:
+    """One sample or one batch of token ids as [rows, seqlen]: a dict with input_ids, a tensor or a list of ids."""
+    if hasattr(item, "keys"):
+        if "input_ids" not in item:
+            raise ValueError(f"a calibration sample needs 'input_ids' (token ids); got keys {sorted(item.keys())}")
+        mask = item.get("attention_mask")
+        if mask is not None and not bool(torch.as_tensor(mask).bool().all()):
+            raise ValueError(
+                "a calibration sample has padding (attention_mask has zeros): calibration windows are token ids "
+                "without a mask, so give windows of one length without padding"
+            )
+        item = item["input_ids"]
+    ids = item if isinstance(item, torch.Tensor) else torch.as_tensor(item)
+    if ids.dim() not in (1, 2):
+        raise ValueError(f"calibration token ids must be [seqlen] or [batch, seqlen], got shape {tuple(ids.shape)}")
+    return ids.reshape(-1, ids.shape[-1])
+
+
+def as_token_calibration(data: Any) -> TokenCalibration:
+    """`prune(calibration=...)` for text models: a TokenCalibration, a [N, seqlen] tensor, one batch dict, or an
+    iterable of samples or batches (a DataLoader, a dataset, a list) that are dicts with input_ids, tensors or lists
+    of token ids. Only the token ids are kept: labels are ignored (the pruner's own gradient pass uses the whole
+    window), padding is refused."""
+    if isinstance(data, TokenCalibration):
+        return data
+    if isinstance(data, torch.Tensor):
+        return TokenCalibration(data)
+    if hasattr(data, "keys"):
+        return TokenCalibration(_token_rows(data))
+    if isinstance(data, (str, bytes)) or not (hasattr(data, "__iter__") or hasattr(data, "__getitem__")):
+        raise TypeError(
+            f"unsupported calibration {type(data).__name__}: pass token ids as a [num_samples, seqlen] tensor, a "
+            "DataLoader or a list of samples (dicts with input_ids, or tensors); a text source goes in "
+            "GBLMConfig(calibration=...)"
+        )
+    rows = [_token_rows(item) for item in data]
+    if not rows:
+        raise ValueError("the calibration data holds no samples")
+    lengths = sorted({r.shape[-1] for r in rows})
+    if len(lengths) > 1:
+        raise ValueError(
+            f"calibration samples must all have the same length (one seqlen), got lengths {lengths[:8]}: cut the "
+            "text into windows of one length"
+        )
+    source = "dataloader" if isinstance(data, torch.utils.data.DataLoader) else "samples"
+    return TokenCalibration(torch.cat(rows), source=source)
 
 
 # -- the embedded offline corpus ---------------------------------------------------------------------------------

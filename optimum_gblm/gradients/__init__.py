@@ -5,12 +5,13 @@
 """
 
 from .accumulation import GradientAccumulation, NonFiniteGradientError, required_norms
-from .cache import GradientCacheMismatch
+from .cache import GradientCacheError, GradientCacheMismatch
 from .collector import GradientCollector
 from .loop import collect_gradients, run_collection
 
 __all__ = [
     "GradientAccumulation",
+    "GradientCacheError",
     "GradientCacheMismatch",
     "GradientCollector",
     "NonFiniteGradientError",

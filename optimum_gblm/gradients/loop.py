@@ -14,9 +14,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..configuration import GBLMConfig
-from ..utils import DTYPES, model_device, peak_rss_gib, tensor_fingerprint
+from ..utils import DTYPES, model_device, peak_rss_gib, sample_tensors, samples_fingerprint, tensor_fingerprint
 from .accumulation import GradientAccumulation, required_norms
-from .cache import check_cache, load_cache, model_fingerprint, save_cache
+from .cache import calibration_settings, check_cache, load_cache, model_fingerprint, save_cache
 from .collector import GradientCollector, per_sample_backward
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ def run_collection(
     norms: tuple[str, ...] | None = None,
     cache_path: str | Path | None = None,
     cache_metadata: dict[str, str] | None = None,
+    legacy_metadata: Callable[[], dict[str, str]] | None = None,
+    overwrite: bool = False,
     checkpoint_every: int = 0,
     offload_accumulators: bool = False,
     train_mode: bool = False,
@@ -111,14 +113,17 @@ def run_collection(
     tokens_fn: Callable[[Any], int] | None = None,
     progress: bool = True,
 ) -> GradientAccumulation:
-    """The shared loop. Resumes from a partial cache with matching metadata and returns the accumulators."""
+    """The shared loop. Reuses a complete cache or resumes a partial one when its metadata match (a mismatch is
+    refused, the file left untouched), unless `overwrite`: then the file is replaced (at the first checkpoint or at
+    the end, atomically). `legacy_metadata` gives the fingerprints that caches written before fingerprint version 2
+    recorded. Returns the accumulators."""
     norms = norms or required_norms(config)
     device = model_device(model)
     metadata = {**(cache_metadata or {}), "scale": str(config.gradient_scale), "gradient_dtype": config.gradient_dtype}
     state: GradientAccumulation | None = None
     skip = 0
-    if cache_path is not None and Path(cache_path).exists():
-        meta = check_cache(cache_path, metadata, norms)
+    if cache_path is not None and Path(cache_path).exists() and not overwrite:
+        meta = check_cache(cache_path, metadata, norms, legacy_metadata)
         state, meta = load_cache(cache_path, "cpu" if offload_accumulators else device)
         if meta.get("complete") == "true":
             logger.info("Reusing complete gradient cache %s (%d samples)", cache_path, state.nsamples)
@@ -182,6 +187,7 @@ def collect_gradients(
     train_step: LossFn | None = None,
     targets: dict[str, nn.Module] | None = None,
     cache_path: str | Path | None = None,
+    overwrite: bool = False,
     checkpoint_every: int = 0,
     offload_accumulators: bool = False,
     train_mode: bool = False,
@@ -195,11 +201,16 @@ def collect_gradients(
     - `trainer=`: a `transformers.Trainer`; its train dataloader, `compute_loss`, device placement, mixed
       precision and gradient-checkpointing settings are reused; no optimizer is created, no weight changes.
     Targets default to the model adapter's targeted linears filtered by `config.targets` / `config.ignore`.
+    `cache_path`: a complete matching cache is reused, a partial one resumed, anything else refused (unless
+    `overwrite`). The cache is keyed by the model and the calibration tokens (or images and labels), in any order
+    and whatever the container, so `GBLMPruner.prune(calibration=the same samples, gradients=cache_path)` reuses it.
     """
     config = config or GBLMConfig()
     if trainer is not None:
         from .trainer import trainer_collection_args  # transformers is imported only on this path
 
+        if model is not None and model is not trainer.model:
+            raise ValueError("collect_gradients(model, trainer=...): the model must be trainer.model (or omit it)")
         model, dataloader, train_step, autocast, gradient_checkpointing = trainer_collection_args(
             trainer, gradient_checkpointing
         )
@@ -209,29 +220,30 @@ def collect_gradients(
         raise ValueError("collect_gradients needs a model (or trainer=)")
     if dataloader is None:
         raise ValueError("collect_gradients needs dataloader= or trainer= (or use GBLMPruner.collect_gradients())")
+    adapter = _adapter_or_none(model)
     if targets is None:
-        from ..adapters import get_adapter
+        if adapter is None:
+            from ..adapters import get_adapter
 
-        targets = get_adapter(model).target_linears(model, config.targets, config.ignore)
+            adapter = get_adapter(model)  # raises UnsupportedModel, naming what is supported
+        targets = adapter.target_linears(model, config.targets, config.ignore)
     loss_fn = train_step or default_loss()
     samples: Iterable[Any] = (s for batch in dataloader for s in split_batch(batch))
     metadata: dict[str, str] = {}
+    legacy = None
     total = None
     if cache_path is not None:
         # The cache must identify its calibration set, so materialise the (small) per-sample list once.
         samples = list(samples)
         total = len(samples)
-        tensors = [
-            t
-            for s in samples
-            for t in (s.values() if isinstance(s, dict) else [s] if isinstance(s, torch.Tensor) else s)
-            if isinstance(t, torch.Tensor)
-        ]
+        key = adapter.fingerprint_tensors if adapter is not None else sample_tensors
         metadata = {
             "model_fingerprint": model_fingerprint(model, targets),
-            "calibration_fingerprint": tensor_fingerprint(*tensors),
+            "calibration_fingerprint": samples_fingerprint(key(s) for s in samples),
             "nsamples_target": str(total),
+            **calibration_settings("trainer" if trainer is not None else "dataloader", total),
         }
+        legacy = _legacy_metadata(model, targets, samples)
     return run_collection(
         model,
         targets,
@@ -241,6 +253,8 @@ def collect_gradients(
         total=total,
         cache_path=cache_path,
         cache_metadata=metadata,
+        legacy_metadata=legacy,
+        overwrite=overwrite,
         checkpoint_every=checkpoint_every,
         offload_accumulators=offload_accumulators,
         train_mode=train_mode,
@@ -248,3 +262,29 @@ def collect_gradients(
         autocast=autocast,
         progress=progress,
     )
+
+
+def _adapter_or_none(model: nn.Module) -> Any:
+    from ..adapters import get_adapter
+    from ..adapters.registry import UnsupportedModel
+
+    try:
+        return get_adapter(model)
+    except UnsupportedModel:
+        return None  # a custom model with its own targets and train_step
+
+
+def _legacy_metadata(model: nn.Module, targets: dict[str, nn.Module], samples: list[Any]) -> Callable[[], dict]:
+    """The fingerprints of caches written before fingerprint version 2: every tensor of every sample, in order."""
+
+    def tensors(sample: Any) -> Iterable[Any]:
+        return (
+            sample.values() if isinstance(sample, dict) else [sample] if isinstance(sample, torch.Tensor) else sample
+        )
+
+    return lambda: {
+        "model_fingerprint": model_fingerprint(model, targets, legacy=True),
+        "calibration_fingerprint": tensor_fingerprint(
+            *(t for s in samples for t in tensors(s) if isinstance(t, torch.Tensor))
+        ),
+    }
