@@ -123,6 +123,20 @@ def test_prune_options_come_from_the_config():
         assert re.search(rf"^  {re.escape(name)} +\S", text, re.MULTILINE), name
 
 
+def test_eval_windows_option_defaults_to_the_library_and_accepts_all():
+    import argparse
+
+    from optimum_gblm.commands.options import add_eval_arguments, max_windows_kwargs
+
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser, "evaluation", "the calibration --seqlen", flag=True)
+    assert max_windows_kwargs(parser.parse_args([])) == {}  # GBLMPruner.evaluate's own default (40) applies
+    assert max_windows_kwargs(parser.parse_args(["--eval-windows", "all"])) == {"max_windows": None}
+    assert max_windows_kwargs(parser.parse_args(["--eval-windows", "7"])) == {"max_windows": 7}
+    assert "--eval-windows N|all" in help_text("prune")
+    assert "or all of them (default: 40)" in " ".join(help_text("prune").split())
+
+
 # -- prune / gradients / evaluate ---------------------------------------------------------------------------------
 def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
     import torch
@@ -130,7 +144,9 @@ def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
 
     out, result = pruned
     assert "achieved sparsity: 0.5000 over 14 targets" in result.stdout
-    assert re.search(r"perplexity: dense [\d.]+ -> pruned [\d.]+", result.stdout)
+    assert re.search(
+        r"perplexity: dense [\d.]+ -> pruned [\d.]+ \(source=.*, seqlen=16, max_windows=3, windows=3\)", result.stdout
+    )
     assert str(out) in result.stdout and "Traceback" not in result.stderr
     assert verify_checkpoint(out).ok
     sidecar = json.loads((out / "gblm_config.json").read_text())
