@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import ModelAdapter, get_adapter, load_model
+from .adapters import ModelAdapter, get_adapter, load_model, model_skeleton
 from .allocation import gradient_allocation
 from .configuration import GBLMConfig
 from .decisions import BlockPruner
@@ -29,6 +29,26 @@ from .targets import PruneTarget, target_modules
 from .utils import resolve_device, suggest_keywords
 
 logger = logging.getLogger(__name__)
+
+
+def select_targets(adapter: ModelAdapter, model: nn.Module, config: GBLMConfig) -> list[PruneTarget]:
+    found = adapter.prune_targets(model, config.targets, config.ignore)
+    if not found:
+        raise ValueError("no prune target matches the target / ignore patterns: nothing to prune")
+    return found
+
+
+def check_targets(adapter: ModelAdapter, model: nn.Module, config: GBLMConfig) -> None:
+    """Some target is selected and N:M divides every target's input dimension. Reads shapes only, so a skeleton on
+    the meta device will do."""
+    nm = config.nm
+    targets = select_targets(adapter, model, config)  # fails early when the patterns select nothing
+    bad = [f"{t.name} (d_in={t.in_features})" for t in targets if nm is not None and t.in_features % nm[1]]
+    if bad:
+        raise ValueError(
+            f"pattern={config.pattern!r} needs every input dimension divisible by M={nm[1]}; not: "
+            + ", ".join(bad[:5])
+        )
 
 
 def _is_default(value: Any, default: Any) -> bool:
@@ -88,22 +108,21 @@ class GBLMPruner:
 
     # -- checks before heavy work ---------------------------------------------------------------------------------
     def targets(self) -> list[PruneTarget]:
-        found = self.adapter.prune_targets(self.model, self.config.targets, self.config.ignore)
-        if not found:
-            raise ValueError("no prune target matches the target / ignore patterns: nothing to prune")
-        return found
+        return select_targets(self.adapter, self.model, self.config)
+
+    @staticmethod
+    def check_source(model: str | Path | None, config: GBLMConfig) -> bool:
+        """Check a model name and a config without loading weights: a local path exists, the architecture is
+        supported and, where the model's config is local or cached, the targets exist and the N:M pattern divides
+        their input dimensions. Returns whether the structure could be checked (False: names only)."""
+        config.validate()
+        found = model_skeleton(model, config)
+        if found is not None:
+            check_targets(*found, config)
+        return found is not None
 
     def _check_targets(self) -> None:
-        targets = self.targets()  # fails early when the patterns select nothing
-        nm = self.config.nm
-        if nm is None:
-            return
-        bad = [f"{t.name} (d_in={t.in_features})" for t in targets if t.in_features % nm[1]]
-        if bad:
-            raise ValueError(
-                f"pattern={self.config.pattern!r} needs every input dimension divisible by M={nm[1]}; not: "
-                + ", ".join(bad[:5])
-            )
+        check_targets(self.adapter, self.model, self.config)
 
     @property
     def placement(self) -> WholeModel:

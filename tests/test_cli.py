@@ -276,9 +276,13 @@ def test_zoo_publishes_a_manifest(assets, hub, tmp_path: Path):
     manifest.write_text(yaml.safe_dump(zoo, sort_keys=False))
     dry = ok(cli("zoo", manifest, "--dry-run", "--no-progress"))
     assert "planned" in dry.stdout and "test-org/tiny-wanda-50" in dry.stdout
+    assert "zoo: 1 planned, 0 published, 0 skipped, 0 failed (dry run)" in dry.stdout
     work = tmp_path / "work"
-    result = ok(cli("zoo", manifest, "--endpoint", hub.endpoint, "--token", TOKEN, "--work-dir", work, env=env))
+    args = ("--endpoint", hub.endpoint, "--token", TOKEN, "--work-dir", work, "--no-progress")
+    result = ok(cli("zoo", manifest, *args, env=env))
     assert "published" in result.stdout and (work / "MODEL_ZOO.md").is_file()
+    assert "zoo: 0 planned, 1 published, 0 skipped, 0 failed" in result.stdout
+    assert not re.search(r"\d+%\|", result.stderr), result.stderr  # no progress bar (pruning, evaluation)
     sidecar = json.loads(hub.file_content("test-org/tiny-wanda-50", "gblm_config.json"))
     assert sidecar["config"]["method"] == "wanda" and "pruned_perplexity" in sidecar["results"]
 

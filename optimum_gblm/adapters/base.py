@@ -1,6 +1,6 @@
 """What the engine needs to know about a model family, declared on one base class.
 
-An adapter says which models and sources it supports (`supports`, `claims_source`, `check_source` before any
+An adapter says which models and sources it supports (`supports`, `claims_source`, `skeleton` before any
 weight is loaded), how to `load` them, where the blocks are, which 2-D weights are prune targets and which of them
 share an input site, how to run and score one calibration sample, how to build calibration sets, which metric
 evaluates it, and how to `save` it natively. It never writes into the pruner; evaluation caches live in an
@@ -65,6 +65,13 @@ class ModelAdapter:
     def load(cls, source: str, config: Any, **load_kwargs: Any) -> LoadedModel:
         """Check the source (before any weight is loaded), then load model, tokenizer / preprocessing."""
         raise NotImplementedError
+
+    @classmethod
+    def skeleton(cls, source: str, config: Any) -> nn.Module | None:
+        """The model's structure on the meta device, built from a local or cached config (no weights, no network),
+        or None when that cannot be known so. Raises what `load` would raise before loading any weight (a missing
+        local path, an unsupported architecture)."""
+        return None
 
     @classmethod
     def wrap(cls, model: nn.Module, config: Any, **load_kwargs: Any) -> LoadedModel:

@@ -88,6 +88,7 @@ class ZooCommand(GBLMSubcommand):
             eval_kwargs=zoo_eval_kwargs(args),
             dry_run=args.dry_run,
             table_path=args.table,
+            progress=self.progress,
         )
         for entry in result.entries:
             where = f"line {entry.line}" if entry.line else "manifest"
@@ -99,5 +100,6 @@ class ZooCommand(GBLMSubcommand):
             print(f"collection: {result.collection_slug}")
         if result.table_path:
             print(f"table: {result.table_path}")
+        print(f"zoo: {result.summary()}{' (dry run)' if args.dry_run else ''}")
         if result.failed:
             raise CommandFailed(f"{len(result.failed)} of {len(result.entries)} zoo entries failed (listed above)")
