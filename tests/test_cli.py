@@ -262,6 +262,17 @@ def test_prune_push_to_hub(assets, hub, tmp_path: Path):
     assert sidecar["config"]["method"] == "magnitude"
 
 
+def test_prune_push_to_hub_checks_the_token_before_any_work(assets, hub, tmp_path: Path):
+    hub, env = hub
+    options = tiny_options(assets, "--method", "magnitude", "--output", tmp_path / "out")
+    push = ("--push-to-hub", "test-user/x", "--endpoint", hub.endpoint, "--token", "hf_wrong")
+    result = cli("prune", *options, *push, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Pruned" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "HTTP 401" in last and "whoami" in last and "--token" in last and "hf auth login" in last, last
+    assert not (tmp_path / "out").exists() and [path for _, path, _ in hub.requests] == ["/api/whoami-v2"]
+
+
 def test_zoo_publishes_a_manifest(assets, hub, tmp_path: Path):
     pytest.importorskip("optimum_gblm.zoo")
     hub, env = hub

@@ -251,3 +251,33 @@ methods: [wanda, sparsegpt, gblm-obs]
         load_manifest(path)
     own = {"organization": "o", "entries": [{"model": "org/m", "method": "wanda", "beta": 0.5}]}
     assert publish_zoo(own, dry_run=True).entries[0].status == "invalid"  # an entry's own argument stays strict
+
+
+def test_zoo_checks_the_token_and_namespaces_before_pruning(
+    hub: LocalHubServer, workspace: Path, monkeypatch: pytest.MonkeyPatch
+):
+    text = """\
+organization: test-org
+entries:
+  - model: ./tiny-llama
+    method: magnitude
+  - model: ./tiny-llama
+    method: wanda
+    repo: someone-else/tiny-wanda
+"""
+    manifest = workspace / "zoo.yaml"
+    manifest.write_text(text)
+
+    def no_pruning(*args, **kwargs):
+        raise AssertionError("pruned although the token cannot push")
+
+    monkeypatch.setattr(GBLMPruner, "from_pretrained", no_pruning)
+    wrong = publish_zoo(manifest, token="hf_wrong", endpoint=hub.endpoint, evaluate=False)
+    assert [e.status for e in wrong.entries] == ["invalid", "invalid"]
+    assert all("HTTP 401" in e.error and "hf auth login" in e.error for e in wrong.entries)
+    result = publish_zoo(manifest, token=TOKEN, endpoint=hub.endpoint, evaluate=False)
+    foreign = result.entries[1]
+    assert foreign.status == "invalid" and foreign.line == _line_of(text, "repo: someone-else")
+    assert "cannot write to 'someone-else'" in foreign.error
+    assert result.entries[0].status == "failed" and "pruned although" in result.entries[0].error
+    assert not any(path == "/api/repos/create" for _, path, _ in hub.requests)

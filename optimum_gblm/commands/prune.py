@@ -116,7 +116,7 @@ class PruneCommand(GBLMSubcommand):
             gradients = None
         if args.eval:
             check_eval_source(args.eval_source)
-        push_folder = load_push_folder(args.push_to_hub) if args.push_to_hub else None
+        push_folder = load_push_folder(args.push_to_hub, args) if args.push_to_hub else None
 
         from ..pruner import GBLMPruner
         from ..publishing.checkpoint import verify_checkpoint

@@ -19,7 +19,9 @@ from ..configuration import GBLMConfig
 from ..publishing.cards import default_repo_name, metric_values
 from ..publishing.hub import (
     NETWORK_ERRORS,
+    HubPublishError,
     check_repo_id,
+    check_write_access,
     describe_error,
     push_folder,
     remote_sidecar,
@@ -113,6 +115,26 @@ def _plan(zoo: ZooManifest) -> list[tuple[ZooEntry, ZooEntryResult, GBLMConfig |
             config = None
         plans.append((entry, result, config))
     return plans
+
+
+def _check_access(plans: list, token: str | None, endpoint: str | None) -> None:
+    """Before any prune: the token may write to each planned repo's namespace (one `whoami` per namespace, nothing
+    created); an entry it may not write is invalid, at its `repo:` line when it names one."""
+    refused: dict[str, HubPublishError | None] = {}
+    for entry, result, config in plans:
+        if config is None:
+            continue
+        namespace = result.repo_id.split("/")[0]
+        if namespace not in refused:
+            refused[namespace] = None
+            try:
+                check_write_access(result.repo_id, token=token, endpoint=endpoint)
+            except HubPublishError as err:
+                refused[namespace] = err
+        if refused[namespace] is not None:
+            result.status, result.error = "invalid", str(refused[namespace])
+            result.line = entry.field_lines.get("repo", entry.line) if entry.repo else entry.line
+            logger.error("Zoo manifest line %s: %s", result.line, result.error)
 
 
 def _skeleton(build: Any, model: str, config: GBLMConfig) -> Any:
@@ -209,6 +231,9 @@ def publish_zoo(
     zoo = load_manifest(manifest)
     eval_kwargs = {**zoo.evaluation, **(eval_kwargs or {})}
     plans = _plan(zoo)
+    if not dry_run:
+        _check_access(plans, token, endpoint)
+        plans = [(entry, r, config if r.status == "planned" else None) for entry, r, config in plans]
     result = ZooResult([r for _, r, _ in plans])
     if table_path is None and work_dir is not None:
         table_path = Path(work_dir) / "MODEL_ZOO.md"
