@@ -146,9 +146,9 @@ def test_evaluate_uses_a_bounded_default_and_records_every_setting(tmp_path, cap
     assert available > 40 and "max_windows=None" in caplog.text  # the log says how to evaluate all of them
 
     seen.clear()
-    pruner.evaluate("all", source=text, seqlen=32, max_windows=None, progress=False)
-    assert seen == [(1, 32)] * (available // 2)
-    assert pruner.evaluation["all"] == {"source": text, "seqlen": 32, "max_windows": None, "windows": len(seen)}
+    pruner.evaluate("all", source=text, seqlen=128, max_windows=None, progress=False)
+    assert seen == [(1, 128)] * (available // 8)  # every window of the text
+    assert pruner.evaluation["all"] == {"source": text, "seqlen": 128, "max_windows": None, "windows": len(seen)}
     pruner.evaluate("corpus", max_windows=2, progress=False)
     assert pruner.evaluation["corpus"] == {"source": "offline-corpus", "seqlen": 16, "max_windows": 2, "windows": 2}
     assert set(pruner.results) == {"dense_perplexity", "all_perplexity", "corpus_perplexity"}
