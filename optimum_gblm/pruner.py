@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import ModelAdapter, get_adapter, load_model, model_skeleton
+from .adapters import ModelAdapter, get_adapter, load_model
 from .allocation import gradient_allocation
 from .configuration import GBLMConfig
 from .decisions import BlockPruner
@@ -109,17 +109,6 @@ class GBLMPruner:
     # -- checks before heavy work ---------------------------------------------------------------------------------
     def targets(self) -> list[PruneTarget]:
         return select_targets(self.adapter, self.model, self.config)
-
-    @staticmethod
-    def check_source(model: str | Path | None, config: GBLMConfig) -> bool:
-        """Check a model name and a config without loading weights: a local path exists, the architecture is
-        supported and, where the model's config is local or cached, the targets exist and the N:M pattern divides
-        their input dimensions. Returns whether the structure could be checked (False: names only)."""
-        config.validate()
-        found = model_skeleton(model, config)
-        if found is not None:
-            check_targets(*found, config)
-        return found is not None
 
     def _check_targets(self) -> None:
         check_targets(self.adapter, self.model, self.config)
@@ -267,10 +256,10 @@ class GBLMPruner:
         defaults = inspect.signature(GBLMPruner.evaluate).parameters
         misplaced = [k for k, v in given.items() if k not in accepted and not _is_default(v, defaults[k].default)]
         if misplaced:
+            names, verb = ", ".join(f"{k}=" for k in misplaced), "does" if len(misplaced) == 1 else "do"
             raise TypeError(
-                f"{', '.join(f'{k}=' for k in misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply to this "
-                f"model: it is evaluated by "
-                f"{self.adapter.metric_name}, which takes {', '.join(k for k in accepted if k != 'model')}"
+                f"{names} {verb} not apply to this model: it is evaluated by {self.adapter.metric_name}, which takes "
+                + ", ".join(k for k in accepted if k != "model")
             )
         self.placement.prepare(self.model)
         measured = self.evaluator.evaluate(self.model, **{k: v for k, v in given.items() if k in accepted})
