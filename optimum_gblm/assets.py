@@ -36,11 +36,18 @@ def gguf_file() -> Path:
     raise FileNotFoundError(f"{MODEL_PACKAGE} is installed but ships no .gguf file")
 
 
+def converted_default_model() -> Path | None:
+    """Folder of the converted default model, or None before its first use (nothing is converted here)."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    return target if (target / "config.json").is_file() else None
+
+
 def default_model_path() -> Path:
     """Folder of the converted default model (config, safetensors, tokenizer); converts on first use."""
+    converted = converted_default_model()
+    if converted is not None:
+        return converted
     target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").is_file():
-        return target
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -6,27 +6,33 @@ owns the walk over the blocks and the placement of the model; the pruner only wi
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .adapters import ModelAdapter, get_adapter, load_model
 from .allocation import gradient_allocation
 from .configuration import GBLMConfig
 from .decisions import BlockPruner
-from .evaluation import Evaluator, make_evaluator
+from .evaluation import DEFAULT_EVAL_WINDOWS, DEFAULT_IMAGE_BATCH, Evaluation, Evaluator, make_evaluator
 from .gradients import GradientAccumulation, required_norms, run_collection
 from .gradients.cache import calibration_settings, config_source, model_fingerprint
 from .methods import get_method
 from .pipelines import Walk, WholeModel, pipeline_for
 from .pruning_map import PruningMap, Stage, prune_settings
 from .targets import PruneTarget, target_modules
-from .utils import resolve_device
+from .utils import resolve_device, suggest_keywords
 
 logger = logging.getLogger(__name__)
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    return value is default or (isinstance(value, (str, int, float)) and value == default)
 
 
 class GBLMPruner:
@@ -94,22 +100,10 @@ class GBLMPruner:
 
     # -- checks before heavy work ---------------------------------------------------------------------------------
     def targets(self) -> list[PruneTarget]:
-        found = self.adapter.prune_targets(self.model, self.config.targets, self.config.ignore)
-        if not found:
-            raise ValueError("no prune target matches the target / ignore patterns: nothing to prune")
-        return found
+        return self.adapter.select_targets(self.model, self.config)
 
     def _check_targets(self) -> None:
-        targets = self.targets()  # fails early when the patterns select nothing
-        nm = self.config.nm
-        if nm is None:
-            return
-        bad = [f"{t.name} (d_in={t.in_features})" for t in targets if t.in_features % nm[1]]
-        if bad:
-            raise ValueError(
-                f"pattern={self.config.pattern!r} needs every input dimension divisible by M={nm[1]}; not: "
-                + ", ".join(bad[:5])
-            )
+        self.adapter.check_targets(self.model, self.config)
 
     @property
     def placement(self) -> WholeModel:
@@ -256,19 +250,52 @@ class GBLMPruner:
             self._evaluator = make_evaluator(self.adapter, self.tokenizer, self.preprocessing, self.config.seqlen)
         return self._evaluator
 
-    def evaluate(self, label: str | None = None, **kwargs: Any) -> float:
-        """Perplexity (LLMs) or top-1 accuracy (ViTs) on held-out data; stored in `results` under `label`."""
+    @suggest_keywords(windows="max_windows", eval_windows="max_windows", eval_seqlen="seqlen", eval_source="source")
+    def evaluate(
+        self,
+        label: str | None = None,
+        *,
+        source: str | None = None,
+        seqlen: int | None = None,
+        max_windows: int | None = DEFAULT_EVAL_WINDOWS,
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        split: str = "validation",
+        batch_size: int = DEFAULT_IMAGE_BATCH,
+        progress: bool = True,
+    ) -> float:
+        """Measure the adapter's metric, store it in `results[f"{label}_{metric}"]` and every setting it was measured
+        with in `evaluation[label]` (the card shows them). `label` defaults to "dense" before pruning, else "pruned".
+
+        Perplexity (LLMs): the first `max_windows` non-overlapping windows (default 40; None evaluates all of them)
+        of `seqlen` tokens (default: the config's calibration seqlen) of `source`: "offline-corpus" (the default,
+        the embedded corpus's held-out slice), "wikitext2" (test split) or a text file.
+
+        Top-1 accuracy (ViTs): `images` and `labels` tensors, or an image folder / dataset `source` and its `split`,
+        in batches of `batch_size`; later calls reuse the set of the first one.
+        """
+        given = {"source": source, "seqlen": seqlen, "max_windows": max_windows, "images": images}
+        given.update(labels=labels, split=split, batch_size=batch_size, progress=progress)
+        # The evaluator of the adapter's metric declares which of these it takes; the others must stay unset.
+        accepted = inspect.signature(self.evaluator.evaluate).parameters
+        defaults = inspect.signature(GBLMPruner.evaluate).parameters
+        misplaced = [k for k, v in given.items() if k not in accepted and not _is_default(v, defaults[k].default)]
+        if misplaced:
+            names, verb = ", ".join(f"{k}=" for k in misplaced), "does" if len(misplaced) == 1 else "do"
+            raise TypeError(
+                f"{names} {verb} not apply to this model: it is evaluated by {self.adapter.metric_name}, which takes "
+                + ", ".join(k for k in accepted if k != "model")
+            )
         self.placement.prepare(self.model)
-        value = self.evaluator.evaluate(self.model, **kwargs)
-        label = label or ("pruned" if self.pruning_map is not None else "dense")
-        self.results[f"{label}_{self.adapter.metric_name}"] = value
-        # JSON scalars only (the card names the data); tensors such as evaluation images are not recorded.
-        self.evaluation[label] = {
-            k: v
-            for k, v in kwargs.items()
-            if k != "progress" and (v is None or isinstance(v, (str, int, float, bool)))
-        }
-        return value
+        measured = self.evaluator.evaluate(self.model, **{k: v for k, v in given.items() if k in accepted})
+        self.add_evaluation(label or ("pruned" if self.pruning_map is not None else "dense"), measured)
+        return measured.value
+
+    def add_evaluation(self, label: str, measured: Evaluation) -> None:
+        """Record a measurement under `label`, e.g. a dense value measured once and shared by several prunes of the
+        same base model with the same settings (the zoo does this)."""
+        self.results[f"{label}_{self.adapter.metric_name}"] = measured.value
+        self.evaluation[label] = dict(measured.settings)
 
     # -- publishing -----------------------------------------------------------------------------------------------
     def sidecar(self, repo_id: str | None = None, base_model: str | None = None) -> dict[str, Any]:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import hashlib
-from collections.abc import Iterable, Iterator
-from typing import Any
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -97,3 +102,28 @@ def peak_rss_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def suggest_keywords(**aliases: str) -> Callable[[F], F]:
+    """Decorator: an unknown keyword argument raises a TypeError that names the right one (`aliases` maps likely
+    spellings, e.g. the CLI's, to it; otherwise the closest accepted name), while `help()` and `inspect` still show
+    the function's own signature (functools.wraps)."""
+
+    def decorate(func: F) -> F:
+        params = inspect.signature(func).parameters
+        accepted = [
+            n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for key in kwargs:
+                if key not in params:
+                    right = aliases.get(key) or next(iter(difflib.get_close_matches(key, accepted, 1)), None)
+                    hint = f"did you mean {right}=?" if right else f"accepted: {', '.join(accepted)}"
+                    raise TypeError(f"{func.__qualname__}() got an unexpected keyword argument {key!r}: {hint}")
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -192,6 +192,7 @@ class LocalHubServer:
 
     `token`: when not None, writes and `whoami` require `Authorization: Bearer <token>` (401 otherwise), and
     private repos are hidden from anonymous readers. `user` / `orgs`: namespaces the token may write to.
+    `token_role`: what `whoami` reports for the token ("write", or "read" for a read-only token, whose writes get 403).
     """
 
     def __init__(
@@ -200,9 +201,10 @@ class LocalHubServer:
         token: str | None = "hf_test",
         user: str = "test-user",
         orgs: tuple[str, ...] = ("test-org",),
+        token_role: str = "write",
     ) -> None:
         self.root = Path(root) if root is not None else None
-        self.token, self.user, self.orgs = token, user, tuple(orgs)
+        self.token, self.user, self.orgs, self.token_role = token, user, tuple(orgs), token_role
         self.lock = threading.RLock()
         self.repos: dict[tuple[str, str], dict] = {}  # (repo_type, repo_id) -> repo state
         self._collections: dict[str, dict] = {}  # collection object id -> collection
@@ -335,6 +337,8 @@ class LocalHubServer:
     def _require_write(self, request: dict, namespace: str | None = None) -> None:
         if not self._authorized(request["headers"]):
             raise HubError(401, "Invalid credentials in Authorization header")
+        if self.token_role == "read":
+            raise HubError(403, "This token has read-only access")
         if namespace is not None and namespace not in (self.user, *self.orgs):
             raise HubError(403, f"You don't have the rights to write in the namespace {namespace}")
 
@@ -347,7 +351,7 @@ class LocalHubServer:
         if self.token is not None and not self._authorized(request["headers"]):
             raise HubError(401, "Invalid credentials in Authorization header")
         orgs = [{"type": "org", "name": org, "fullname": org, "roleInOrg": "admin"} for org in self.orgs]
-        auth = {"type": "access_token", "accessToken": {"displayName": "local-hub", "role": "write"}}
+        auth = {"type": "access_token", "accessToken": {"displayName": "local-hub", "role": self.token_role}}
         return {"type": "user", "id": "0" * 24, "name": self.user, "fullname": self.user, "orgs": orgs, "auth": auth}
 
     def r_validate_yaml(self, request: dict) -> dict:

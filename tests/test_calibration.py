@@ -1,6 +1,7 @@
 """Calibration sources: offline corpus split, text files, datasets files, tensors; seeding; evaluation protocol."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -88,3 +89,66 @@ def test_perplexity_protocol_non_overlapping_windows_remainder_dropped(tiny_llam
     with torch.no_grad():
         nll = [float(tiny_llama(input_ids=w, labels=w).loss) for w in windows]
     assert value == pytest.approx(torch.tensor(nll).mean().exp().item(), rel=1e-6)
+
+
+# -- GBLMPruner.evaluate: explicit arguments, a bounded default, every setting recorded ----------------------------
+def _text_pruner(tmp_path):
+    from optimum_gblm import GBLMConfig, GBLMPruner
+    from tests.conftest import tiny_model
+    from tests.tiny_models import tiny_tokenizer, write_text
+
+    config = GBLMConfig(method="magnitude", seqlen=16, device="cpu")
+    return GBLMPruner(tiny_model("llama"), config, tokenizer=tiny_tokenizer()), str(write_text(tmp_path / "e.txt"))
+
+
+def _count_windows(model):
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, k: seen.append(tuple(k["input_ids"].shape)), with_kwargs=True)
+    return seen
+
+
+def test_evaluate_shows_its_arguments_and_names_the_right_one_for_a_wrong_one(tmp_path):
+    import inspect
+    import pydoc
+
+    from optimum_gblm import GBLMPruner
+
+    params = inspect.signature(GBLMPruner.evaluate).parameters
+    text_args, image_args = (
+        {"source", "seqlen", "max_windows", "progress"},
+        {"images", "labels", "split", "batch_size"},
+    )
+    assert {"label"} | text_args | image_args <= set(params)
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    assert params["max_windows"].default == 40
+    shown = pydoc.render_doc(GBLMPruner.evaluate)  # what help() prints
+    assert "max_windows" in shown and "**kwargs" not in shown and "40" in shown
+    pruner, text = _text_pruner(tmp_path)
+    seen = _count_windows(pruner.model)
+    for wrong in ("windows", "eval_windows"):
+        with pytest.raises(TypeError, match=rf"{wrong}.*max_windows="):
+            pruner.evaluate(source=text, progress=False, **{wrong: 3})
+    with pytest.raises(TypeError, match="images=, labels= do not apply .* perplexity, which takes source, seqlen"):
+        pruner.evaluate(source=text, images=torch.zeros(1, 3, 8, 8), labels=torch.zeros(1))
+    assert seen == [] and pruner.results == {}  # refused before any forward pass
+
+
+def test_evaluate_uses_a_bounded_default_and_records_every_setting(tmp_path, caplog):
+    import logging
+
+    pruner, text = _text_pruner(tmp_path)
+    seen = _count_windows(pruner.model)
+    caplog.set_level(logging.INFO, logger="optimum_gblm")
+    pruner.evaluate(source=text, progress=False)
+    assert seen == [(1, 16)] * 40  # the config's seqlen, 40 windows
+    assert pruner.evaluation["dense"] == {"source": text, "seqlen": 16, "max_windows": 40, "windows": 40}
+    available = int(re.search(r"40 of (\d+) windows", caplog.text).group(1))
+    assert available > 40 and "max_windows=None" in caplog.text  # the log says how to evaluate all of them
+
+    seen.clear()
+    pruner.evaluate("all", source=text, seqlen=128, max_windows=None, progress=False)
+    assert seen == [(1, 128)] * (available // 8)  # every window of the text
+    assert pruner.evaluation["all"] == {"source": text, "seqlen": 128, "max_windows": None, "windows": len(seen)}
+    pruner.evaluate("corpus", max_windows=2, progress=False)
+    assert pruner.evaluation["corpus"] == {"source": "offline-corpus", "seqlen": 16, "max_windows": 2, "windows": 2}
+    assert set(pruner.results) == {"dense_perplexity", "all_perplexity", "corpus_perplexity"}

@@ -149,9 +149,11 @@ def test_save_pretrained_writes_card_and_plot(tmp_path: Path):
     first = pruner.save_pretrained(tmp_path / "ckpt")
     sidecar = json.loads((first / "gblm_config.json").read_text())
     assert sidecar["license"] == "mit"  # from the base model's local card
-    assert sidecar["evaluation"]["pruned"] == {"max_windows": 2, "seqlen": 16, "source": str(tmp_path / "text.txt")}
+    settings = {"max_windows": 2, "seqlen": 16, "source": str(tmp_path / "text.txt"), "windows": 2}
+    assert sidecar["evaluation"]["pruned"] == settings
     readme = (first / "README.md").read_text()
     assert readme == render_model_card(sidecar)
+    assert "Evaluation settings: max_windows=2, seqlen=16, windows=2." in readme  # the context length is shown
     assert (first / PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = yaml.safe_load(readme.split("---")[1])
     assert front["license"] == "mit" and "base_model" not in front  # a local folder is not a Hub id

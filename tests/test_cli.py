@@ -146,6 +146,20 @@ def test_every_method_parses_with_its_own_arguments(method: str):
             config_from_args(parser.parse_args(["--method", method, f"--{name.replace('_', '-')}", "1"]))
 
 
+def test_eval_windows_option_defaults_to_the_library_and_accepts_all():
+    import argparse
+
+    from optimum_gblm.commands.options import add_eval_arguments, max_windows_kwargs
+
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser, "evaluation", "the calibration --seqlen", flag=True)
+    assert max_windows_kwargs(parser.parse_args([])) == {}  # GBLMPruner.evaluate's own default (40) applies
+    assert max_windows_kwargs(parser.parse_args(["--eval-windows", "all"])) == {"max_windows": None}
+    assert max_windows_kwargs(parser.parse_args(["--eval-windows", "7"])) == {"max_windows": 7}
+    assert "--eval-windows N|all" in help_text("prune")
+    assert "or all of them (default: 40)" in " ".join(help_text("prune").split())
+
+
 # -- prune / gradients / evaluate ---------------------------------------------------------------------------------
 def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
     import torch
@@ -153,7 +167,9 @@ def test_prune_writes_a_checkpoint_plain_transformers_reloads(pruned):
 
     out, result = pruned
     assert "achieved sparsity: 0.5000 over 14 targets" in result.stdout
-    assert re.search(r"perplexity: dense [\d.]+ -> pruned [\d.]+", result.stdout)
+    assert re.search(
+        r"perplexity: dense [\d.]+ -> pruned [\d.]+ \(source=.*, seqlen=16, max_windows=3, windows=3\)", result.stdout
+    )
     assert str(out) in result.stdout and "Traceback" not in result.stderr
     assert verify_checkpoint(out).ok
     sidecar = json.loads((out / "gblm_config.json").read_text())
@@ -411,6 +427,17 @@ def test_prune_push_to_hub(assets, hub, tmp_path: Path):
     assert (tmp_path / "out" / "README.md").read_text() == card  # the local folder holds what was published
 
 
+def test_prune_push_to_hub_checks_the_token_before_any_work(assets, hub, tmp_path: Path):
+    hub, env = hub
+    options = tiny_options(assets, "--method", "magnitude", "--output", tmp_path / "out")
+    push = ("--push-to-hub", "test-user/x", "--endpoint", hub.endpoint, "--token", "hf_wrong")
+    result = cli("prune", *options, *push, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Pruned" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "HTTP 401" in last and "whoami" in last and "--token" in last and "hf auth login" in last, last
+    assert not (tmp_path / "out").exists() and [path for _, path, _ in hub.requests] == ["/api/whoami-v2"]
+
+
 def test_zoo_publishes_a_manifest(assets, hub, tmp_path: Path):
     pytest.importorskip("optimum_gblm.zoo")
     hub, env = hub
@@ -425,9 +452,13 @@ def test_zoo_publishes_a_manifest(assets, hub, tmp_path: Path):
     manifest.write_text(yaml.safe_dump(zoo, sort_keys=False))
     dry = ok(cli("zoo", manifest, "--dry-run", "--no-progress"))
     assert "planned" in dry.stdout and "test-org/tiny-wanda-50" in dry.stdout
+    assert "zoo: 1 planned, 0 published, 0 skipped, 0 failed (dry run)" in dry.stdout
     work = tmp_path / "work"
-    result = ok(cli("zoo", manifest, "--endpoint", hub.endpoint, "--token", TOKEN, "--work-dir", work, env=env))
+    args = ("--endpoint", hub.endpoint, "--token", TOKEN, "--work-dir", work, "--no-progress")
+    result = ok(cli("zoo", manifest, *args, env=env))
     assert "published" in result.stdout and (work / "MODEL_ZOO.md").is_file()
+    assert "zoo: 0 planned, 1 published, 0 skipped, 0 failed" in result.stdout
+    assert not re.search(r"\d+%\|", result.stderr), result.stderr  # no progress bar (pruning, evaluation)
     sidecar = json.loads(hub.file_content("test-org/tiny-wanda-50", "gblm_config.json"))
     assert sidecar["config"]["method"] == "wanda" and "pruned_perplexity" in sidecar["results"]
 

@@ -187,3 +187,38 @@ def test_token_never_leaks(
     for path in tmp_path.rglob("*"):  # checkpoint, card, side-car, caches, and what the server stored
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_push_to_hub_checks_the_token_and_the_namespace_before_saving(
+    hub: LocalHubServer, pruner: GBLMPruner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def no_save(*args, **kwargs):
+        raise AssertionError("saved before checking that the token may push there")
+
+    monkeypatch.setattr("optimum_gblm.publishing.checkpoint.save_checkpoint", no_save)
+    never = tmp_path / "never"
+    with pytest.raises(HubPublishError, match=r"HTTP 401 on GET .*/api/whoami-v2.*Hint: .*hf auth login"):
+        pruner.push_to_hub("test-user/x", token="hf_wrong", endpoint=hub.endpoint, save_directory=never)
+    with pytest.raises(HubPublishError, match=r"'test-user'.* cannot write to 'someone-else'.*test-user, test-org"):
+        pruner.push_to_hub("someone-else/x", token=TOKEN, endpoint=hub.endpoint, save_directory=never)
+    assert [path for _, path, _ in hub.requests] == ["/api/whoami-v2"] * 2  # no repo created
+    assert not never.exists()
+    read_only = LocalHubServer(tmp_path / "read-only", token=TOKEN, token_role="read")
+    with read_only, pytest.raises(HubPublishError, match="read-only"):
+        pruner.push_to_hub("test-user/x", token=TOKEN, endpoint=read_only.endpoint, save_directory=never)
+
+
+def test_a_rejected_token_shows_the_http_status_not_a_uri_error(
+    hub: LocalHubServer, pruner: GBLMPruner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from huggingface_hub import constants
+
+    folder = pruner.save_pretrained(tmp_path / "ckpt")
+    push_folder(folder, "test-user/exists", token=TOKEN, endpoint=hub.endpoint)
+    # endpoint= given, HF_ENDPOINT not set: the client's fallback for an existing repo cannot parse the local URL
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
+    with pytest.raises(HubPublishError) as err:
+        push_folder(folder, "test-user/exists", token="hf_wrong", endpoint=hub.endpoint)
+    message = str(err.value)
+    assert "HTTP 401 on POST" in message and "Invalid credentials" in message and "hf auth login" in message
+    assert "HF URI" not in message and "hf_wrong" not in message

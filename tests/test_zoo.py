@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -59,13 +60,25 @@ def _line_of(text: str, needle: str) -> int:
 def test_zoo_publishes_then_resumes(
     hub: LocalHubServer, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    from optimum_gblm.evaluation import PerplexityEvaluator
+
     manifest = workspace / "zoo.yaml"
     manifest.write_text(MANIFEST)
     table = tmp_path / "out" / "MODEL_ZOO.md"
+    measured = []
+    evaluate = PerplexityEvaluator.evaluate
+    spy = functools.wraps(evaluate)(lambda *a, **k: measured.append(k) or evaluate(*a, **k))
+    monkeypatch.setattr(PerplexityEvaluator, "evaluate", spy)
     result = publish_zoo(manifest, token=TOKEN, endpoint=hub.endpoint, work_dir=tmp_path / "work", table_path=table)
     repos = ["test-org/tiny-llama-wanda-unstructured-50", "test-org/tiny-llama-magnitude-unstructured-50"]
     assert result.ok and [e.repo_id for e in result.published] == repos
+    assert len(measured) == 3  # the dense base once, each pruned model once
+    sidecars = [json.loads(hub.file_content(repo, "gblm_config.json")) for repo in repos]
+    assert sidecars[0]["results"]["dense_perplexity"] == sidecars[1]["results"]["dense_perplexity"]
+    settings = {"source": str(workspace / "text.txt"), "seqlen": 16, "max_windows": 2, "windows": 2}
+    assert all(s["evaluation"] == {"dense": settings, "pruned": settings} for s in sidecars)
     text = table.read_text()
+    assert "| Evaluation |" in text and text.count("`text.txt`: max_windows=2, seqlen=16, windows=2") == 2
     for repo in repos:
         assert f"[{repo}]({hub.endpoint}/{repo})" in text
         sidecar = json.loads(hub.file_content(repo, "gblm_config.json"))
@@ -113,7 +126,7 @@ entries:
     result = publish_zoo(manifest, token=TOKEN, endpoint=hub.endpoint, evaluate=False)
     statuses = [(e.status, e.line) for e in result.entries]
     assert statuses[1] == ("invalid", _line_of(text, "pattern: 2:4")) and "sparsity" in result.entries[1].error
-    assert statuses[2] == ("failed", _line_of(text, "no-such-model")) and "no-such-model" in result.entries[2].error
+    assert statuses[2] == ("invalid", _line_of(text, "no-such-model")) and "no-such-model" in result.entries[2].error
     assert [e.repo_id for e in result.published] == [
         "test-org/tiny-llama-magnitude-unstructured-50",
         "test-org/tiny-llama-magnitude-4of8-50",
@@ -180,3 +193,111 @@ def test_line_containers_do_not_share_their_line_tables(tmp_path: Path):
     path.write_text("organization: test-org\nentries:\n  - model: org/m\n    method: wanda\n")
     (entry,) = load_manifest(path).entries
     assert entry.line == 3 and entry.field_lines == {"model": 3, "method": 4}
+
+
+def test_entry_without_sparsity_uses_the_default_or_its_pattern(tmp_path: Path):
+    text = """\
+organization: test-org
+evaluation:
+  seqlen: 64
+entries:
+  - model: org/base-model
+    method: wanda
+  - model: org/base-model
+    method: magnitude
+    pattern: "1:4"
+"""
+    path = tmp_path / "zoo.yaml"
+    path.write_text(text)
+    result = publish_zoo(path, dry_run=True, table_path=tmp_path / "MODEL_ZOO.md")
+    assert [(e.status, e.repo_id) for e in result.entries] == [
+        ("planned", "test-org/base-model-wanda-unstructured-50"),
+        ("planned", "test-org/base-model-magnitude-1of4-25"),
+    ]
+    table = (tmp_path / "MODEL_ZOO.md").read_text()
+    assert "| `unstructured` | 50.00% |" in table and "| `1:4` | 25.00% |" in table
+    assert "Evaluation asked for: seqlen=64" in table
+
+
+def test_dry_run_refuses_what_prune_would_refuse(workspace: Path, caplog: pytest.LogCaptureFixture):
+    import logging
+
+    text = """\
+organization: test-org
+defaults:
+  device: cpu
+models:
+  - ./tiny-llama
+  - ./missing-model
+methods: [magnitude]
+patterns:
+  - unstructured
+  - "2:5"
+"""
+    path = workspace / "zoo.yaml"
+    path.write_text(text)
+    caplog.set_level(logging.INFO, logger="optimum_gblm")
+    result = publish_zoo(path, dry_run=True)
+    by_key = {(Path(e.model).name, e.config["pattern"]): e for e in result.entries}
+    assert by_key["tiny-llama", "unstructured"].status == "planned"
+    nm = by_key["tiny-llama", "2:5"]  # the tiny model's linears read 64 or 128 features: not divisible by 5
+    assert nm.status == "invalid" and nm.line == _line_of(text, '"2:5"') and "divisible by M=5" in nm.error
+    for pattern in ("unstructured", "2:5"):
+        missing = by_key["missing-model", pattern]
+        assert missing.status == "invalid" and missing.line == _line_of(text, "missing-model")
+        assert "does not exist" in missing.error
+    assert result.summary() == "1 planned, 0 published, 0 skipped, 3 failed"
+    assert "Zoo: 1 planned, 0 published, 0 skipped, 3 failed" in caplog.text
+
+
+def test_method_arguments_in_defaults_go_to_the_methods_that_take_them(tmp_path: Path):
+    text = """\
+organization: test-org
+defaults:
+  beta: 0.5
+  blocksize: 64
+models: [org/base-model]
+methods: [wanda, sparsegpt, gblm-obs]
+"""
+    path = tmp_path / "zoo.yaml"
+    path.write_text(text)
+    result = publish_zoo(path, dry_run=True)
+    assert [e.status for e in result.entries] == ["planned"] * 3, [e.error for e in result.entries]
+    given = [{k: e.config[k] for k in ("beta", "blocksize") if k in e.config} for e in load_manifest(path).entries]
+    assert given == [{}, {"blocksize": 64}, {"beta": 0.5, "blocksize": 64}]
+
+    path.write_text(text.replace("gblm-obs]", "magnitude]"))  # beta applies to none of the listed methods
+    with pytest.raises(ValueError, match=rf"beta.*line {_line_of(text, 'beta')}.*gblm-obs"):
+        load_manifest(path)
+    own = {"organization": "o", "entries": [{"model": "org/m", "method": "wanda", "beta": 0.5}]}
+    assert publish_zoo(own, dry_run=True).entries[0].status == "invalid"  # an entry's own argument stays strict
+
+
+def test_zoo_checks_the_token_and_namespaces_before_pruning(
+    hub: LocalHubServer, workspace: Path, monkeypatch: pytest.MonkeyPatch
+):
+    text = """\
+organization: test-org
+entries:
+  - model: ./tiny-llama
+    method: magnitude
+  - model: ./tiny-llama
+    method: wanda
+    repo: someone-else/tiny-wanda
+"""
+    manifest = workspace / "zoo.yaml"
+    manifest.write_text(text)
+
+    def no_pruning(*args, **kwargs):
+        raise AssertionError("pruned although the token cannot push")
+
+    monkeypatch.setattr(GBLMPruner, "from_pretrained", no_pruning)
+    wrong = publish_zoo(manifest, token="hf_wrong", endpoint=hub.endpoint, evaluate=False)
+    assert [e.status for e in wrong.entries] == ["invalid", "invalid"]
+    assert all("HTTP 401" in e.error and "hf auth login" in e.error for e in wrong.entries)
+    result = publish_zoo(manifest, token=TOKEN, endpoint=hub.endpoint, evaluate=False)
+    foreign = result.entries[1]
+    assert foreign.status == "invalid" and foreign.line == _line_of(text, "repo: someone-else")
+    assert "cannot write to 'someone-else'" in foreign.error
+    assert result.entries[0].status == "failed" and "pruned although" in result.entries[0].error
+    assert not any(path == "/api/repos/create" for _, path, _ in hub.requests)

@@ -15,6 +15,7 @@ from .registry import (
     get_adapter,
     list_adapters,
     load_model,
+    model_skeleton,
     register_adapter,
     supported_architectures,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "get_adapter",
     "list_adapters",
     "load_model",
+    "model_skeleton",
     "register_adapter",
     "supported_architectures",
 ]

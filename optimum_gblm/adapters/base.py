@@ -1,6 +1,6 @@
 """What the engine needs to know about a model family, declared on one base class.
 
-An adapter says which models and sources it supports (`supports`, `claims_source`, `check_source` before any
+An adapter says which models and sources it supports (`supports`, `claims_source`, `skeleton` before any
 weight is loaded), how to `load` them, where the blocks are, which 2-D weights are prune targets and which of them
 share an input site, how to run and score one calibration sample, how to build calibration sets, which metric
 evaluates it, and how to `save` it natively. It never writes into the pruner; evaluation caches live in an
@@ -68,6 +68,13 @@ class ModelAdapter:
         raise NotImplementedError
 
     @classmethod
+    def skeleton(cls, source: str, config: Any) -> nn.Module | None:
+        """The model's structure on the meta device, built from a local or cached config (no weights, no network),
+        or None when that cannot be known so. Raises what `load` would raise before loading any weight (a missing
+        local path, an unsupported architecture)."""
+        return None
+
+    @classmethod
     def wrap(cls, model: nn.Module, config: Any, **load_kwargs: Any) -> LoadedModel:
         """A `LoadedModel` for a model instance the user passed."""
         return LoadedModel(model, cls.for_model(model), load_kwargs.get("tokenizer"), load_kwargs.get("model_id"))
@@ -104,6 +111,25 @@ class ModelAdapter:
         self, model: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None
     ) -> list[PruneTarget]:
         return [t for block in self.targets_by_block(model, targets, ignore) for t in block]
+
+    def select_targets(self, model: nn.Module, config: Any) -> list[PruneTarget]:
+        """The targets `config.targets` / `config.ignore` select; none is an error."""
+        found = self.prune_targets(model, config.targets, config.ignore)
+        if not found:
+            raise ValueError("no prune target matches the target / ignore patterns: nothing to prune")
+        return found
+
+    def check_targets(self, model: nn.Module, config: Any) -> None:
+        """Some target is selected and N:M divides every target's input dimension. Reads shapes only, so a
+        skeleton on the meta device will do."""
+        nm = config.nm
+        targets = self.select_targets(model, config)
+        bad = [f"{t.name} (d_in={t.in_features})" for t in targets if nm is not None and t.in_features % nm[1]]
+        if bad:
+            raise ValueError(
+                f"pattern={config.pattern!r} needs every input dimension divisible by M={nm[1]}; not: "
+                + ", ".join(bad[:5])
+            )
 
     def target_linears(
         self, model: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None

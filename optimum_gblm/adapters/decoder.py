@@ -45,6 +45,11 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).suffix in (".safetensors", ".bin", ".pth")
 
 
+def _check_path(source: str) -> None:
+    if not Path(source).expanduser().exists() and _looks_local(source):
+        raise FileNotFoundError(f"model path {source!r} does not exist")
+
+
 @register_adapter
 class DecoderAdapter(ModelAdapter):
     name = "decoder"
@@ -88,13 +93,27 @@ class DecoderAdapter(ModelAdapter):
         return LoadedModel(model, cls.for_model(model), load_kwargs.get("tokenizer"), model_id or None)
 
     @classmethod
+    def skeleton(cls, source: str, config: Any) -> nn.Module | None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        _check_path(source)
+        trust = config.trust_remote_code
+        try:
+            hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust, local_files_only=True)
+        except (OSError, ValueError) as err:  # not local, not cached: only a download would tell
+            logger.debug("no local config for %s (%s): structure not checked", source, err)
+            return None
+        cls.check_model_type(getattr(hf_config, "model_type", None) or type(hf_config).__name__)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust)
+
+    @classmethod
     def load(cls, source: str, config: Any, **load_kwargs: Any) -> LoadedModel:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = load_kwargs.pop("tokenizer", None)
         model_id = load_kwargs.pop("model_id", None) or source
-        if not Path(source).expanduser().exists() and _looks_local(source):
-            raise FileNotFoundError(f"model path {source!r} does not exist")
+        _check_path(source)
         trust = config.trust_remote_code
         try:
             hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust)

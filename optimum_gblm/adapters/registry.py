@@ -71,3 +71,21 @@ def load_model(model: str | Path | nn.Module | None, config: Any, **load_kwargs:
     else:
         source = str(model)
     return adapter_for_source(source).load(source, config, **load_kwargs)
+
+
+def model_skeleton(model: str | Path | None, config: Any) -> tuple[ModelAdapter, nn.Module] | None:
+    """The adapter and the model's structure on the meta device, from a local or cached config only (no weights,
+    no network; the embedded default only once converted); None when it cannot be known so. Raises what loading
+    would raise before any weight: a missing local path, an unsupported architecture."""
+    if model is None:
+        from ..assets import converted_default_model
+
+        path = converted_default_model()
+        if path is None:
+            return None
+        source = str(path)
+    else:
+        source = str(model)
+    cls = adapter_for_source(source)
+    skeleton = cls.skeleton(source, config)
+    return None if skeleton is None else (cls.for_model(skeleton), skeleton)

@@ -90,6 +90,23 @@ class TimmViTAdapter(ModelAdapter):
         return cls._loaded(timm.create_model(name, pretrained=True, **load_kwargs), config, model_id)
 
     @classmethod
+    def skeleton(cls, source: str, config: Any) -> nn.Module | None:
+        import timm
+
+        name = timm_model_name(source)
+        if name.startswith("hf-hub:"):
+            return None  # its config is on the Hub
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False)
+        except Exception as err:  # unknown names: the real load reports them with timm's own message
+            logger.debug("meta-device skeleton of %s failed (%s): structure not checked", name, err)
+            return None
+        if not cls.supports(model):
+            raise UnsupportedModel(type(model).__name__)
+        return model
+
+    @classmethod
     def _loaded(cls, model: nn.Module, config: Any, model_id: str | None) -> LoadedModel:
         if not cls.supports(model):
             raise UnsupportedModel(type(model).__name__)

@@ -70,7 +70,6 @@ class EvaluateCommand(GBLMSubcommand):
         from ..pruner import GBLMPruner
 
         pruner = GBLMPruner.from_pretrained(args.model, config)
-        kwargs = eval_kwargs(pruner, args, seqlen)
-        value = pruner.evaluate(**kwargs)
-        where = f"; {kwargs['source']}, {kwargs['seqlen']}-token windows" if "seqlen" in kwargs else ""
-        print(f"{pruner.adapter.metric_name}: {value:.4f} ({args.model}, {describe(sidecar)}{where})")
+        value = pruner.evaluate("checkpoint", **eval_kwargs(pruner, args, seqlen))
+        settings = "".join(f", {k}={v}" for k, v in pruner.evaluation["checkpoint"].items())
+        print(f"{pruner.adapter.metric_name}: {value:.4f} ({args.model}, {describe(sidecar)}{settings})")

@@ -9,6 +9,7 @@ from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from ..configuration import GBLMConfig
+from ..evaluation import DEFAULT_EVAL_WINDOWS
 from ..methods import all_groups, argument_owners, get_method, list_methods
 from .errors import UsageError
 
@@ -159,12 +160,26 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def eval_windows(text: str) -> int | str:
+    """`--eval-windows`: a positive number of windows, or `all`."""
+    return "all" if text.strip().lower() == "all" else positive_int(text)
+
+
+def max_windows_kwargs(args: argparse.Namespace) -> dict[str, int | None]:
+    """`max_windows` for GBLMPruner.evaluate when --eval-windows was given (`all` -> None); else nothing, so the
+    library's (or the manifest's) default applies."""
+    if args.eval_windows is None:
+        return {}
+    return {"max_windows": None if args.eval_windows == "all" else args.eval_windows}
+
+
 def add_eval_arguments(
     parser: argparse.ArgumentParser,
     title: str,
     seqlen_default: str,
     flag: bool,
     source_default: str | None = "offline-corpus",
+    windows_default: str = str(DEFAULT_EVAL_WINDOWS),
 ) -> None:
     group = parser.add_argument_group(title)
     if flag:
@@ -176,7 +191,10 @@ def add_eval_arguments(
         help=f"Tokens per evaluation window (default: {seqlen_default}).",
     )
     group.add_argument(
-        "--eval-windows", type=positive_int, metavar="N", help="Evaluate at most N windows (default: all of them)."
+        "--eval-windows",
+        type=eval_windows,
+        metavar="N|all",
+        help=f"Evaluate the first N windows, or all of them (default: {windows_default}).",
     )
     group.add_argument(
         "--eval-source",

@@ -28,6 +28,7 @@ from .options import (
     add_eval_arguments,
     add_hub_arguments,
     config_from_args,
+    max_windows_kwargs,
     methods_epilog,
 )
 from .push import hub_kwargs, load_push_folder
@@ -60,7 +61,7 @@ def eval_kwargs(pruner: Any, args: argparse.Namespace, seqlen: int) -> dict[str,
         return {"source": source, "progress": not args.no_progress}
     return {
         "seqlen": args.eval_seqlen or seqlen,
-        "max_windows": args.eval_windows,
+        **max_windows_kwargs(args),
         "source": args.eval_source,
         "progress": not args.no_progress,
     }
@@ -139,7 +140,7 @@ class PruneCommand(GBLMSubcommand):
             )
         if args.eval:
             check_eval_source(args.eval_source)
-        push_folder = load_push_folder(args.push_to_hub) if args.push_to_hub else None
+        push_folder = load_push_folder(args.push_to_hub, args) if args.push_to_hub else None
 
         from ..gradients import GradientCacheError
         from ..pruner import GBLMPruner
@@ -197,7 +198,8 @@ def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], r
     metric = pruner.adapter.metric_name
     dense, pruned = pruner.results.get(f"dense_{metric}"), pruner.results.get(f"pruned_{metric}")
     if dense is not None and pruned is not None:
-        lines.append(f"  {metric}: dense {dense:.4f} -> pruned {pruned:.4f}")
+        settings = ", ".join(f"{k}={v}" for k, v in pruner.evaluation.get("pruned", {}).items())
+        lines.append(f"  {metric}: dense {dense:.4f} -> pruned {pruned:.4f} ({settings})")
     lines.append("  time: " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in steps.items()))
     lines.append(f"  output: {saved}")
     if repo_id:

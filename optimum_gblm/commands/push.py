@@ -11,18 +11,19 @@ from typing import Any
 from optimum.commands.base import CommandInfo
 
 from .base import GBLMSubcommand
-from .errors import UsageError
+from .errors import CommandFailed, UsageError
 from .options import add_hub_arguments
 
 logger = logging.getLogger(__name__)
 
 
-def load_push_folder(repo_id: str) -> Callable[..., Any]:
-    """Check what can be checked without the network, then hand back `push_folder` (imported on use: the hub
-    module pulls in the Hub client). `prune` calls this before loading the model."""
+def load_push_folder(repo_id: str, args: argparse.Namespace) -> Callable[..., Any]:
+    """Check the repo id, then that the token may write there (one `whoami`, nothing created), and hand back
+    `push_folder` (imported on use: the hub module pulls in the Hub client). `prune` calls this before loading the
+    model, so a wrong token or namespace fails in a second, not after the prune."""
     from huggingface_hub import constants
 
-    from ..publishing.hub import check_repo_id, push_folder
+    from ..publishing.hub import HubPublishError, check_repo_id, check_write_access, push_folder
 
     if constants.HF_HUB_OFFLINE:
         raise UsageError("pushing needs the network, but HF_HUB_OFFLINE is set: unset it (or set HF_HUB_OFFLINE=0)")
@@ -30,6 +31,10 @@ def load_push_folder(repo_id: str) -> Callable[..., Any]:
         check_repo_id(repo_id)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    try:
+        check_write_access(repo_id, token=args.token, endpoint=args.endpoint)
+    except HubPublishError as err:
+        raise CommandFailed(str(err)) from err
     return push_folder
 
 
@@ -79,6 +84,6 @@ class PushCommand(GBLMSubcommand):
 
     def execute(self) -> None:
         folder = check_folder(self.args.folder, self.args.allow_dense)
-        push_folder = load_push_folder(self.args.repo_id)
+        push_folder = load_push_folder(self.args.repo_id, self.args)
         result = push_folder(folder, self.args.repo_id, allow_dense=self.args.allow_dense, **hub_kwargs(self.args))
         print(f"Pushed {folder} to {self.args.repo_id}: {result}")

@@ -11,15 +11,15 @@ from optimum.commands.base import CommandInfo
 
 from .base import GBLMSubcommand, check_eval_source
 from .errors import CommandFailed, UsageError
-from .options import add_eval_arguments
+from .options import DEFAULT_EVAL_WINDOWS, add_eval_arguments, max_windows_kwargs
 
 logger = logging.getLogger(__name__)
 
 
 def zoo_eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Only the evaluation options given on the command line: they override the manifest's `evaluation:`."""
-    given = {"seqlen": args.eval_seqlen, "max_windows": args.eval_windows, "source": args.eval_source}
-    return {k: v for k, v in given.items() if v is not None}
+    given = {"seqlen": args.eval_seqlen, "source": args.eval_source}
+    return {**{k: v for k, v in given.items() if v is not None}, **max_windows_kwargs(args)}
 
 
 class ZooCommand(GBLMSubcommand):
@@ -52,7 +52,12 @@ class ZooCommand(GBLMSubcommand):
             "--endpoint", metavar="URL", help="Hub endpoint (default: huggingface_hub's, i.e. HF_ENDPOINT)."
         )
         add_eval_arguments(
-            parser, "evaluation (overrides the manifest's)", "the manifest's", flag=False, source_default=None
+            parser,
+            "evaluation (overrides the manifest's)",
+            "the manifest's",
+            flag=False,
+            source_default=None,
+            windows_default=f"the manifest's, else {DEFAULT_EVAL_WINDOWS}",
         )
 
     def execute(self) -> None:
@@ -83,6 +88,7 @@ class ZooCommand(GBLMSubcommand):
             eval_kwargs=zoo_eval_kwargs(args),
             dry_run=args.dry_run,
             table_path=args.table,
+            progress=self.progress,
         )
         for entry in result.entries:
             where = f"line {entry.line}" if entry.line else "manifest"
@@ -94,5 +100,6 @@ class ZooCommand(GBLMSubcommand):
             print(f"collection: {result.collection_slug}")
         if result.table_path:
             print(f"table: {result.table_path}")
+        print(f"zoo: {result.summary()}{' (dry run)' if args.dry_run else ''}")
         if result.failed:
             raise CommandFailed(f"{len(result.failed)} of {len(result.entries)} zoo entries failed (listed above)")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,11 +16,24 @@ from .perplexity import evaluation_stream, perplexity
 
 logger = logging.getLogger(__name__)
 
+# Perplexity windows per evaluation unless `max_windows` says otherwise (None: all of them). All windows of a long
+# text at a short seqlen can take many minutes; 40 windows keep a check quick and still stable.
+DEFAULT_EVAL_WINDOWS = 40
+DEFAULT_IMAGE_BATCH = 256
+
+
+@dataclass
+class Evaluation:
+    """A measured value and every setting it depends on, resolved (what the side-car and the card record)."""
+
+    value: float
+    settings: dict[str, Any]
+
 
 class Evaluator:
     metric_name: str
 
-    def evaluate(self, model: nn.Module, **kwargs: Any) -> float:
+    def evaluate(self, model: nn.Module, **kwargs: Any) -> Evaluation:
         raise NotImplementedError
 
 
@@ -36,16 +50,34 @@ class PerplexityEvaluator(Evaluator):
     def evaluate(
         self,
         model: nn.Module,
+        source: str | None = None,
         seqlen: int | None = None,
-        max_windows: int | None = None,
-        source: str = "offline-corpus",
+        max_windows: int | None = DEFAULT_EVAL_WINDOWS,
         progress: bool = True,
-    ) -> float:
+    ) -> Evaluation:
+        """The first `max_windows` windows (None: all) of `seqlen` tokens (default: the calibration seqlen) of
+        `source` (default: the offline corpus's evaluation slice)."""
+        if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)):
+            raise TypeError(f"max_windows must be a positive int or None (all windows), got {max_windows!r}")
+        if max_windows is not None and max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1 or None (all windows), got {max_windows}")
         if self.tokenizer is None:
             raise ValueError("perplexity needs a tokenizer")
+        source, seqlen = source or "offline-corpus", seqlen or self.default_seqlen
         if source not in self._streams:
             self._streams[source] = evaluation_stream(self.tokenizer, source)
-        return perplexity(model, self._streams[source], seqlen or self.default_seqlen, max_windows, progress)
+        available = self._streams[source].numel() // seqlen
+        windows = available if max_windows is None else min(available, max_windows)
+        logger.info(
+            "Perplexity on %d of %d windows of %d tokens from %s (max_windows=%s; max_windows=None evaluates all)",
+            windows,
+            available,
+            seqlen,
+            source,
+            max_windows,
+        )
+        value = perplexity(model, self._streams[source], seqlen, windows, progress)
+        return Evaluation(value, {"source": source, "seqlen": seqlen, "max_windows": max_windows, "windows": windows})
 
 
 class AccuracyEvaluator(Evaluator):
@@ -58,6 +90,7 @@ class AccuracyEvaluator(Evaluator):
         self.preprocessing = preprocessing or adapter.preprocessing()
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
+        self.origin: dict[str, Any] = {}  # where the kept set came from: source (and split), or given tensors
 
     def evaluate(
         self,
@@ -66,29 +99,31 @@ class AccuracyEvaluator(Evaluator):
         labels: torch.Tensor | None = None,
         source: str | None = None,
         split: str = "validation",
-        batch_size: int = 256,
+        batch_size: int = DEFAULT_IMAGE_BATCH,
         progress: bool = True,
-    ) -> float:
+    ) -> Evaluation:
         """Top-1 accuracy on images= / labels=, an image folder or dataset (source=, split=), or the set given to an
         earlier call."""
         if (images is None) != (labels is None):
             raise ValueError("top-1 accuracy needs both images= and labels=")
+        origin = {"source": None}
         if images is None and source is not None:
             images, labels = load_images(source, split, self.preprocessing)
+            origin = {"source": source, "split": split}
             if labels is None:
                 raise ValueError(f"evaluation source {source!r} has no labels: top-1 accuracy needs labelled images")
         elif images is None:
-            images, labels = self.images, self.labels
+            images, labels, origin = self.images, self.labels, self.origin
             if images is None:
                 raise ValueError(
                     "top-1 accuracy needs a labelled evaluation set: pass images= and labels=, or source="
                 )
         images = self.adapter.check_images(images)
         labels = self.adapter.check_labels(labels, images.shape[0])
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.origin = images, labels, origin
         value = top1_accuracy(model, images, labels, batch_size)
         logger.info("top-1 accuracy %.4f on %d images", value, images.shape[0])
-        return value
+        return Evaluation(value, {**origin, "images": int(images.shape[0])})
 
 
 def make_evaluator(

@@ -38,6 +38,8 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise FileExistsError(f"cannot create the output directory {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write the output directory {path}: {parent} is not writable")
     return path

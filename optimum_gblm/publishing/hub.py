@@ -44,16 +44,76 @@ def _scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
+# What to do about the statuses a push meets most (library and CLI users alike).
+_HINTS = {
+    401: "the token is invalid or expired: pass a valid write token (token=, --token or HF_TOKEN) "
+    "or run `hf auth login`",
+    403: "the token may not write there: use a write token of the owner or of a member of its organization",
+}
+
+
+def _chain(err: BaseException | None) -> list[BaseException]:
+    """`err` and the errors it was raised from or while handling: the client sometimes hides a 401 behind a later,
+    unrelated error (an `HfUriError` while it looks for an existing repo), or re-raises it without the server's
+    message (`whoami`)."""
+    chain: list[BaseException] = []
+    while err is not None and all(err is not seen for seen in chain):
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def _http_error(err: BaseException) -> BaseException | None:
+    for error in _chain(err):
+        response = getattr(error, "response", None)
+        if response is not None and getattr(response, "request", None) is not None:
+            return error
+    return None
+
+
 def describe_error(err: BaseException, token: str | None = None) -> str:
-    """One line: HTTP status, request and the server's own message when there is one, else the exception."""
-    response = getattr(err, "response", None)
-    if response is not None and getattr(response, "request", None) is not None:
+    """One line: HTTP status, request, the server's own message and a hint, else the exception."""
+    http = _http_error(err)
+    if http is not None:
+        response = http.response  # type: ignore[attr-defined]
         text = f"HTTP {response.status_code} on {response.request.method} {response.request.url}"
-        server = getattr(err, "server_message", None)
+        server = next((e.server_message for e in _chain(http) if getattr(e, "server_message", None)), None)
         text += f": {server}" if server else ""
+        text += f". Hint: {_HINTS[response.status_code]}" if response.status_code in _HINTS else ""
     else:
         text = f"{type(err).__name__}: {err}"
     return _scrub(" ".join(text.split()), token)
+
+
+def check_write_access(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> str:
+    """Before any heavy work: the token is valid (`whoami`, nothing is created), not read-only, and its user or one
+    of their organizations owns the repo's namespace. Returns the user name; raises `HubPublishError`."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    check_repo_id(repo_id)
+
+    def refuse(reason: str, cause: BaseException | None = None) -> HubPublishError:
+        error = HubPublishError(f"cannot push to the Hub repo {repo_id!r}: {reason}", repo_id, reason)
+        error.__cause__ = cause
+        return error
+
+    try:
+        me = HfApi(endpoint=endpoint, token=token).whoami()
+    except LocalTokenNotFoundError as err:
+        raise refuse("no Hub token: pass token= (--token), set HF_TOKEN or run `hf auth login`", err) from err
+    except NETWORK_ERRORS as err:
+        raise refuse(describe_error(err, token), err) from err
+    user = str(me.get("name"))
+    if ((me.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
+        raise refuse(f"the token of {user!r} is read-only: use a token with write access")
+    namespaces = [user, *(str(org.get("name")) for org in me.get("orgs") or [])]
+    namespace = repo_id.split("/")[0] if "/" in repo_id else user
+    if namespace not in namespaces:
+        raise refuse(
+            f"the token belongs to {user!r}, who cannot write to {namespace!r} (writable: {', '.join(namespaces)})"
+        )
+    return user
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -129,6 +189,7 @@ def push_folder(
     check_repo_id(repo_id)
     folder = check_checkpoint_folder(folder, allow_dense)
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfUriError
 
     from .checkpoint import staged_for_repo
 
@@ -146,7 +207,7 @@ def push_folder(
                 revision=revision,
                 delete_patterns=["*"],  # never deletes .gitattributes; files being uploaded are kept
             )
-    except NETWORK_ERRORS as err:
+    except (*NETWORK_ERRORS, HfUriError) as err:  # HfUriError: raised while handling a refused create_repo
         reason = describe_error(err, token)
         raise HubPublishError(
             f"pushing {folder} to the Hub repo {repo_id!r} failed ({reason}). The local folder {folder} is intact; "
@@ -181,6 +242,8 @@ def push_saved(
     kwargs.update(revision=revision, endpoint=endpoint, allow_dense=allow_dense)
     if save_directory is not None:
         check_output_dir(save_directory, overwrite)  # before any network call
+    check_write_access(repo_id, token=token, endpoint=endpoint)  # before saving
+    if save_directory is not None:
         return push_folder(save(Path(save_directory), overwrite), repo_id, **kwargs)
     with tempfile.TemporaryDirectory(prefix="optimum-gblm-push-") as tmp:
         folder = save(Path(tmp) / repo_id.split("/")[-1], False)

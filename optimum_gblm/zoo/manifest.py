@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
+from ..configuration import GBLMConfig
 from ..masks import parse_pattern
+from ..methods import argument_owners
 from ..publishing.hub import check_repo_id
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ TOP_LEVEL = {"organization", "private", "collection", "defaults", "evaluation", 
 ENTRY_KEYS = {"model", "repo", "base_model"}  # base_model: the Hub id of a local `model`, for its card
 DESCRIPTION_LIMIT = 150  # the Hub's limit for a collection description
 DEFAULT_MODEL = "default"  # manifest spelling of the embedded SmolLM2-135M-Instruct
+DEFAULT_METHOD = GBLMConfig.method  # what an entry without `method` prunes with
 
 
 def _model_id(model: str) -> str:
@@ -166,7 +169,11 @@ def load_manifest(manifest: str | Path | dict[str, Any] | ZooManifest) -> ZooMan
         if not isinstance(raw, dict) or "model" not in raw:
             raise ValueError(f"manifest entry {index + 1} (line {_line(data['entries'], index)}) needs a `model`")
         lines = {**default_lines, **{k: v for k, v in getattr(raw, "key_lines", {}).items() if isinstance(k, str)}}
-        config = {**defaults, **{k: v for k, v in raw.items() if k not in ENTRY_KEYS}}
+        own = {k: v for k, v in raw.items() if k not in ENTRY_KEYS}
+        config = {**_defaults_for(defaults, own.get("method", defaults.get("method", DEFAULT_METHOD))), **own}
+        if "sparsity" not in own and _nm(config.get("pattern")):  # an N:M pattern fixes its own sparsity
+            n, m = _nm(config["pattern"])
+            config["sparsity"] = n / m
         if "calibration" in config:
             config["calibration"] = _resolve(config["calibration"], base)
         line = _line(raw) or _line(data["entries"], index)
@@ -174,8 +181,38 @@ def load_manifest(manifest: str | Path | dict[str, Any] | ZooManifest) -> ZooMan
         entries.append(ZooEntry(model, config, raw.get("repo"), line, lines, raw.get("base_model")))
     if not entries:
         raise ValueError("the manifest lists no entries: give `entries`, or `models` and `methods`")
+    _check_default_arguments(defaults, default_lines, entries)
     evaluation = {k: _resolve(v, base) if k == "source" else v for k, v in (data.get("evaluation") or {}).items()}
     return ZooManifest(org, entries, data.get("collection"), data.get("private"), evaluation, source)
+
+
+def _nm(pattern: Any) -> tuple[int, int] | None:
+    try:
+        return parse_pattern(str(pattern))
+    except ValueError:
+        return None
+
+
+def _defaults_for(defaults: dict[str, Any], method: Any) -> dict[str, Any]:
+    """The defaults that apply to one method: method arguments (flat or under `method_args`) only where the method
+    declares them, so `beta` in the defaults of a `methods:` list goes to gblm-obs and not to wanda."""
+    owners = argument_owners()
+    out = {k: v for k, v in defaults.items() if k not in owners or method in owners[k]}
+    if isinstance(out.get("method_args"), dict):
+        out["method_args"] = {k: v for k, v in out["method_args"].items() if method in owners.get(k, [method])}
+    return out
+
+
+def _check_default_arguments(defaults: dict[str, Any], lines: dict[str, int], entries: list[ZooEntry]) -> None:
+    """A method argument in `defaults` that no entry's method declares is a mistake, not something to drop."""
+    owners, methods = argument_owners(), {str(e.config.get("method", DEFAULT_METHOD)) for e in entries}
+    nested = defaults.get("method_args") if isinstance(defaults.get("method_args"), dict) else {}
+    for key in [k for k in defaults if k in owners] + [k for k in nested if k in owners]:
+        if not methods & set(owners[key]):
+            raise ValueError(
+                f"defaults: {key} (line {lines.get(key, lines.get('method_args'))}) is an argument of method "
+                f"{' / '.join(owners[key])}, which no entry uses (methods: {', '.join(sorted(methods))})"
+            )
 
 
 def _cartesian(data: dict, defaults: dict, default_lines: dict[str, int], base: Path | None) -> list[ZooEntry]:
@@ -191,10 +228,7 @@ def _cartesian(data: dict, defaults: dict, default_lines: dict[str, int], base: 
     for (mi, model), (ti, method), (pi, pattern), (si, sparsity) in itertools.product(
         enumerate(models), enumerate(methods), enumerate(patterns), enumerate(sparsities)
     ):
-        try:
-            nm = parse_pattern(str(pattern))
-        except ValueError:
-            nm = None
+        nm = _nm(pattern)
         if nm is not None:
             sparsity, si = nm[0] / nm[1], None
         key = (
@@ -214,7 +248,7 @@ def _cartesian(data: dict, defaults: dict, default_lines: dict[str, int], base: 
             sparsity=_line(sparsities, si) if si is not None else _line(patterns, pi),
         )
         lines = {k: v for k, v in lines.items() if v is not None}
-        config = {**defaults, "method": method, "pattern": pattern, "sparsity": sparsity}
+        config = {**_defaults_for(defaults, method), "method": method, "pattern": pattern, "sparsity": sparsity}
         model = DEFAULT_MODEL if model is None else str(_resolve(model, base))
         entries.append(ZooEntry(model, config, None, lines.get("model"), lines))
     return entries
