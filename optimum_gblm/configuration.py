@@ -14,6 +14,7 @@ from typing import Any
 from .masks import parse_pattern
 from .methods import DEFAULT_METHOD, all_groups, argument_owners, get_method, list_methods
 from .methods.registry import reserve_argument_names
+from .utils import read_json
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -279,12 +280,7 @@ class GBLMConfig:
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"No {CONFIG_NAME} found at {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
-            ) from None
+        data = read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a GBLMConfig object")
         return cls.from_dict(data.get("config", data))

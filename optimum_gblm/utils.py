@@ -7,7 +7,9 @@ import difflib
 import functools
 import hashlib
 import inspect
+import json
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -35,6 +37,18 @@ def move_to(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(move_to(v, device) for v in obj)
     return obj
+
+
+def read_json(path: Path, error: type[Exception] = ValueError) -> Any:
+    """The JSON content of `path`; invalid JSON or text raises `error` naming the file and where it breaks."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): truncated or corrupt"
+        ) from None
+    except UnicodeDecodeError:
+        raise error(f"{path} is not UTF-8 text: corrupt") from None
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..configuration import CONFIG_NAME, GBLMConfig
 from ..pruning_map import PruningMap
+from ..utils import read_json
 from .provenance import base_model_license, library_versions, resolve_base_model
 
 SIDECAR_FORMAT = "optimum-gblm/2"
@@ -124,14 +125,7 @@ def read_sidecar(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not an optimum-gblm checkpoint")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InvalidSidecar(
-            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): truncated or corrupt"
-        ) from None
-    except UnicodeDecodeError:
-        raise InvalidSidecar(f"{path} is not UTF-8 text: corrupt") from None
+    data = read_json(path, InvalidSidecar)
     problem = _problem(data)
     if problem is None:
         try:  # a format-1 pruning report that cannot be upgraded
