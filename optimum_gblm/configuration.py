@@ -267,7 +267,7 @@ class GBLMConfig:
         payload = (
             {"config": self.to_dict()}
             if not target.exists()
-            else {**json.loads(target.read_text()), "config": self.to_dict()}
+            else {**read_json(target), "config": self.to_dict()}
         )
         target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return target
