@@ -265,9 +265,7 @@ class GBLMConfig:
         path.mkdir(parents=True, exist_ok=True)
         target = path / CONFIG_NAME
         payload = (
-            {"config": self.to_dict()}
-            if not target.exists()
-            else {**read_json(target), "config": self.to_dict()}
+            {"config": self.to_dict()} if not target.exists() else {**read_json(target), "config": self.to_dict()}
         )
         target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return target
