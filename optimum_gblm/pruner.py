@@ -25,6 +25,7 @@ from .gradients.cache import calibration_settings, config_source, model_fingerpr
 from .methods import get_method
 from .pipelines import Walk, WholeModel, pipeline_for
 from .pruning_map import PruningMap, Stage, prune_settings
+from .publishing.mixin import PublishingMixin, check_base_model_option
 from .targets import PruneTarget, target_modules
 from .utils import resolve_device, suggest_keywords
 
@@ -35,7 +36,7 @@ def _is_default(value: Any, default: Any) -> bool:
     return value is default or (isinstance(value, (str, int, float)) and value == default)
 
 
-class GBLMPruner:
+class GBLMPruner(PublishingMixin):
     """Prune a decoder LLM or a timm ViT with GBLM, Wanda, SparseGPT, magnitude, gblm-obs or a registered method.
 
     >>> pruner = GBLMPruner.from_pretrained("path/or/id", GBLMConfig(method="gblm", sparsity=0.5))
@@ -58,7 +59,7 @@ class GBLMPruner:
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
-        self.base_model = _check_base_model(base_model)
+        self.base_model = check_base_model_option(base_model)
         self.adapter = adapter or get_adapter(model)
         self.preprocessing = preprocessing or self.adapter.preprocessing()
         self.calibration: Any = None
@@ -86,7 +87,7 @@ class GBLMPruner:
         local folder or an instance (without it, a local model is named in plain text, never linked)."""
         config = config or GBLMConfig()
         config.validate()
-        _check_base_model(base_model)
+        check_base_model_option(base_model)
         loaded = load_model(model, config, **load_kwargs)
         return cls(
             loaded.model,
@@ -296,94 +297,3 @@ class GBLMPruner:
         same base model with the same settings (the zoo does this)."""
         self.results[f"{label}_{self.adapter.metric_name}"] = measured.value
         self.evaluation[label] = dict(measured.settings)
-
-    # -- publishing -----------------------------------------------------------------------------------------------
-    def sidecar(self, repo_id: str | None = None, base_model: str | None = None) -> dict[str, Any]:
-        """The `gblm_config.json` content (format 2): config, provenance, pruning map, calibration, results."""
-        from .publishing.sidecar import build_sidecar
-
-        return build_sidecar(
-            config=self.config,
-            model=self.model,
-            model_id=self.model_id,
-            adapter=self.adapter,
-            base_model=base_model or self.base_model,
-            pruning_map=self.pruning_map,
-            calibration=None if self.calibration is None else self.adapter.describe_calibration(self.calibration),
-            results=self.results,
-            timings=self.timings,
-            evaluation=self.evaluation,
-            repo_id=repo_id,
-        )
-
-    def save_pretrained(
-        self,
-        save_directory: str | Path,
-        overwrite: bool = False,
-        model_card: bool = True,
-        repo_id: str | None = None,
-        allow_dense: bool = False,
-        base_model: str | None = None,
-    ) -> Path:
-        """Write weights (the family's native format, exact zeros), tokenizer / preprocessing, side-car and card,
-        atomically. `repo_id` (set by `push_to_hub`) makes the card's snippets name the repo the folder goes to;
-        `base_model` names the base model's Hub id for this save. A model that was not pruned is refused unless
-        `allow_dense=True`, which saves it labelled dense (no pruning map, a card that claims no sparsity)."""
-        from .publishing.checkpoint import save_checkpoint
-
-        self._check_pruned(allow_dense)
-        return save_checkpoint(
-            save_directory,
-            lambda folder: self.adapter.save(self.model, folder, self.tokenizer),
-            self.sidecar(repo_id, _check_base_model(base_model)),
-            overwrite=overwrite,
-            model_card=model_card,
-        )
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        private: bool | None = None,
-        token: str | None = None,
-        commit_message: str | None = None,
-        revision: str | None = None,
-        endpoint: str | None = None,
-        save_directory: str | Path | None = None,
-        overwrite: bool = False,
-        allow_dense: bool = False,
-    ) -> str:
-        """Save with `save_pretrained` (to a temporary folder unless `save_directory`) and upload that exact folder,
-        generated card included. Returns the commit URL (a str with `.oid`). A model that was not pruned is refused
-        unless `allow_dense=True` (then published labelled dense)."""
-        from .publishing.hub import push_saved
-
-        self._check_pruned(allow_dense)
-        return push_saved(
-            lambda folder, overwrite: self.save_pretrained(
-                folder, overwrite=overwrite, repo_id=repo_id, allow_dense=allow_dense
-            ),
-            repo_id,
-            private=private,
-            token=token,
-            commit_message=commit_message,
-            revision=revision,
-            endpoint=endpoint,
-            save_directory=save_directory,
-            overwrite=overwrite,
-            allow_dense=allow_dense,
-        )
-
-    def _check_pruned(self, allow_dense: bool) -> None:
-        """Refuse, before anything is written or sent, to save or publish a model that was never pruned."""
-        if self.pruning_map is None and not allow_dense:
-            raise RuntimeError(
-                "this model was not pruned: call prune() before saving or pushing it, or pass allow_dense=True to "
-                "save it as a dense checkpoint (labelled dense, no pruning map)"
-            )
-
-
-def _check_base_model(base_model: str | None) -> str | None:
-    """The Hub id the user names as the base model, checked before anything is loaded or written."""
-    from .publishing.provenance import check_base_model
-
-    return check_base_model(base_model) if base_model else None
