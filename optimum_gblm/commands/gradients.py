@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from optimum.commands.base import CommandInfo
 
@@ -64,10 +65,12 @@ class GradientsCommand(GBLMSubcommand):
         advice = "Pass --overwrite to replace it, or choose another --output."
         if not args.overwrite:
             check_gradient_cache(cache, config, advice)
+        check_process_layout(cache if not args.overwrite else None, config.num_samples, advice)
         if not config.needs_gradients:
             logger.info("method %r prunes without gradients; collecting them for later runs anyway", config.method)
 
         from ..gradients import GradientCacheError
+        from ..gradients.distributed import process_group
         from ..pruner import GBLMPruner
 
         start = time.perf_counter()
@@ -81,7 +84,27 @@ class GradientsCommand(GBLMSubcommand):
             )
         except GradientCacheError as err:
             raise UsageError(f"{err}. {advice}") from None
+        if not process_group().is_main:
+            return  # rank 0 reports
         print(
             f"Gradients of {pruner.model_id}: {state.nsamples} samples, {len(pruner.targets())} linears, "
             f"norms {', '.join(state.norms)}, in {time.perf_counter() - start:.1f} s\n  cache: {cache}"
         )
+
+
+def check_process_layout(cache: Path | None, num_samples: int, advice: str) -> None:
+    """Under torchrun / accelerate launch, before the model is loaded: at least one sample per process, and an
+    existing cache written with this process layout (gradients/distributed.py)."""
+    from ..gradients import GradientCacheError
+    from ..gradients.cache import read_metadata
+    from ..gradients.distributed import check_cache_distribution, check_world_size, environment_group
+
+    group = environment_group()
+    try:
+        check_world_size(group, num_samples)
+        if cache is not None and cache.exists():
+            check_cache_distribution(cache, read_metadata(cache), group, num_samples)
+    except GradientCacheError as err:
+        raise UsageError(f"{err}. {advice}") from None
+    except ValueError as err:
+        raise UsageError(str(err)) from None

@@ -16,8 +16,21 @@ from tqdm.auto import tqdm
 from ..configuration import GBLMConfig
 from ..utils import DTYPES, model_device, peak_rss_gib, sample_tensors, samples_fingerprint, tensor_fingerprint
 from .accumulation import GradientAccumulation, required_norms
-from .cache import calibration_settings, check_cache, load_cache, model_fingerprint, save_cache
+from .cache import (
+    calibration_settings,
+    check_cache,
+    load_cache,
+    model_fingerprint,
+    save_cache,
+)
 from .collector import GradientCollector, per_sample_backward
+from .distributed import (
+    all_reduce_accumulation,
+    barrier,
+    check_cache_distribution,
+    check_world_size,
+    process_group,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +129,24 @@ def run_collection(
     """The shared loop. Reuses a complete cache or resumes a partial one when its metadata match (a mismatch is
     refused, the file left untouched), unless `overwrite`: then the file is replaced (at the first checkpoint or at
     the end, atomically). `legacy_metadata` gives the fingerprints that caches written before fingerprint version 2
-    recorded. Returns the accumulators."""
+    recorded. Under torchrun / accelerate launch each process folds its shard of the samples and the accumulators are
+    summed at the end (gradients/distributed.py); only rank 0 writes the cache. Returns the accumulators."""
     norms = norms or required_norms(config)
     device = model_device(model)
+    group = process_group(device)
+    if group.distributed:
+        if checkpoint_every:
+            raise ValueError("checkpoint_every is not supported with several processes: the cache is written once")
+        samples = list(samples) if total is None else samples
+        total = len(samples) if total is None else total
+        check_world_size(group, total)
     metadata = {**(cache_metadata or {}), "scale": str(config.gradient_scale), "gradient_dtype": config.gradient_dtype}
+    metadata.update(group.metadata(total or 0))
     state: GradientAccumulation | None = None
     skip = 0
     if cache_path is not None and Path(cache_path).exists() and not overwrite:
         meta = check_cache(cache_path, metadata, norms, legacy_metadata)
+        check_cache_distribution(cache_path, meta, group, total or 0)
         state, meta = load_cache(cache_path, "cpu" if offload_accumulators else device)
         if meta.get("complete") == "true":
             logger.info("Reusing complete gradient cache %s (%d samples)", cache_path, state.nsamples)
@@ -149,9 +172,9 @@ def run_collection(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start, tokens, done = time.perf_counter(), 0, 0
-    bar = tqdm(total=total, desc="gradients", unit="sample", disable=not progress)
+    bar = tqdm(total=total, desc="gradients", unit="sample", disable=not progress or not group.is_main)
     with _gradient_checkpointing(model, gradient_checkpointing), collector:
-        for index, sample in enumerate(samples):
+        for index, sample in group.shard(enumerate(samples)):  # index: the sample's global index
             if index < skip:
                 bar.update(1)
                 continue
@@ -165,13 +188,14 @@ def run_collection(
             if cache_path is not None and checkpoint_every and collector.state.nsamples % checkpoint_every == 0:
                 save_cache(cache_path, collector.state, metadata, complete=False)
     bar.close()
-    result = collector.state
+    result = all_reduce_accumulation(collector.state, group)
     if result.nsamples == 0:
         raise ValueError("the calibration data yielded no samples: the dataloader is empty")
     if "nsamples_target" in metadata and str(result.nsamples) != metadata["nsamples_target"]:
         logger.warning("collected %d samples, expected %s", result.nsamples, metadata["nsamples_target"])
-    if cache_path is not None:
+    if cache_path is not None and group.is_main:
         save_cache(cache_path, result, metadata, complete=True)
+    barrier(group)  # the other processes return once the cache exists
     logger.info(
         "Gradients: %d samples in %.1f s (%s)", result.nsamples, time.perf_counter() - start, _peak_memory_text(device)
     )
