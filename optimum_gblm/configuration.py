@@ -29,6 +29,7 @@ SCORE_DTYPES = ("float32", "float16")
 CALIBRATION_PRESETS = ("offline-corpus", "c4", "wikitext2")
 PIPELINES = ("auto", "datafree", "sequential")
 INTERMEDIATES = ("device", "cpu", "disk")
+PLACEMENTS = ("memory", "cpu", "disk")
 # Version-1 keys that moved: flat method arguments now live in `method_args`; `offload_activations` became
 # `intermediates="cpu"`.
 LEGACY_METHOD_ARGS = ("blocksize", "percdamp", "beta")
@@ -114,6 +115,14 @@ class GBLMConfig:
         default=False, **_help("Image models: use the dense model's predictions as targets for unlabelled images.")
     )
     library_version: str = field(default=__version__, **_help("optimum-gblm version that wrote this config."))
+    placement: str = field(
+        default="memory",
+        **_help(
+            "Where the weights live while pruning: memory (moved whole to the device), cpu (one block at a time on "
+            "the device), disk (each block read from the safetensors checkpoint and written out; docs/scale-out.md).",
+            PLACEMENTS,
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -156,6 +165,7 @@ class GBLMConfig:
         self.method_args = asdict(method.make_args(self.method_args))
         self._check_choice("pipeline", PIPELINES)
         self._check_choice("intermediates", INTERMEDIATES)
+        self._check_choice("placement", PLACEMENTS)
         if self.pipeline == "datafree" and (method.statistic is not None):
             raise ValueError(
                 f"pipeline='datafree' cannot run method={self.method!r}: it needs {method.statistic} statistics from a "
@@ -218,12 +228,20 @@ class GBLMConfig:
 
     def fingerprint(self) -> str:
         """Short hash of every setting that changes the result. Excluded: the library version and the settings of
-        where and how fast work runs (device, pipeline, intermediates, batch size, trust_remote_code). The loading
+        where and how fast work runs (device, pipeline, intermediates, placement, batch size, trust_remote_code). The loading
         dtype is included: pruning bf16 weights selects other masks than pruning fp32 weights."""
         import hashlib
 
         data = self.to_dict()
-        for key in ("library_version", "device", "pipeline", "intermediates", "trust_remote_code", "batch_size"):
+        for key in (
+            "library_version",
+            "device",
+            "pipeline",
+            "intermediates",
+            "trust_remote_code",
+            "batch_size",
+            "placement",
+        ):
             data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

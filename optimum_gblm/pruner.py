@@ -21,13 +21,14 @@ from .configuration import GBLMConfig
 from .decisions import BlockPruner
 from .evaluation import DEFAULT_EVAL_WINDOWS, DEFAULT_IMAGE_BATCH, Evaluation, Evaluator, make_evaluator
 from .gradients import GradientAccumulation, required_norms, run_collection
-from .gradients.cache import calibration_settings, config_source, model_fingerprint
+from .gradients.cache import calibration_settings, config_source, model_fingerprint, reusable_cache
 from .methods import get_method
-from .pipelines import Walk, WholeModel, pipeline_for
+from .pipelines import Placement, Walk, pipeline_for
+from .pipelines.offload import offloaded_model, placement_for
 from .pruning_map import PruningMap, Stage, prune_settings
 from .publishing.mixin import PublishingMixin, check_base_model_option
 from .targets import PruneTarget, target_modules
-from .utils import resolve_device, suggest_keywords
+from .utils import suggest_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class GBLMPruner(PublishingMixin):
         config = config or GBLMConfig()
         config.validate()
         check_base_model_option(base_model)
+        if config.placement == "disk":  # built on the meta device; each block is read when the pipeline reaches it
+            model, load_kwargs = offloaded_model(model, config, **load_kwargs)
         loaded = load_model(model, config, **load_kwargs)
         return cls(
             loaded.model,
@@ -107,8 +110,10 @@ class GBLMPruner(PublishingMixin):
         self.adapter.check_targets(self.model, self.config)
 
     @property
-    def placement(self) -> WholeModel:
-        return WholeModel(resolve_device(self.config.device))
+    def placement(self) -> Placement:
+        if getattr(self, "_placement", None) is None:  # one per pruner: a disk placement records what it wrote
+            self._placement = placement_for(self.config, self.model, self.adapter.block_path)
+        return self._placement
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def calibration_data(self, calibration: Any = None) -> Any:
@@ -131,7 +136,7 @@ class GBLMPruner(PublishingMixin):
         else:
             settings = calibration_settings(getattr(calib, "source", "tensor"), len(calib), seqlen)
         return {
-            "model_fingerprint": model_fingerprint(self.model, target_modules(self.targets())),
+            "model_fingerprint": model_fingerprint(self.model, self.placement.weights(target_modules(self.targets()))),
             "calibration_fingerprint": calib.fingerprint(),
             "nsamples_target": str(len(calib)),
             **settings,
@@ -139,7 +144,8 @@ class GBLMPruner(PublishingMixin):
 
     def _legacy_cache_metadata(self) -> dict[str, str]:
         """The fingerprints that caches written before fingerprint version 2 recorded."""
-        legacy = {"model_fingerprint": model_fingerprint(self.model, target_modules(self.targets()), legacy=True)}
+        modules = self.placement.weights(target_modules(self.targets()))
+        legacy = {"model_fingerprint": model_fingerprint(self.model, modules, legacy=True)}
         if hasattr(self.calibration, "legacy_fingerprint"):
             legacy["calibration_fingerprint"] = self.calibration.legacy_fingerprint()
         return legacy
@@ -158,7 +164,10 @@ class GBLMPruner(PublishingMixin):
         if self.pruning_map is not None:
             raise RuntimeError("the model is already pruned: gradients must come from the dense model")
         calib = self.calibration_data()
-        self.placement.prepare(self.model)
+        if reusable_cache(cache_path, overwrite):  # read without running the model (a disk placement can do that)
+            self.placement.prepare(self.model)
+        else:
+            self.placement.prepare_whole(self.model, "the gradient pass")
         start = time.perf_counter()
         self.gradients = run_collection(
             self.model,
@@ -211,7 +220,7 @@ class GBLMPruner(PublishingMixin):
         if cfg.effective_allocation == "gradient":
             targets = [t for block in per_block for t in block]
             self.sparsities = gradient_allocation(
-                {t.name: t.weight() for t in targets},
+                self.placement.target_weights(targets),
                 self.gradients.get("l2"),
                 cfg.sparsity,
                 cfg.gamma,
@@ -287,7 +296,7 @@ class GBLMPruner(PublishingMixin):
                 f"{names} {verb} not apply to this model: it is evaluated by {self.adapter.metric_name}, which takes "
                 + ", ".join(k for k in accepted if k != "model")
             )
-        self.placement.prepare(self.model)
+        self.placement.prepare_whole(self.model, "an evaluation")
         measured = self.evaluator.evaluate(self.model, **{k: v for k, v in given.items() if k in accepted})
         self.add_evaluation(label or ("pruned" if self.pruning_map is not None else "dense"), measured)
         return measured.value

@@ -37,7 +37,7 @@ CONFIG_GROUPS: dict[str, tuple[str, ...]] = {
         "pseudo_labels",
     ),
     "gradients": ("gradient_norm", "gradient_scale", "gradient_dtype", "score_dtype"),
-    "model / loading": ("dtype", "device", "pipeline", "intermediates", "trust_remote_code"),
+    "model / loading": ("dtype", "device", "pipeline", "intermediates", "placement", "trust_remote_code"),
 }
 OTHER_GROUP = "other settings"
 # Recorded by the library, or given through the method-argument options below.

@@ -194,3 +194,13 @@ def load_cache(path: str | Path, device: torch.device | str = "cpu") -> tuple[Gr
     except (SafetensorError, OSError) as err:
         raise _unreadable(path, f"{type(err).__name__}: {err}") from err
     return state, meta
+
+
+def reusable_cache(path: str | Path | None, overwrite: bool = False) -> bool:
+    """Whether `path` is a complete gradient cache that a run would reuse if it matches (read without the model)."""
+    if path is None or overwrite or not Path(path).is_file():
+        return False
+    try:
+        return read_metadata(path).get("complete") == "true"
+    except GradientCacheError:
+        return False  # the run refuses it, naming the problem

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..configuration import INTERMEDIATES
+from ..targets import PruneTarget
 
 
 class Placement:
@@ -32,6 +35,22 @@ class Placement:
 
     def offload(self, block: nn.Module) -> None:
         """After a block is finished."""
+
+    def prepare_whole(self, model: nn.Module, purpose: str) -> None:
+        """Before something that runs the whole model (`purpose`: the gradient pass, an evaluation)."""
+        self.prepare(model)
+
+    def weights(self, modules: Mapping[str, nn.Module]) -> Mapping[str, Any]:
+        """Name -> an object whose `.weight` is the module's weight, readable (not on the meta device)."""
+        return modules
+
+    def target_weights(self, targets: Sequence[PruneTarget]) -> Mapping[str, torch.Tensor]:
+        """Name -> 2-D weight of every target (what the gradient allocation ranks)."""
+        return {t.name: t.weight() for t in targets}
+
+    def save_model(self, model: nn.Module, folder: Path, adapter: Any, tokenizer: Any = None) -> None:
+        """Write the model's checkpoint into `folder` (the adapter's native format)."""
+        adapter.save(model, folder, tokenizer)
 
 
 class WholeModel(Placement):

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from ..adapters import ModelAdapter
     from ..configuration import GBLMConfig
+    from ..pipelines import Placement
     from ..pruning_map import PruningMap
 
 
@@ -31,6 +32,7 @@ class PublishingMixin:
     results: dict[str, float]
     timings: dict[str, float]
     evaluation: dict[str, dict[str, Any]]
+    placement: Placement  # writes the weights (a disk placement assembles its pruned shards)
 
     def sidecar(self, repo_id: str | None = None, base_model: str | None = None) -> dict[str, Any]:
         """The `gblm_config.json` content (format 2): config, provenance, pruning map, calibration, results."""
@@ -68,7 +70,7 @@ class PublishingMixin:
         self._check_pruned(allow_dense)
         return save_checkpoint(
             save_directory,
-            lambda folder: self.adapter.save(self.model, folder, self.tokenizer),
+            lambda folder: self.placement.save_model(self.model, folder, self.adapter, self.tokenizer),
             self.sidecar(repo_id, check_base_model_option(base_model)),
             overwrite=overwrite,
             model_card=model_card,
