@@ -25,6 +25,7 @@ from .gradients.cache import calibration_settings, config_source, model_fingerpr
 from .methods import get_method
 from .pipelines import Placement, Walk, pipeline_for
 from .pipelines.offload import offloaded_model, placement_for
+from .planning import check_memory_plan
 from .pruning_map import PruningMap, Stage, prune_settings
 from .publishing.mixin import PublishingMixin, check_base_model_option
 from .targets import PruneTarget, target_modules
@@ -80,15 +81,19 @@ class GBLMPruner(PublishingMixin):
         model: str | Path | nn.Module | None = None,
         config: GBLMConfig | None = None,
         base_model: str | None = None,
+        check_memory: bool = True,
         **load_kwargs: Any,
     ) -> GBLMPruner:
         """Load a model (Hub id, local folder, timm name, or an instance; None = the embedded SmolLM2-135M).
 
         `base_model` is the Hub id the model is published under, for the card's metadata and link when `model` is a
-        local folder or an instance (without it, a local model is named in plain text, never linked)."""
+        local folder or an instance (without it, a local model is named in plain text, never linked).
+        `check_memory`: plan the peak memory first (planning.py) and refuse a run that cannot fit, with the numbers."""
         config = config or GBLMConfig()
         config.validate()
         check_base_model_option(base_model)
+        if check_memory and not isinstance(model, nn.Module):
+            check_memory_plan(model, config)
         if config.placement == "disk":  # built on the meta device; each block is read when the pipeline reaches it
             model, load_kwargs = offloaded_model(model, config, **load_kwargs)
         loaded = load_model(model, config, **load_kwargs)

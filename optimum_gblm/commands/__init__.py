@@ -7,11 +7,12 @@ from optimum.commands.base import CommandInfo
 from .errors import CommandFailed, UsageError
 from .evaluate import EvaluateCommand
 from .gradients import GradientsCommand
+from .plan import PlanCommand
 from .prune import PruneCommand
 from .push import PushCommand
 from .zoo import ZooCommand
 
-COMMANDS = (PruneCommand, GradientsCommand, EvaluateCommand, PushCommand, ZooCommand)
+COMMANDS = (PruneCommand, GradientsCommand, EvaluateCommand, PushCommand, ZooCommand, PlanCommand)
 SUBCOMMANDS: tuple[CommandInfo, ...] = tuple(
     CommandInfo(name=c.COMMAND.name, help=c.COMMAND.help, subcommand_class=c) for c in COMMANDS
 )
@@ -21,6 +22,7 @@ __all__ = [
     "CommandFailed",
     "EvaluateCommand",
     "GradientsCommand",
+    "PlanCommand",
     "PruneCommand",
     "PushCommand",
     "SUBCOMMANDS",

@@ -69,7 +69,7 @@ class EvaluateCommand(GBLMSubcommand):
 
         from ..pruner import GBLMPruner
 
-        pruner = GBLMPruner.from_pretrained(args.model, config)
+        pruner = GBLMPruner.from_pretrained(args.model, config, check_memory=False)
         value = pruner.evaluate("checkpoint", **eval_kwargs(pruner, args, seqlen))
         settings = "".join(f", {k}={v}" for k, v in pruner.evaluation["checkpoint"].items())
         print(f"{pruner.adapter.metric_name}: {value:.4f} ({args.model}, {describe(sidecar)}{settings})")
