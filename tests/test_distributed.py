@@ -102,3 +102,22 @@ def test_the_cli_checks_the_process_layout_before_loading(tmp_path, monkeypatch)
         check_process_layout(None, 2, "")
     with pytest.raises(UsageError, match="world_size: cache has '1', this run has '4'"):
         check_process_layout(cache, 8, "")
+
+
+def test_a_dispatched_model_with_offloaded_accumulators_gives_the_same_accumulators(tmp_path):
+    """The route for models larger than one device: accelerate's device map places the blocks, every sample's
+    backward runs through all of them, each gradient is folded where its weight lives into CPU accumulators."""
+    from optimum_gblm.pruner import GBLMPruner
+
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    pieces = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "model.rotary_emb", "lm_head"]
+    device_map = dict.fromkeys(pieces, "cpu")  # the same split as over GPUs, on the devices this machine has
+    dispatched = GBLMPruner.from_pretrained(folder, GBLMConfig(**CONFIG), device_map=device_map)
+    dispatched.calibration_data(_ids(4))
+    got = dispatched.collect_gradients(progress=False, offload_accumulators=True)
+    want = _collect(None, _ids(4))
+    for norm in ("l1", "l2"):
+        for name, value in want.get(norm).items():
+            assert got.get(norm)[name].device.type == "cpu"
+            assert torch.allclose(got.get(norm)[name], value, rtol=1e-5, atol=0), (norm, name)
