@@ -81,7 +81,7 @@ class ModelShape:
     intermediate: int
     vocab: int
     target_params: int
-    targets: list[tuple[int, int]]  # (d_out, d_in) of every target of the largest block
+    targets: list[tuple[int, int]]  # (d_out, d_in) of every target of the block with the most targeted weights
     bytes_per_param: int
 
     @classmethod
@@ -106,7 +106,7 @@ class ModelShape:
             intermediate=int(getattr(cfg, "intermediate_size", 4 * hidden) or 4 * hidden),
             vocab=int(getattr(cfg, "vocab_size", 0) or 0),
             target_params=sum(t.shape[0] * t.shape[1] for b in per_block for t in b),
-            targets=[t.shape for t in per_block[biggest]],
+            targets=[t.shape for t in max(per_block, key=lambda b: sum(o * i for o, i in (t.shape for t in b)))],
             bytes_per_param=dtype.itemsize,
         )
 

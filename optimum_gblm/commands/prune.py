@@ -140,6 +140,10 @@ class PruneCommand(GBLMSubcommand):
             )
         if args.eval:
             check_eval_source(args.eval_source)
+            if config.placement == "disk":
+                raise UsageError(
+                    "--eval needs the whole model, which --placement disk never loads: evaluate the saved folder"
+                )
         push_folder = load_push_folder(args.push_to_hub, args) if args.push_to_hub else None
 
         from ..gradients import GradientCacheError
