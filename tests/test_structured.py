@@ -132,6 +132,14 @@ def test_uniform_mode_reloads_with_plain_transformers(tmp_path):
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     assert f"| Parameters | {params:,} (dense " in card and "MB" in card and "plain `transformers` reloads" in card
     assert load_pruned(folder).config.num_attention_heads == config["num_attention_heads"]
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    key = "model.layers.1.mlp.down_proj.weight"
+    tensors[key] = tensors[key][:, :-1].contiguous()  # one channel fewer than the map says was kept
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    result = verify_checkpoint(folder)
+    assert not result.ok and any("down_proj" in p and "kept" in p for p in result.problems)
 
 
 def test_per_layer_widths_reload_through_load_pruned(tmp_path):

@@ -59,11 +59,11 @@ def collect_statistics(
 
         return hook
 
-    for block, site_stats in zip(blocks, stats):
+    for index, (block, site_stats) in enumerate(zip(blocks, stats)):
         for site, linear in SITES.items():
             handles.append(block.get_submodule(linear).register_forward_pre_hook(site_hook(site_stats[site])))
         if influence:
-            handles.append(block.register_forward_hook(block_hook(blocks.index(block)), with_kwargs=True))
+            handles.append(block.register_forward_hook(block_hook(index), with_kwargs=True))
     try:
         with inference_mode(model):
             for sample in tqdm(samples, desc="structured: statistics", disable=not progress):
