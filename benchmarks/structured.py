@@ -54,7 +54,7 @@ def run_all(
     # fighting other jobs): a modest calibration and few evaluation windows, the same windows for every method.
     torch.set_num_threads(1)
     size = {"num_samples": 4, "seqlen": 128} if quick else {"num_samples": 16, "seqlen": 128}
-    windows = 1 if quick else 2
+    windows = 1 if quick else 3
     seeds = seeds[:1] if quick else seeds
     session = QualitySession(**size, eval_windows=windows, eval_sources=("offline-corpus", text_b), calibration=calib)
     base, adapter = session.base.model, session.base.adapter

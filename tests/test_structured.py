@@ -210,3 +210,19 @@ def test_bad_model_or_fraction_fails_before_heavy_work(monkeypatch):
 
     with pytest.raises(ValueError, match="cannot shrink this model"):
         GBLMPruner(tiny_vit(), _cfg())
+
+
+def test_cli_prunes_structured_and_plain_transformers_reloads(tmp_path):
+    from tests.test_cli import cli, ok, tiny_options
+    from tests.tiny_models import save_tiny_llama, write_text
+
+    assets = {"model": save_tiny_llama(tmp_path / "tiny-llama"), "text": write_text(tmp_path / "text.txt")}
+    out = tmp_path / "flap-uniform"
+    args = ("--method", "flap", "--mode", "uniform", "--attention-unit", "head", "--sparsity", "0.3", "--output", out)
+    result = ok(cli("prune", *tiny_options(assets), *args))
+    assert "Traceback" not in result.stderr and verify_checkpoint(out).ok
+    config = json.loads((out / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == config["intermediate_size"] < 128
+    bad = cli("prune", *tiny_options(assets), "--method", "flap", "--sparsity", "0.99", "--output", tmp_path / "x")
+    assert bad.returncode != 0 and "would empty blocks" in bad.stderr and not (tmp_path / "x").exists()
