@@ -99,7 +99,8 @@ def run_all(
             f"{windows} windows of 256 tokens of text A and of text B. 'removed' is the fraction of the blocks' linear "
             "weights removed (the budget; embeddings and norms are not counted). Attention is removed in whole "
             "key/value groups (3 query heads + 1 key/value head of SmolLM2's 9/3); every block keeps one group and 5% "
-            "of its MLP channels. FLAP and gblm-sp add the compensation bias, Wanda-sp does not (as published)."
+            "of its MLP channels. FLAP and gblm-sp add the compensation bias, Wanda-sp does not (as published). "
+            "This suite sets torch to 1 thread (the header shows the count before it did)."
         ),
         "perplexity": _render(results, dense, evals, seeds),
         "gradient-informed vs FLAP": _verdict(results, evals, levels),
