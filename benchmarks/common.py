@@ -98,6 +98,7 @@ SECTION_TITLES = {
     "llm_cost": "SmolLM2-135M: cost and scaling (issue 7)",
     "gblm_obs": "gblm-obs vs SparseGPT across calibration seeds (issue 8)",
     "input_sites": "Shared input-site statistics (issue 11)",
+    "structured": "Structured pruning: FLAP, Wanda-sp, gblm-sp, block removal on SmolLM2-135M (issue 13)",
     "vit_digits": "timm ViT on digits (issue 4)",
     "offload": "Offloaded pruning and the memory planner (issue 16)",
     "notes": "Notes",

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "vit", "offload")
+SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "structured", "vit", "offload")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
                 sections = run(args.quick, work)
             elif suite == "gblm_obs":
                 from benchmarks.gblm_obs import run_all as run
+
+                sections = run(args.quick, work)
+            elif suite == "structured":
+                from benchmarks.structured import run_all as run
 
                 sections = run(args.quick, work)
             else:  # the ViT benchmark writes its own section file (benchmarks/results/vit_digits.md)

@@ -47,7 +47,13 @@ class GBLMConfig:
     """Settings of one pruning run. Field metadata (`help`, `choices`) also drives the CLI options."""
 
     method: str = field(default=DEFAULT_METHOD, **_help("Pruning method (see the method registry)."))
-    sparsity: float = field(default=0.5, **_help("Fraction of weights to prune in every targeted linear, in (0, 1)."))
+    sparsity: float = field(
+        default=0.5,
+        **_help(
+            "Fraction of weights to prune in every targeted linear, in (0, 1); for structured methods the fraction "
+            "of the blocks' linear parameters removed."
+        ),
+    )
     pattern: str = field(
         default="unstructured", **_help("'unstructured' or 'N:M' (prune N of every M inputs), e.g. 2:4.")
     )
@@ -195,6 +201,7 @@ class GBLMConfig:
                     re.compile(pattern)
                 except re.error as err:
                     raise ValueError(f"{name} contains an invalid regular expression {pattern!r}: {err}") from None
+        method.check_config(self)
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

@@ -112,6 +112,11 @@ class GBLMPruner(PublishingMixin):
         return self.adapter.select_targets(self.model, self.config)
 
     def _check_targets(self) -> None:
+        if get_method(self.config.method).structured:  # the family and the fraction, before any heavy work
+            from .structured import check_structured
+
+            check_structured(self.model, self.adapter, self.config, self.config.args)
+            return
         self.adapter.check_targets(self.model, self.config)
 
     @property
@@ -221,6 +226,14 @@ class GBLMPruner(PublishingMixin):
             elif gradients is not None or self.gradients is None:
                 self.collect_gradients(cache_path=gradients, progress=progress)
         start = time.perf_counter()
+        if method.structured:  # whole heads and channels removed (docs/structured.md)
+            from .structured import prune_structured
+
+            self.placement.prepare(self.model)
+            grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
+            self.pruning_map = prune_structured(self.model, self.adapter, cfg, self.calibration, grads, progress)
+            self.timings["prune_s"] = time.perf_counter() - start
+            return self.model
         per_block = self.adapter.targets_by_block(self.model, cfg.targets, cfg.ignore)
         if cfg.effective_allocation == "gradient":
             targets = [t for block in per_block for t in block]

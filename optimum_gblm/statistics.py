@@ -10,7 +10,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-KINDS = ("activations", "hessian")
+KINDS = ("activations", "hessian", "fluctuation")
 
 
 class InputStatistics:
@@ -18,6 +18,8 @@ class InputStatistics:
 
     activations: a_j = (1/N) sum_n sum_t x_{n,t,j}^2   (Wanda, GBLM)
     hessian:     H   = (2/N) sum_n sum_t x x^T          (SparseGPT)
+    fluctuation: per input channel, the mean and the sample variance over all calibration tokens (structured
+                 methods), from sums of x and x^2 in float64 (a variance from fp32 sums cancels badly)
     """
 
     def __init__(self, in_features: int, kind: str, device: torch.device | str = "cpu") -> None:
@@ -28,6 +30,11 @@ class InputStatistics:
         shape = (in_features, in_features) if kind == "hessian" else (in_features,)
         self._sum: torch.Tensor | None = torch.zeros(shape, dtype=torch.float32, device=device)
         self._derived: dict[Hashable, object] = {}
+        self.ntokens = 0
+        self._linear: torch.Tensor | None = None
+        if kind == "fluctuation":
+            self._sum = torch.zeros(shape, dtype=torch.float64, device=device)
+            self._linear = torch.zeros(shape, dtype=torch.float64, device=device)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         """Add a batch of inputs shaped [batch, ..., in_features]; each leading index is one sample."""
@@ -37,9 +44,14 @@ class InputStatistics:
         x = inputs.detach().reshape(-1, inputs.shape[-1]).to(device=self._sum.device, dtype=torch.float32)
         if self.kind == "hessian":
             self._sum.addmm_(x.t(), x)
+        elif self.kind == "fluctuation":
+            x = x.double()
+            self._sum.add_((x * x).sum(dim=0))
+            self._linear.add_(x.sum(dim=0))
         else:
             self._sum.add_((x * x).sum(dim=0))
         self.nsamples += batch
+        self.ntokens += x.shape[0]
         self._derived.clear()
 
     def _checked(self) -> torch.Tensor:
@@ -52,7 +64,20 @@ class InputStatistics:
     def activation_sq_mean(self) -> torch.Tensor:
         total = self._checked()
         diag = total.diagonal() if self.kind == "hessian" else total
-        return diag / self.nsamples
+        return (diag / self.nsamples).float()
+
+    def channel_mean(self) -> torch.Tensor:
+        """Mean of each input channel over every calibration token (fluctuation statistics), float64."""
+        self._checked()
+        if self._linear is None:
+            raise RuntimeError(f"this input site collected {self.kind} statistics, not fluctuation statistics")
+        return self._linear / self.ntokens
+
+    def channel_variance(self) -> torch.Tensor:
+        """Sample variance (divisor tokens - 1) of each input channel over every calibration token, float64."""
+        mean = self.channel_mean()
+        count = max(self.ntokens - 1, 1)
+        return ((self._sum - self.ntokens * mean * mean) / count).clamp_min(0.0)
 
     def hessian(self) -> torch.Tensor:
         if self.kind != "hessian":
@@ -67,4 +92,5 @@ class InputStatistics:
 
     def free(self) -> None:
         self._sum = None
+        self._linear = None
         self._derived.clear()

@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from optimum_gblm import list_methods
+from optimum_gblm.methods import get_method
 from tests.golden_parity import GOLDEN, SUITES, case_key, cases, compute
+
+UNSTRUCTURED = [m for m in list_methods() if not get_method(m).structured]  # structured: tests/test_structured.py
 
 DATA = json.loads(GOLDEN.read_text())
 RECORDED_TORCH = DATA["torch"].split("+")[0].rsplit(".", 1)[0]
@@ -20,7 +23,7 @@ RECORDED_TORCH = DATA["torch"].split("+")[0].rsplit(".", 1)[0]
 
 def _params(suite: str) -> list:
     marks = [pytest.mark.slow] if suite == "smollm2" else []
-    return [pytest.param(suite, case, id=f"{suite}:{case_key(case)}", marks=marks) for case in cases(list_methods())]
+    return [pytest.param(suite, case, id=f"{suite}:{case_key(case)}", marks=marks) for case in cases(UNSTRUCTURED)]
 
 
 def test_every_registered_method_was_recorded():

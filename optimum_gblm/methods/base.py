@@ -60,6 +60,12 @@ class PruningMethod:
     statistic: ClassVar[str | None] = None
     groups: ClassVar[tuple[str, ...]] = ("row", "layer")  # the first one is the default
     default_allocation: ClassVar[str] = "uniform"
+    # Structured methods remove whole heads / channels (optimum_gblm/structured); `sparsity` is then the fraction of
+    # the targeted blocks' parameters removed.
+    structured: ClassVar[bool] = False
+
+    def check_config(self, config: Any) -> None:
+        """Method-specific checks of a whole config (a `GBLMConfig`), run by its validation; raise `ValueError`."""
 
     def make_args(self, values: dict[str, Any] | None = None) -> MethodArgs:
         """The validated argument object from a (partial) dict; unknown names are an error naming the known ones."""

@@ -181,6 +181,16 @@ def _pruning_table(sidecar: dict[str, Any]) -> str:
         params = sum(e["shape"][0] * e["shape"][1] for e in layers.values())
         rows.append(("Achieved sparsity (pruned linears)", f"{sparsity.get('overall_sparsity', 0.0):.2%}"))
         rows.append(("Pruned linears", f"{len(layers)} ({params:,} weights)"))
+        structure = _structure(sidecar)
+        if structure:
+            size = f", weights file {structure['file_bytes'] / 1e6:,.1f} MB" if "file_bytes" in structure else ""
+            rows.append(
+                (
+                    "Parameters",
+                    f"{structure['parameters']:,} (dense {structure['dense_parameters']:,}){size}; "
+                    f"{structure['widths']} widths",
+                )
+            )
     calib = sidecar.get("calibration")
     if calib:
         source = Path(str(calib.get("source", "?"))).name or calib.get("source")
@@ -284,13 +294,31 @@ def _reproduce(sidecar: dict[str, Any], base: str, pruned: bool) -> str:
     )
 
 
+def _structure(sidecar: dict[str, Any]) -> dict[str, Any] | None:
+    """The structure record of a structured prune (parameters, widths, file size), or None."""
+    for stage in (sidecar.get("pruning_map") or {}).get("stages", []):
+        if isinstance((stage.get("settings") or {}).get("structure"), dict):
+            return stage["settings"]["structure"]
+    return None
+
+
 def _notes(sidecar: dict[str, Any], pruned: bool) -> str:
+    structure = _structure(sidecar)
     weights = (
         "- Weights are stored dense (safetensors) with exact zeros: the file size equals the dense model's. Use a "
         "sparse\n  kernel or runtime to turn the sparsity into speed or memory savings."
         if pruned
         else "- Weights are the base model's, unchanged (safetensors): this checkpoint was not pruned."
     )
+    if structure:
+        weights = (
+            "- Heads and MLP channels were removed: the weights are smaller dense matrices, faster on any runtime. "
+            + (
+                "Every layer has the same widths: plain `transformers` reloads it."
+                if structure["widths"] == "uniform"
+                else "Widths differ per layer: reload with `optimum_gblm.load_pruned(folder)`."
+            )
+        )
     lines = [weights] + [f"- {key}: {value}" for key, value in sorted((sidecar.get("deviations") or {}).items())]
     versions = sidecar.get("versions") or {}
     if versions:

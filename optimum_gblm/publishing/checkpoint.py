@@ -21,6 +21,7 @@ from safetensors import safe_open
 from ..configuration import CONFIG_NAME
 from ..masks import check_pattern, sparsity_of
 from ..pruning_map import PruningMap
+from ..structured.surgery import seal_saved_config
 from .cards import render_model_card, write_model_card
 from .plot import write_sparsity_plot
 from .sidecar import read_sidecar, write_sidecar
@@ -81,12 +82,22 @@ def save_checkpoint(
     target = Path(save_directory)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         write_weights(tmp)
+        seal_saved_config(tmp)
+        record_file_size(tmp, sidecar)
         write_sidecar(tmp, sidecar)
         write_sparsity_plot(tmp, sidecar)
         if model_card:
             write_model_card(tmp, sidecar)
     logger.info("Saved %s to %s", "pruned model" if sidecar.get("pruning_map") else "model", target)
     return target.absolute()
+
+
+def record_file_size(folder: Path, sidecar: dict[str, Any]) -> None:
+    """Structured prunes state the real size of what was written: bytes of the safetensors files, in the side-car."""
+    for stage in (sidecar.get("pruning_map") or {}).get("stages", []):
+        if isinstance(stage.get("settings", {}).get("structure"), dict):
+            size = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+            stage["settings"]["structure"]["file_bytes"] = size
 
 
 @contextlib.contextmanager
@@ -150,6 +161,12 @@ class VerificationResult:
             raise ValueError("checkpoint verification failed: " + "; ".join(self.problems[:10]))
 
 
+def kept_shape(shape: tuple[int, int], kept: dict[str, list[int]], name: str) -> tuple[int, int]:
+    """The shape a structured target keeps: heads x head_dim (or channels) along the dimension it was cut."""
+    width = len(kept.get("channels", [])) or len(kept.get("heads", kept.get("kv_heads", []))) * kept["head_dim"][0]
+    return (shape[0], width) if name.endswith(("o_proj", "down_proj")) else (width, shape[1])
+
+
 def verify_checkpoint(folder: str | Path, tolerance: float = 0.0) -> VerificationResult:
     """Re-read a saved folder and check the claimed pattern and per-layer sparsity, layer by layer."""
     folder = Path(folder)
@@ -169,6 +186,11 @@ def verify_checkpoint(folder: str | Path, tolerance: float = 0.0) -> Verificatio
         with safe_open(str(files[key]), framework="pt") as f:
             weight = f.get_tensor(key)
         checked += 1
+        if claim.kept is not None:  # structured: the saved matrix must have exactly the kept rows / columns
+            expected = kept_shape(claim.shape, claim.kept, name)
+            if tuple(weight.shape) != expected:
+                problems.append(f"{name}: shape {tuple(weight.shape)} != kept {expected}")
+            continue
         achieved = sparsity_of(weight)
         if achieved + 1e-12 < claim.achieved_sparsity - tolerance:
             problems.append(f"{name}: sparsity {achieved:.6f} < claimed {claim.achieved_sparsity:.6f}")
