@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -121,6 +122,7 @@ class GBLMConfig:
     # -- validation -----------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise `ValueError` naming the field and the allowed values; no heavy work happens before this."""
+        self._check_types()
         if self.method not in list_methods():
             raise ValueError(f"method={self.method!r} is unknown: choose one of {', '.join(list_methods())}")
         if not isinstance(self.sparsity, (int, float)) or not (0.0 < float(self.sparsity) < 1.0):
@@ -185,6 +187,34 @@ class GBLMConfig:
                     re.compile(pattern)
                 except re.error as err:
                     raise ValueError(f"{name} contains an invalid regular expression {pattern!r}: {err}") from None
+
+    def _check_types(self) -> None:
+        """Each field against its annotation (a JSON config may hold "0.5" or 1.5 where a number or an integer
+        belongs): a `ValueError` naming the field, the value and the expected type, instead of a TypeError later.
+        Fields with other annotations are left to their own checks."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and kind.endswith("| None"):
+                continue
+            kind = kind.removesuffix(" | None")
+            if kind == "list[str]" and isinstance(value, tuple):
+                value = list(value)
+                setattr(self, f.name, value)
+            expected = {
+                "str": ("a string", isinstance(value, str)),
+                "bool": ("true or false", isinstance(value, bool)),
+                "int": ("an integer", isinstance(value, numbers.Integral) and not isinstance(value, bool)),
+                "float": (
+                    "a finite number",
+                    isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value),
+                ),
+                "list[str]": (
+                    "a string or a list of strings",
+                    isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
+                ),
+            }.get(kind)
+            if expected is not None and not expected[1]:
+                raise ValueError(f"{f.name}={value!r} is invalid: expected {expected[0]}, got {type(value).__name__}")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

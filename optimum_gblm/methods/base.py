@@ -81,7 +81,9 @@ class PruningMethod:
     def prune(self, job: TargetJob) -> torch.Tensor:
         """Zero the selected weights in place and return the boolean prune mask."""
         scores = self.score(job)
-        mask = select_mask(scores, job.sparsity, job.pattern, job.group)
+        # fp16 score mode may overflow to inf, as the reference code does (docs/semantics.md#5); NaN never sorts.
+        allow_inf = job.score_dtype == "float16"
+        mask = select_mask(scores, job.sparsity, job.pattern, job.group, allow_inf=allow_inf)
         job.weight.masked_fill_(mask.to(job.weight.device), 0)
         return mask
 
