@@ -8,6 +8,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +50,17 @@ def read_json(path: Path, error: type[Exception] = ValueError) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise error(f"{path} is not UTF-8 text: corrupt") from None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (temporary files name their writer, so a killed writer's leftovers are known)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:

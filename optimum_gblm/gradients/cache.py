@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..configuration import CALIBRATION_PRESETS
+from ..utils import pid_alive
 from ..version import __version__
 from .accumulation import GradientAccumulation
 
@@ -95,6 +96,10 @@ def save_cache(path: str | Path, state: GradientAccumulation, metadata: dict[str
         "format": FORMAT,
         "fingerprint_version": FINGERPRINT_VERSION,
     }
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer that was killed mid-write
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
