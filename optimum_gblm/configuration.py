@@ -269,7 +269,10 @@ class GBLMConfig:
         data = dict(data)
         method = data.get("method", cls.method)
         owners = argument_owners()
-        method_args = dict(data.pop("method_args", None) or {})
+        method_args = data.pop("method_args", None) or {}
+        if not isinstance(method_args, dict):
+            raise ValueError(f"method_args={method_args!r} is invalid: it must be a dict of the method's arguments")
+        method_args = dict(method_args)
         for key in [k for k in data if k in owners]:
             value = data.pop(key)
             if method in owners[key]:
