@@ -164,6 +164,10 @@ def _weight_files(folder: Path) -> dict[str, Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
+        inside = folder.resolve()
+        for file in set(weight_map.values()):  # an index names shards of this folder, never a path out of it
+            if not isinstance(file, str) or not (folder / file).resolve().is_relative_to(inside):
+                raise ValueError(f"{index} names the shard {file!r}, which is not a file inside {folder}")
         return {name: folder / file for name, file in weight_map.items()}
     out: dict[str, Path] = {}
     for file in sorted(folder.glob("*.safetensors")):
