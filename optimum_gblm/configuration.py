@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -300,7 +301,12 @@ class GBLMConfig:
         payload = (
             {"config": self.to_dict()} if not target.exists() else {**read_json(target), "config": self.to_dict()}
         )
-        target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")  # atomic: never a torn file in its place
+        try:
+            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         return target
 
     @classmethod

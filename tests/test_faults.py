@@ -6,6 +6,7 @@ recovery feature itself.)"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -185,3 +186,19 @@ def test_push_killed_midway_then_failing_once_is_retried_to_completion(
         stored = set(hub.commits(repo_id)[-1]["files"])
         assert stored == set(files) | {".gitattributes"}
     assert folder_files(folder) == files  # the local folder never changed
+
+
+def test_a_config_save_that_fails_mid_write_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    target = GBLMConfig(method="wanda").save_pretrained(tmp_path)
+    before = target.read_bytes()
+
+    def disk_full(self: Path, data: str, *args, **kwargs) -> int:  # half the bytes land, then the disk is full
+        with open(self, "w", encoding="utf-8") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        GBLMConfig(method="sparsegpt").save_pretrained(tmp_path)
+    monkeypatch.undo()
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["gblm_config.json"]
