@@ -52,15 +52,27 @@ def read_json(path: Path, error: type[Exception] = ValueError) -> Any:
         raise error(f"{path} is not UTF-8 text: corrupt") from None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (temporary files name their writer, so a killed writer's leftovers are known)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def writer_tag() -> str:
+    """`PID.HOST` for the names of temporary files: a later writer can tell a killed writer's leftovers (this host,
+    process gone) from those of a writer still at work, here or on another host sharing the folder."""
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{os.getpid()}.{host}"
+
+
+def written_by_dead_process(tag: str) -> bool:
+    """Whether a `writer_tag` names a process of this host that no longer exists."""
+    pid, _, host = tag.partition(".")
+    if not pid.isdigit() or host != writer_tag().partition(".")[2]:
         return False
-    except PermissionError:  # alive, another user's
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:

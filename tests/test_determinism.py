@@ -26,6 +26,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_every_method_is_bit_identical_across_processes_and_thread_counts(inputs: tuple[Path, Path]):
+    """Every case in another process at the same thread count; every case but the Cholesky-based ones (whose factor
+    LAPACK rounds per thread count, docs/guarantees.md) also at another thread count."""
     model_dir, text = inputs
     proc = subprocess.run(
         [sys.executable, "-m", "tests.determinism_worker", "1", str(model_dir), str(text)],
@@ -36,19 +38,29 @@ def test_every_method_is_bit_identical_across_processes_and_thread_counts(inputs
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one_thread = json.loads(proc.stdout.strip().splitlines()[-1])
+    other_process = json.loads(proc.stdout.strip().splitlines()[-1])  # 1 thread
+    cholesky = {f"{m} {p}" for m, p in determinism_worker.cases() if m in THREAD_DEPENDENT}
     threads = torch.get_num_threads()
     try:
-        two_threads = determinism_worker.main(2, str(model_dir), str(text))  # this process, 2 threads
+        two_threads = determinism_worker.main(2, str(model_dir), str(text))
+        one_thread = determinism_worker.main(1, str(model_dir), str(text), only=THREAD_DEPENDENT)
     finally:
         torch.set_num_threads(threads)
-    assert set(one_thread) == {f"{m} {p}" for m, p in determinism_worker.cases()}
-    differ = {
-        case: kinds
-        for case in one_thread
-        if (kinds := [k for k in ("masks", "weights") if one_thread[case][k] != two_threads[case][k]])
-    }
-    assert differ == {}, f"not bit-identical across 1 and 2 threads: {differ}"
+    assert set(other_process) == {f"{m} {p}" for m, p in determinism_worker.cases()} and cholesky
+    here = {**two_threads, **one_thread}
+    differ = {case: kinds for case in other_process if (kinds := _differing(other_process[case], here[case]))}
+    assert differ == {}, (
+        f"not bit-identical across processes (thread counts 1 and 2 for {sorted(set(here) - cholesky)})"
+    )
+
+
+# SparseGPT's inverse-Hessian factor comes from LAPACK's multi-threaded Cholesky, whose rounding depends on the
+# thread count: its weights (and, at near-ties, masks) are only promised at a fixed thread count.
+THREAD_DEPENDENT = ("sparsegpt", "gblm-obs")
+
+
+def _differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return [kind for kind in ("masks", "weights") if a[kind] != b[kind]]
 
 
 def _fingerprint(model_dir: Path, text: Path, seed: int = 0) -> str:

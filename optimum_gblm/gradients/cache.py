@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..configuration import CALIBRATION_PRESETS
-from ..utils import pid_alive
+from ..utils import writer_tag, written_by_dead_process
 from ..version import __version__
 from .accumulation import GradientAccumulation
 
@@ -97,10 +97,9 @@ def save_cache(path: str | Path, state: GradientAccumulation, metadata: dict[str
         "fingerprint_version": FINGERPRINT_VERSION,
     }
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer that was killed mid-write
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if written_by_dead_process(stale.name.rsplit("-", 1)[-1]):
             stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)

@@ -5,8 +5,7 @@ The kernels take a score function, so gblm-obs (gblm_obs.py) reuses them with a 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -32,26 +31,9 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> tuple[torc
     H[dead, dead] = 1
     damp = percdamp * torch.mean(torch.diag(H))
     H.diagonal().add_(damp)
-    with _one_thread_on_cpu(H.device):
-        L = torch.linalg.cholesky(H)
-        Hinv = torch.cholesky_inverse(L)
-        return torch.linalg.cholesky(Hinv, upper=True), dead
-
-
-@contextlib.contextmanager
-def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """LAPACK's multi-threaded Cholesky rounds differently for each thread count, so the factor (and every weight
-    SparseGPT reconstructs) would depend on it; one thread makes it reproducible. Its cost, O(d_in^3 / 3) once per
-    input site, is below the OBS update's O(d_out * d_in^2) for every target of the site."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    return torch.linalg.cholesky(Hinv, upper=True), dead
 
 
 def _block_sequential(

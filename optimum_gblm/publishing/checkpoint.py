@@ -21,7 +21,7 @@ from safetensors import safe_open
 from ..configuration import CONFIG_NAME
 from ..masks import check_pattern, sparsity_of
 from ..pruning_map import PruningMap
-from ..utils import pid_alive
+from ..utils import writer_tag, written_by_dead_process
 from .cards import render_model_card, write_model_card
 from .plot import write_sparsity_plot
 from .sidecar import read_sidecar, write_sidecar
@@ -47,13 +47,9 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
 
 
 def _interrupted_siblings(path: Path, kind: str) -> list[Path]:
-    """`.NAME.tmp-PID-*` / `.NAME.old-PID-*` siblings left by a save whose process is gone (killed mid-save)."""
-    found = []
-    for sibling in path.parent.glob(f".{path.name}.{kind}-*"):
-        pid = sibling.name.removeprefix(f".{path.name}.{kind}-").split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            found.append(sibling)
-    return found
+    """`.NAME.tmp-TAG-*` / `.NAME.old-TAG-*` siblings left by a save whose process is gone (killed mid-save)."""
+    prefix = f".{path.name}.{kind}-"
+    return [p for p in path.parent.glob(f"{prefix}*") if written_by_dead_process(p.name[len(prefix) :].split("-")[0])]
 
 
 def recover_interrupted_save(path: str | Path) -> None:
@@ -83,12 +79,12 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     recover_interrupted_save(path)
     path = check_output_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
         if path.exists():
-            backup = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            backup = path.with_name(f".{path.name}.old-{writer_tag()}-{uuid.uuid4().hex[:8]}")
             os.replace(path, backup)
             try:
                 os.replace(tmp, path)
