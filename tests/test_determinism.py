@@ -1,5 +1,6 @@
-"""Determinism: the same config and seed give bit-identical masks and weights, in another process and at another
-number of CPU threads, for every method; the calibration fingerprint follows the data, not its container."""
+"""Determinism: the same config and seed give bit-identical masks and weights in another process for every method,
+and at another number of CPU threads for every method but the Cholesky-based ones (docs/guarantees.md); the
+calibration fingerprint follows the data, not its container."""
 
 from __future__ import annotations
 
