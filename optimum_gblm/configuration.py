@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
+import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -136,6 +138,7 @@ class GBLMConfig:
     # -- validation -----------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise `ValueError` naming the field and the allowed values; no heavy work happens before this."""
+        self._check_types()
         if self.method not in list_methods():
             raise ValueError(f"method={self.method!r} is unknown: choose one of {', '.join(list_methods())}")
         if not isinstance(self.sparsity, (int, float)) or not (0.0 < float(self.sparsity) < 1.0):
@@ -203,6 +206,34 @@ class GBLMConfig:
                     raise ValueError(f"{name} contains an invalid regular expression {pattern!r}: {err}") from None
         method.check_config(self)
 
+    def _check_types(self) -> None:
+        """Each field against its annotation (a JSON config may hold "0.5" or 1.5 where a number or an integer
+        belongs): a `ValueError` naming the field, the value and the expected type, instead of a TypeError later.
+        Fields with other annotations are left to their own checks."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and kind.endswith("| None"):
+                continue
+            kind = kind.removesuffix(" | None")
+            if kind == "list[str]" and isinstance(value, tuple):
+                value = list(value)
+                setattr(self, f.name, value)
+            expected = {
+                "str": ("a string", isinstance(value, str)),
+                "bool": ("true or false", isinstance(value, bool)),
+                "int": ("an integer", isinstance(value, numbers.Integral) and not isinstance(value, bool)),
+                "float": (
+                    "a finite number",
+                    isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value),
+                ),
+                "list[str]": (
+                    "a string or a list of strings",
+                    isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
+                ),
+            }.get(kind)
+            if expected is not None and not expected[1]:
+                raise ValueError(f"{f.name}={value!r} is invalid: expected {expected[0]}, got {type(value).__name__}")
+
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in choices:
@@ -264,7 +295,10 @@ class GBLMConfig:
         data = dict(data)
         method = data.get("method", cls.method)
         owners = argument_owners()
-        method_args = dict(data.pop("method_args", None) or {})
+        method_args = data.pop("method_args", None) or {}
+        if not isinstance(method_args, dict):
+            raise ValueError(f"method_args={method_args!r} is invalid: it must be a dict of the method's arguments")
+        method_args = dict(method_args)
         for key in [k for k in data if k in owners]:
             value = data.pop(key)
             if method in owners[key]:
@@ -292,7 +326,12 @@ class GBLMConfig:
         payload = (
             {"config": self.to_dict()} if not target.exists() else {**read_json(target), "config": self.to_dict()}
         )
-        target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")  # atomic: never a torn file in its place
+        try:
+            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         return target
 
     @classmethod

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .masks import NonFiniteScoresError, check_finite
 from .methods import TargetJob, get_method
 from .pruning_map import PruningMap
 
@@ -58,6 +59,10 @@ class BlockPruner:
                 raise RuntimeError(
                     f"{target.name}: method {self.method.name!r} needs gradients, none were collected for it"
                 )
-            self.method.prune(job)
+            try:
+                check_finite(job.weight, "weights")
+                self.method.prune(job)
+            except NonFiniteScoresError as err:  # name the layer: the kernels only see tensors
+                raise NonFiniteScoresError(f"{target.name} (method {self.method.name!r}): {err}") from None
             self.pruning_map.record(target.name, job.weight, sparsity, target.input_site)
         logger.debug("block %d: %d targets pruned", index, len(targets))

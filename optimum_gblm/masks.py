@@ -28,6 +28,23 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return n, m
 
 
+class NonFiniteScoresError(ValueError):
+    """Scores (or the weights, statistics or gradients they are made of) hold NaN or infinite values: such a score
+    has no place in the order, so no mask can be chosen from it."""
+
+
+def check_finite(values: torch.Tensor, what: str = "scores", allow_inf: bool = False) -> None:
+    """Raise `NonFiniteScoresError` counting the NaN (and, unless `allow_inf`, infinite) entries of `values`.
+    `allow_inf`: +-inf sort like any number (fp16 score mode turns large products into inf, as the reference does)."""
+    bad = torch.isnan(values) if allow_inf else ~torch.isfinite(values)
+    if bool(bad.any()):
+        nan, inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+        raise NonFiniteScoresError(
+            f"{what} hold {nan} NaN and {inf} infinite value(s) out of {values.numel()}: the weights, calibration "
+            "statistics or gradients are not finite (check the model's dtype and the calibration data)"
+        )
+
+
 def prune_count(size: int, sparsity: float) -> int:
     """Number of weights pruned out of `size` for a target `sparsity` (floor, with a guard against 0.7*10=6.999...)."""
     return int(size * sparsity + 1e-9)
@@ -71,11 +88,13 @@ def select_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def select_mask(
-    scores: torch.Tensor, sparsity: float, pattern: str = "unstructured", group: str = "row"
+    scores: torch.Tensor, sparsity: float, pattern: str = "unstructured", group: str = "row", allow_inf: bool = False
 ) -> torch.Tensor:
-    """Choose the prune mask of a 2-D score matrix for a pattern ("unstructured" or "N:M") and group (row/layer)."""
+    """Choose the prune mask of a 2-D score matrix for a pattern ("unstructured" or "N:M") and group (row/layer).
+    NaN scores (and infinite ones unless `allow_inf`) raise `NonFiniteScoresError`."""
     if scores.dim() != 2:
         raise ValueError(f"scores must be a 2-D [d_out, d_in] matrix, got shape {tuple(scores.shape)}")
+    check_finite(scores, allow_inf=allow_inf)
     nm = parse_pattern(pattern)
     if nm is not None:
         return select_nm(scores, *nm)

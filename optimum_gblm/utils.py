@@ -54,6 +54,29 @@ def read_json(path: Path, error: type[Exception] = ValueError) -> Any:
         raise error(f"{path} is not UTF-8 text: corrupt") from None
 
 
+def writer_tag() -> str:
+    """`PID.HOST` for the names of temporary files: a later writer can tell a killed writer's leftovers (this host,
+    process gone) from those of a writer still at work, here or on another host sharing the folder."""
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{os.getpid()}.{host}"
+
+
+def written_by_dead_process(tag: str) -> bool:
+    """Whether a `writer_tag` names a process of this host that no longer exists."""
+    pid, _, host = tag.partition(".")
+    if not pid.isdigit() or host != writer_tag().partition(".")[2]:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     """Hash of the shapes and bytes of tensors (calibration sets, gradient caches)."""
     digest = hashlib.sha256()

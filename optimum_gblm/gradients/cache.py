@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..configuration import CALIBRATION_PRESETS
+from ..utils import writer_tag, written_by_dead_process
 from ..version import __version__
 from .accumulation import GradientAccumulation
 
@@ -95,7 +96,10 @@ def save_cache(path: str | Path, state: GradientAccumulation, metadata: dict[str
         "format": FORMAT,
         "fingerprint_version": FINGERPRINT_VERSION,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer that was killed mid-write
+        if written_by_dead_process(stale.name.rsplit("-", 1)[-1]):
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)

@@ -7,6 +7,7 @@ validation, the CLI, the model cards and the tests read these declarations; noth
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,8 +30,9 @@ class MethodArgs:
             value = getattr(self, f.name)
             if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{f.name}={value!r} is invalid: it must be a positive integer")
-            if f.type in ("float", float) and (not isinstance(value, (int, float)) or value < 0):
-                raise ValueError(f"{f.name}={value!r} is invalid: it must be a number >= 0")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if f.type in ("float", float) and (not number or not math.isfinite(value) or value < 0):
+                raise ValueError(f"{f.name}={value!r} is invalid: it must be a number >= 0 (finite)")
 
 
 @dataclass
@@ -87,7 +89,9 @@ class PruningMethod:
     def prune(self, job: TargetJob) -> torch.Tensor:
         """Zero the selected weights in place and return the boolean prune mask."""
         scores = self.score(job)
-        mask = select_mask(scores, job.sparsity, job.pattern, job.group)
+        # fp16 score mode may overflow to inf, as the reference code does (docs/semantics.md#5); NaN never sorts.
+        allow_inf = job.score_dtype == "float16"
+        mask = select_mask(scores, job.sparsity, job.pattern, job.group, allow_inf=allow_inf)
         job.weight.masked_fill_(mask.to(job.weight.device), 0)
         return mask
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..masks import parse_pattern, prune_count, select_lowest
+from ..masks import check_finite, parse_pattern, prune_count, select_lowest
 from .base import MethodArgs, PruningMethod, TargetJob
 from .registry import register_method
 
@@ -25,6 +25,7 @@ def obs_score(block: torch.Tensor, hinv_diag: torch.Tensor, cols: slice) -> torc
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of the dampened H^-1, and the dead inputs (H_jj = 0, which get H_jj = 1; the caller
     zeroes their weight columns). It depends on H only, so the targets of one input site share it."""
+    check_finite(hessian, "Hessian statistics")
     H = hessian.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -95,13 +96,16 @@ def obs_prune(
             if i2 == cols:
                 k = total_k - int(mask.sum())
             scores = score_fn(W1, torch.diag(Hinv1), slice(i1, i2))
+            check_finite(scores)
             mask1 = select_lowest(scores.reshape(-1), k).reshape(rows, count)
         else:
+            check_finite(score_fn(W1, torch.diag(Hinv1), slice(i1, i2)))  # once per block, not per group of M
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         Q1, Err1 = _block_sequential(W1, Hinv1, mask1, nm, score_fn, i1)
         W[:, i1:i2] = Q1
         mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    check_finite(W, "updated weights")
     weight.copy_(W.to(weight.dtype))
     return mask
 

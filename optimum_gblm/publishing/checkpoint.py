@@ -22,6 +22,7 @@ from ..configuration import CONFIG_NAME
 from ..masks import check_pattern, sparsity_of
 from ..pruning_map import PruningMap
 from ..structured.surgery import seal_saved_config
+from ..utils import writer_tag, written_by_dead_process
 from .cards import render_model_card, write_model_card
 from .plot import write_sparsity_plot
 from .sidecar import read_sidecar, write_sidecar
@@ -46,26 +47,57 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def _interrupted_siblings(path: Path, kind: str) -> list[Path]:
+    """`.NAME.tmp-TAG-*` / `.NAME.old-TAG-*` siblings left by a save whose process is gone (killed mid-save)."""
+    prefix = f".{path.name}.{kind}-"
+    return [p for p in path.parent.glob(f"{prefix}*") if written_by_dead_process(p.name[len(prefix) :].split("-")[0])]
+
+
+def recover_interrupted_save(path: str | Path) -> None:
+    """Clean up after a save that was killed: its temporary folder is removed; a previous folder that was moved
+    aside in the instant between the two renames of a replacement is put back (so it is never lost)."""
+    path = Path(path).expanduser().absolute()
+    if not path.parent.is_dir():
+        return
+    for backup in sorted(_interrupted_siblings(path, "old")):
+        if not path.exists():
+            os.replace(backup, path)
+            logger.warning("Restored %s, which an interrupted save had moved aside", path)
+        else:
+            shutil.rmtree(backup, ignore_errors=True)
+    for tmp in _interrupted_siblings(path, "tmp"):
+        logger.info("Removing %s, left by an interrupted save", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path`, on failure it is removed.
 
     So a crash never leaves a half-written checkpoint, and an existing folder is only replaced when the
-    new one is complete.
+    new one is complete. What a killed save left behind is cleaned up first (`recover_interrupted_save`).
     """
+    recover_interrupted_save(path)
     path = check_output_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
         if path.exists():
-            backup = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            backup = path.with_name(f".{path.name}.old-{writer_tag()}-{uuid.uuid4().hex[:8]}")
             os.replace(path, backup)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(backup, path)  # the previous folder goes back where it was
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except BaseException:
+        logger.error("Saving %s failed: nothing was written there (a previous folder is left as it was)", path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -139,6 +171,10 @@ def _weight_files(folder: Path) -> dict[str, Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
+        inside = folder.resolve()
+        for file in set(weight_map.values()):  # an index names shards of this folder, never a path out of it
+            if not isinstance(file, str) or not (folder / file).resolve().is_relative_to(inside):
+                raise ValueError(f"{index} names the shard {file!r}, which is not a file inside {folder}")
         return {name: folder / file for name, file in weight_map.items()}
     out: dict[str, Path] = {}
     for file in sorted(folder.glob("*.safetensors")):
