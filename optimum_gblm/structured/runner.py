@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..masks import NonFiniteScoresError, check_finite
 from ..methods import get_method
 from ..methods.structured import LayerEvidence
 from ..pruning_map import PruningMap, Stage, TargetRecord, prune_settings
@@ -74,6 +75,14 @@ def collect_statistics(
     return stats, [c / max(tokens[0], 1) for c in change]
 
 
+def _named(check: Any, where: str, method: str) -> None:
+    """Run a finiteness check, naming the layer and method in its error (the kernels only see tensors)."""
+    try:
+        check()
+    except NonFiniteScoresError as err:
+        raise NonFiniteScoresError(f"{where} (method {method!r}): {err}") from None
+
+
 def unit_scores(
     model: nn.Module,
     adapter: Any,
@@ -89,8 +98,13 @@ def unit_scores(
         prefix = f"{adapter.block_path}.{index}."
         grads = None if gradients is None else {name: gradients[prefix + name] for name in LINEARS}
         weights = {name: block.get_submodule(name).weight.data for name in LINEARS}
+        for name, weight in weights.items():  # a NaN weight would make every unit score of its block NaN
+            _named(lambda w=weight: check_finite(w, "weights"), f"{prefix}{name}", method.name)
         evidence = LayerEvidence(weights, site_stats, shape.head_dim, grads)
-        scores.append(tuple(s.detach().double().cpu() for s in method.unit_scores(evidence, args)))
+        block_scores = tuple(s.detach().double().cpu() for s in method.unit_scores(evidence, args))
+        for kind, values in zip(("head", "channel"), block_scores):
+            _named(lambda v=values, k=kind: check_finite(v, f"{k} scores"), prefix.rstrip("."), method.name)
+        scores.append(block_scores)
     return scores
 
 
