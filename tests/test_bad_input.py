@@ -184,7 +184,7 @@ def expected_pruned(record, method: str) -> int:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_every_method_prunes_every_dtype_to_the_exact_target(dtype: torch.dtype):
-    for method in list_methods():
+    for method in [m for m in list_methods() if not get_method(m).structured]:  # structured: the next test
         config = GBLMConfig(method=method, device="cpu", num_samples=2, seqlen=16)
         if method == "magnitude":
             config.group = "row"
@@ -196,6 +196,19 @@ def test_every_method_prunes_every_dtype_to_the_exact_target(dtype: torch.dtype)
             assert weight.dtype == dtype and torch.isfinite(weight).all(), (method, name)
             assert int(mask.sum()) == expected_pruned(record, method), (method, name)
             assert (weight[mask.to(weight.device)] == 0).all(), (method, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_every_structured_method_keeps_the_dtype_and_removes_the_budget(dtype: torch.dtype):
+    for method in [m for m in list_methods() if get_method(m).structured]:
+        model = _tiny(dtype)
+        before = sum(p.numel() for p in model.model.layers.parameters())
+        config = GBLMConfig(method=method, sparsity=0.3, device="cpu", num_samples=2, seqlen=16)
+        pruner = GBLMPruner(model, config)
+        pruner.prune(calibration=IDS, progress=False)
+        params = list(pruner.model.model.layers.parameters())
+        assert all(p.dtype == dtype and torch.isfinite(p).all() for p in params), method
+        assert sum(p.numel() for p in params) < before, method
 
 
 @pytest.mark.parametrize("method", ["sparsegpt", "gblm-obs"])
