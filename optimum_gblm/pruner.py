@@ -27,7 +27,7 @@ from .pipelines import Walk, WholeModel, pipeline_for
 from .pruning_map import PruningMap, Stage, prune_settings
 from .publishing.mixin import PublishingMixin, check_base_model_option
 from .targets import PruneTarget, target_modules
-from .utils import resolve_device, suggest_keywords
+from .utils import check_calibration_source, resolve_device, suggest_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class GBLMPruner(PublishingMixin):
     ) -> None:
         self.config = config or GBLMConfig()
         self.config.validate()
+        resolve_device(self.config.device)
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -88,6 +89,8 @@ class GBLMPruner(PublishingMixin):
         config = config or GBLMConfig()
         config.validate()
         check_base_model_option(base_model)
+        resolve_device(config.device)  # a missing device or calibration file is refused before loading anything
+        check_calibration_source(config.calibration)
         loaded = load_model(model, config, **load_kwargs)
         return cls(
             loaded.model,
