@@ -102,6 +102,11 @@ class GBLMPruner(PublishingMixin):
             base_model=base_model,
         )
 
+    def __getattr__(self, name: str) -> Any:  # only reached for attributes that do not exist
+        if name == "report":  # format 1's per-layer report became the pruning map
+            raise AttributeError("GBLMPruner.report is now GBLMPruner.pruning_map (print it for a summary)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- checks before heavy work ---------------------------------------------------------------------------------
     def targets(self) -> list[PruneTarget]:
         return self.adapter.select_targets(self.model, self.config)

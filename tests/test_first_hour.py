@@ -256,3 +256,10 @@ def test_gradients_subcommand_offers_only_what_the_gradient_pass_reads():
     assert config.method == "gblm-obs" and config.seed == 3 and config.sparsity == GBLMConfig().sparsity
     with pytest.raises(SystemExit):
         parser.parse_args(["--output", "g.safetensors", "--sparsity", "0.6"])
+
+
+def test_the_old_report_attribute_points_to_the_pruning_map(pruned_at_60):
+    with pytest.raises(AttributeError, match="now GBLMPruner.pruning_map"):
+        print(pruned_at_60.report)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        pruned_at_60.nothing  # noqa: B018

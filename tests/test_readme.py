@@ -138,3 +138,32 @@ def test_readme_python_snippets_run_as_written(readme_world, caplog):
     assert hub.commits("me/llama2-7b-gblm-50"), "push_folder published nothing to the HF_ENDPOINT Hub"
     assert "mask" in namespace and namespace["mask"].dtype == torch.bool
     assert namespace["pruned"] > 0 and 0 <= namespace["dense"] <= 1 and os.getcwd() == str(work)  # ViT: accuracy
+
+
+def test_readme_gradient_cache_sizes_match_the_code(tmp_path: Path):
+    """The README's cache sizes: targeted weights of SmolLM2-135M (from its config, on the meta device) x the bytes
+    a cache stores per value (read back from a cache the code writes) x the norms."""
+    import re
+
+    from safetensors import safe_open
+
+    from optimum_gblm.adapters.registry import model_skeleton
+    from optimum_gblm.gradients.accumulation import GradientAccumulation
+    from optimum_gblm.gradients.cache import save_cache
+
+    found = model_skeleton(None, GBLMConfig())
+    if found is None:
+        pytest.skip("the embedded SmolLM2 is not converted on this machine")
+    adapter, skeleton = found
+    weights = sum(t.module.weight.numel() for t in adapter.select_targets(skeleton, GBLMConfig()))
+    state = GradientAccumulation(scale=100.0, nsamples=1, l1={"a": torch.ones(2, 3)}, l2sq={"a": torch.ones(2, 3)})
+    save_cache(tmp_path / "c.safetensors", state, {}, complete=True)
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:
+        per_value = {f.get_tensor(k).element_size() for k in f.keys()}  # noqa: SIM118
+    assert per_value == {4}
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert f"{weights:,} targeted weights" in text
+    one, two = (
+        int(m) for m in re.search(r"= (\d+) MB for SmolLM2-135M .*?, and (\d+) MB with l1 and l2", text).groups()
+    )
+    assert (one, two) == (round(weights * 4 / 1e6), round(weights * 8 / 1e6))
