@@ -83,7 +83,10 @@ class GBLMConfig:
     )
     calibration: str = field(
         default="offline-corpus",
-        **_help("Calibration text: offline-corpus, c4, wikitext2, a text file, or a datasets name/path."),
+        **_help(
+            "Calibration text: offline-corpus, c4, wikitext2, a text file, or a datasets name/path; image models: an "
+            "image folder or a datasets image dataset (the text default does not apply)."
+        ),
     )
     calibration_text_column: str = field(default="text", **_help("Text column of a datasets calibration source."))
     num_samples: int = field(default=128, **_help("Number of calibration windows."))

@@ -29,7 +29,7 @@ from .planning import check_memory_plan
 from .pruning_map import PruningMap, Stage, prune_settings
 from .publishing.mixin import PublishingMixin, check_base_model_option
 from .targets import PruneTarget, target_modules
-from .utils import suggest_keywords
+from .utils import check_calibration_source, resolve_device, suggest_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class GBLMPruner(PublishingMixin):
     ) -> None:
         self.config = config or GBLMConfig()
         self.config.validate()
+        resolve_device(self.config.device)
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -92,6 +93,8 @@ class GBLMPruner(PublishingMixin):
         config = config or GBLMConfig()
         config.validate()
         check_base_model_option(base_model)
+        resolve_device(config.device)  # a missing device or calibration file is refused before loading anything
+        check_calibration_source(config.calibration)
         if check_memory and not isinstance(model, nn.Module):
             check_memory_plan(model, config)
         if config.placement == "disk":  # built on the meta device; each block is read when the pipeline reaches it
@@ -106,6 +109,11 @@ class GBLMPruner(PublishingMixin):
             preprocessing=loaded.preprocessing,
             base_model=base_model,
         )
+
+    def __getattr__(self, name: str) -> Any:  # only reached for attributes that do not exist
+        if name == "report":  # format 1's per-layer report became the pruning map
+            raise AttributeError("GBLMPruner.report is now GBLMPruner.pruning_map (print it for a summary)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- checks before heavy work ---------------------------------------------------------------------------------
     def targets(self) -> list[PruneTarget]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .masks import check_pattern, pack_mask, sparsity_of, unpack_mask
+from .masks import check_pattern, pack_mask, parse_pattern, prune_count, sparsity_of, unpack_mask
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,80 @@ class PruningMap:
     def sparsity_range(self) -> tuple[float, float]:
         values = [r.target_sparsity for r in self.targets.values()] or [0.0]
         return min(values), max(values)
+
+    @property
+    def target_sparsity(self) -> float:
+        """The targets' allocated sparsities, weighted by their sizes (the config's sparsity when uniform)."""
+        if not self.targets:
+            return 0.0
+        return sum(r.target_sparsity * r.numel for r in self.targets.values()) / self.total_params
+
+    def rounding_note(self, group: str | None = None) -> str:
+        """Why the achieved sparsity sits below the target: every comparison group prunes a whole number of weights,
+        floor(size x sparsity) (docs/semantics.md#6-mask-selection). Empty when the counts are exact (N:M, or
+        sizes that multiply out). `group`: "row", or "layer" / "block" (whole-matrix counts); None says both."""
+        if parse_pattern(self.pattern) is not None or not self.targets:
+            return ""
+        targets = {r.target_sparsity for r in self.targets.values()}
+        if len(targets) > 1:
+            return "each target prunes floor(group size x its allocated sparsity) weights"
+        sparsity = targets.pop()
+        row = group == "row"
+        sizes = sorted({r.shape[1] if row else r.numel for r in self.targets.values()})
+        inexact = [n for n in sizes if prune_count(n, sparsity) != n * sparsity]
+        if not inexact:
+            return ""
+        counts = ", ".join(f"floor({n} x {sparsity:g}) = {prune_count(n, sparsity)} of {n}" for n in inexact[:4])
+        more = ", ..." if len(inexact) > 4 else ""
+        if row:
+            return f"each row prunes a whole number of its inputs: {counts}{more}"
+        if group is None:
+            return f"each row (or layer, per the method's group) prunes a whole number of weights, rounded down{more}"
+        return f"each {group} prunes a whole number of weights: {counts}{more}"
+
+    def _counted_per(self) -> str | None:
+        """ "row" or "layer" when every target's zero count is what that group's floor gives, else None."""
+        records = list(self.targets.values())
+        for group, size in (("row", lambda r: r.shape[1]), ("layer", lambda r: r.numel)):
+            if all(
+                abs(prune_count(size(r), r.target_sparsity) / size(r) - r.achieved_sparsity) < 1e-9 for r in records
+            ):
+                return group
+        return None
+
+    def summary(self) -> str:
+        """A few lines: targets, pattern, overall and per-target sparsity, rounding, stages (what print() shows)."""
+        if not self.targets:
+            return f"PruningMap: no targets yet (pattern {self.pattern})"
+        low, high = self.sparsity_range()
+        achieved = [r.achieved_sparsity for r in self.targets.values()]
+        stage = next((st for st in reversed(self.stages) if st.kind == "prune"), None)
+        lines = [
+            f"PruningMap: {len(self.targets)} targets, {self.pattern}, overall sparsity {self.overall_sparsity:.4f} "
+            f"(target {self.target_sparsity:.4f}) of {self.total_params:,} weights; pattern "
+            + ("holds" if self.pattern_ok else "VIOLATED"),
+            f"  per target: target sparsity {low:.4f} to {high:.4f}, achieved {min(achieved):.4f} to "
+            f"{max(achieved):.4f}",
+        ]
+        note = self.rounding_note((stage.settings.get("group") if stage else None) or self._counted_per())
+        if note:
+            lines.append(f"  rounding: {note}")
+        for st in self.stages:
+            settings = ", ".join(f"{k}={v}" for k, v in st.settings.items())
+            lines.append(f"  stage: {st.kind} {st.method} ({settings})")
+        kept = f"masks kept for {len(self._masks)} (pruning_map.mask(name))" if self._masks else "no masks kept"
+        lines.append(f"  {kept}; per-target records in pruning_map.targets")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        stages = [f"{st.kind}:{st.method}" for st in self.stages]
+        return (
+            f"PruningMap(pattern={self.pattern!r}, targets={len(self.targets)}, "
+            f"overall_sparsity={self.overall_sparsity:.4f}, stages={stages})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         targets = {}

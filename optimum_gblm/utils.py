@@ -22,13 +22,56 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device of a `device` setting; one this machine does not have raises `ValueError` (checked before
+    anything is loaded: GBLMPruner.from_pretrained and the CLI call this first)."""
     if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun / accelerate launch: one GPU each
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available: use device='cpu' or 'auto'")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was requested but CUDA is not available: use device='cpu' or 'auto'")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' was requested but MPS is not available: use device='cpu' or 'auto'")
     return torch.device(device)
+
+
+# File suffixes that only a local path carries (a Hub id may contain dots: Qwen/Qwen2.5-0.5B).
+FILE_SUFFIXES = frozenset(
+    {".txt", ".md", ".json", ".jsonl", ".csv", ".parquet", ".arrow", ".safetensors", ".bin", ".pth", ".gguf"}
+)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Only a local path can look like this: Hub ids (models, datasets) are `name` or `org/name`."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).suffix.lower() in FILE_SUFFIXES
+    )
+
+
+CALIBRATION_SOURCES = (
+    "offline-corpus, c4, wikitext2, a text file, a datasets name (org/name) or a local dataset file or folder with a "
+    "text column (.json, .jsonl, .csv, .parquet); image models: an image folder or a datasets image dataset"
+)
+
+
+def check_calibration_source(source: str, name: str = "calibration=") -> None:
+    """A calibration source that can only be a local path must exist: otherwise `datasets` would look the name up on
+    the Hub and fail with a misleading connection error. `name` is how the caller spells the setting."""
+    if looks_like_local_path(source) and not Path(source).expanduser().exists():
+        raise FileNotFoundError(
+            f"{name}{source!r} looks like a local file, but {Path(source).expanduser().absolute()} does not exist. "
+            f"Calibration sources: {CALIBRATION_SOURCES}"
+        )
 
 
 def move_to(obj: Any, device: torch.device) -> Any:

@@ -60,3 +60,20 @@ def test_compare_methods_example(tiny):
     )
     assert set(rows) == {"dense", "magnitude", "wanda", "gblm", "gradient"}
     assert all(r["perplexity"] > 0 for r in rows.values())
+
+
+def test_demo_example_shares_one_gradient_pass(tiny, tmp_path, monkeypatch):
+    """`make demo` on the tiny model: every method of the table, and gblm + gblm-obs from ONE gradient pass."""
+    import optimum_gblm.pruner as pruner_module
+
+    passes = []
+    real = pruner_module.run_collection
+    monkeypatch.setattr(pruner_module, "run_collection", lambda *a, **k: passes.append(1) or real(*a, **k))
+    model, text = tiny
+    options = ["--model", str(model), "--calibration", str(text), "--eval-source", str(text)]
+    out = tmp_path / "out"
+    result = _load("demo")["main"]([*options, "--num-samples", "4", "--seqlen", "16", "--eval-windows", "4",
+                                    "--output", str(out)])  # fmt: skip
+    assert set(result) == {"dense", "wanda", "sparsegpt", "gblm", "gblm-obs", "gradient_passes"}
+    assert len(passes) == 1 and all(result[m] > 0 for m in ("dense", "wanda", "sparsegpt", "gblm", "gblm-obs"))
+    assert (out / "model.safetensors").exists()

@@ -69,8 +69,20 @@ def load_model(model: str | Path | nn.Module | None, config: Any, **load_kwargs:
         source = str(default_model_path())
         load_kwargs.setdefault("model_id", DEFAULT_MODEL_ID)
     else:
-        source = str(model)
+        source = check_not_a_file(str(model))
     return adapter_for_source(source).load(source, config, **load_kwargs)
+
+
+def check_not_a_file(source: str) -> str:
+    """A model is a folder, a Hub id or a timm name: a file (config.json, weights) would otherwise reach a loader
+    that tries to unpickle it."""
+    if Path(source).expanduser().is_file():
+        folder = Path(source).parent.as_posix()
+        raise ValueError(
+            f"model {source!r} is a file: a model is a folder (config.json and weights), a Hub id (org/name) or a "
+            f"timm name (timm/<name>); pass its folder ({folder})"
+        )
+    return source
 
 
 def model_skeleton(model: str | Path | None, config: Any) -> tuple[ModelAdapter, nn.Module] | None:
@@ -85,7 +97,7 @@ def model_skeleton(model: str | Path | None, config: Any) -> tuple[ModelAdapter,
             return None
         source = str(path)
     else:
-        source = str(model)
+        source = check_not_a_file(str(model))
     cls = adapter_for_source(source)
     skeleton = cls.skeleton(source, config)
     return None if skeleton is None else (cls.for_model(skeleton), skeleton)

@@ -89,20 +89,10 @@ def setup_logging(level: str, debug: bool = False) -> None:
 
 
 # -- checks that run before loading anything ---------------------------------------------------------------------
-# File suffixes that only a local path carries (a Hub id may contain dots: Qwen/Qwen2.5-0.5B).
-FILE_SUFFIXES = frozenset(
-    {".txt", ".md", ".json", ".jsonl", ".csv", ".parquet", ".safetensors", ".bin", ".pth", ".gguf"}
-)
-
-
 def _path_like(name: str) -> bool:
-    """Only a local path can look like this: Hub ids (models, datasets) are `name` or `org/name`."""
-    return (
-        name.startswith(("/", "./", "../", "~", ".\\"))
-        or name.count("/") > 1
-        or "\\" in name
-        or Path(name).suffix.lower() in FILE_SUFFIXES
-    )
+    from ..utils import looks_like_local_path
+
+    return looks_like_local_path(name)
 
 
 def check_model_path(model: str | None) -> None:
@@ -111,6 +101,48 @@ def check_model_path(model: str | None) -> None:
             f"model path {model!r} does not exist: pass a model folder, a Hub id (org/name), "
             "or omit --model for the embedded SmolLM2-135M"
         )
+    if model is not None and Path(model).expanduser().is_file():
+        raise UsageError(
+            f"--model {model!r} is a file: a model is a folder (config.json and weights), a Hub id (org/name) or a "
+            f"timm name (timm/<name>); pass its folder ({Path(model).parent.as_posix() or '.'})"
+        )
+
+
+def check_calibration_source(source: str, model: str | None = None) -> None:
+    """A --calibration that can only be a local path must exist (else `datasets` would look it up on the Hub), and
+    an image --model needs images, not the text default."""
+    from ..configuration import CALIBRATION_PRESETS
+    from ..utils import check_calibration_source as check
+
+    try:
+        check(source, name="--calibration ")
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    if image_model(model) and (source in CALIBRATION_PRESETS or Path(source).suffix.lower() in (".txt", ".md")):
+        raise UsageError(
+            f"--calibration is {source}, a text source (the LLM default), but --model {model} is an image model: "
+            "pass --calibration IMAGE_FOLDER (one sub-folder per class, optionally under train/) or a datasets "
+            "image dataset"
+        )
+
+
+def check_device(device: str) -> None:
+    """A --device this machine does not have is a usage error before anything is loaded."""
+    from ..utils import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        raise UsageError(str(err).replace("device=", "--device ")) from None
+
+
+def image_model(model: str | None) -> bool:
+    """Whether --model names an image model (told from its name or local config.json alone, nothing loaded)."""
+    if model is None:
+        return False  # the embedded SmolLM2
+    from ..adapters.registry import adapter_for_source
+
+    return adapter_for_source(model).metric_name != "perplexity"
 
 
 def check_base_model(base_model: str | None) -> str | None:
@@ -122,12 +154,31 @@ def check_base_model(base_model: str | None) -> str | None:
         raise UsageError(str(err).replace("base_model=", "--base-model ").replace("leave it out", "omit it")) from None
 
 
-def check_eval_source(source: str) -> None:
-    """Text presets, an existing file or folder, or (image models) a dataset id; a missing local path is an error."""
-    if source not in EVAL_SOURCES and _path_like(source) and not Path(source).expanduser().exists():
+def check_eval_source(source: str | None, model: str | None = None) -> None:
+    """Text presets, an existing file or folder, or (image models) a dataset id; a missing local path is an error,
+    and so is a text preset for an image --model (told from its name or config.json, before loading)."""
+    if (
+        source is not None
+        and source not in EVAL_SOURCES
+        and _path_like(source)
+        and not Path(source).expanduser().exists()
+    ):
         raise UsageError(
             f"--eval-source {source!r} does not exist: use {', '.join(EVAL_SOURCES)}, a text file, "
             "or (image models) an image folder or dataset"
+        )
+    if image_model(model):
+        check_image_eval_source(source, "accuracy")
+
+
+def check_image_eval_source(source: str | None, metric: str) -> None:
+    """An image model is evaluated on labelled images: the text presets (the --eval-source default) do not apply."""
+    if source is None or source in EVAL_SOURCES:
+        given = "no --eval-source was given" if source is None else f"--eval-source is {source}, a text source"
+        raise UsageError(
+            f"this is an image model, evaluated by top-1 {metric} on labelled images, but {given} (the LLM "
+            "default): pass --eval-source IMAGE_FOLDER (one sub-folder per class, optionally under validation/ or "
+            "val/) or a datasets image dataset"
         )
 
 

@@ -63,7 +63,7 @@ class EvaluateCommand(GBLMSubcommand):
         args = self.args
         config = config_from_args(args)
         check_model_path(args.model)
-        check_eval_source(args.eval_source)
+        check_eval_source(args.eval_source, args.model)
         sidecar = read_sidecar(args.model)
         seqlen = sidecar["config"]["seqlen"] if sidecar else config.seqlen
 

@@ -9,12 +9,35 @@ from pathlib import Path
 
 from optimum.commands.base import CommandInfo
 
-from .base import GBLMSubcommand, check_gradient_cache, check_model_path, check_output_file
+from .base import (
+    GBLMSubcommand,
+    check_calibration_source,
+    check_gradient_cache,
+    check_model_path,
+    check_output_file,
+)
 from .errors import UsageError
 from .options import add_config_arguments, config_from_args, non_negative_int
 from .prune import add_model_argument
 
 logger = logging.getLogger(__name__)
+
+# Settings the gradient pass never reads (what is pruned and how, the layer pass's batching and placement), so this
+# subcommand does not offer them. --method and --allocation stay: they decide which norms are collected.
+NOT_GRADIENT_OPTIONS = frozenset(
+    {
+        "sparsity",
+        "pattern",
+        "group",
+        "gamma",
+        "allocation_clip",
+        "method_args",
+        "score_dtype",
+        "batch_size",
+        "pipeline",
+        "intermediates",
+    }
+)
 
 
 class GradientsCommand(GBLMSubcommand):
@@ -55,13 +78,14 @@ class GradientsCommand(GBLMSubcommand):
             metavar="K",
             help="Save a partial cache every K samples, so an interrupted run resumes (default: 0, only at the end).",
         )
-        add_config_arguments(parser)
+        add_config_arguments(parser, exclude=NOT_GRADIENT_OPTIONS)
 
     def execute(self) -> None:
         args = self.args
         config = config_from_args(args)
         cache = check_output_file(args.output)
         check_model_path(args.model)
+        check_calibration_source(config.calibration, args.model)
         advice = "Pass --overwrite to replace it, or choose another --output."
         if not args.overwrite:
             check_gradient_cache(cache, config, advice)

@@ -11,6 +11,7 @@ from typing import Any
 from ..configuration import GBLMConfig
 from ..evaluation import DEFAULT_EVAL_WINDOWS
 from ..methods import all_groups, argument_owners, get_method, list_methods
+from ..utils import resolve_device
 from .errors import UsageError
 
 # Argument groups shown in --help, each a tuple of GBLMConfig field names; a field missing here still gets an
@@ -83,11 +84,12 @@ def _add_field(group: argparse._ArgumentGroup, f: Field, hint: Any) -> None:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None
+    parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None, exclude: frozenset[str] = frozenset()
 ) -> dict[str, argparse._ArgumentGroup]:
-    """Add one option per GBLMConfig field in `groups` (all by default); returns the argument groups by title."""
+    """Add one option per GBLMConfig field in `groups` (all by default), except the fields in `exclude` (settings a
+    subcommand never reads; "method_args" leaves out the methods' own options); returns the groups by title."""
     hints = typing.get_type_hints(GBLMConfig)
-    by_name = {f.name: f for f in fields(GBLMConfig) if f.name not in NOT_OPTIONS}
+    by_name = {f.name: f for f in fields(GBLMConfig) if f.name not in NOT_OPTIONS | exclude}
     listed = {name for names in CONFIG_GROUPS.values() for name in names}
     layout = {**CONFIG_GROUPS, OTHER_GROUP: tuple(n for n in by_name if n not in listed)}
     out: dict[str, argparse._ArgumentGroup] = {}
@@ -98,7 +100,7 @@ def add_config_arguments(
         for name in names:
             if name in by_name:
                 _add_field(out[title], by_name[name], hints[name])
-        if title == "method":
+        if title == "method" and "method_args" not in exclude:
             add_method_arguments(parser)
     return out
 
@@ -135,9 +137,14 @@ def config_from_args(args: argparse.Namespace) -> GBLMConfig:
         if key.startswith(METHOD_ARG_PREFIX) and value is not None
     }
     try:
-        return GBLMConfig.from_dict({**values, **method_args}, strict=True)
+        config = GBLMConfig.from_dict({**values, **method_args}, strict=True)
     except ValueError as err:
         raise UsageError(str(err).replace("argument of method", "option of method")) from None
+    try:  # a device this machine lacks is known now, before the model and the calibration are loaded
+        resolve_device(config.device)
+    except ValueError as err:
+        raise UsageError(str(err).replace("device=", "--device ")) from None
+    return config
 
 
 def methods_epilog() -> str:
@@ -188,20 +195,22 @@ def add_eval_arguments(
         "--eval-seqlen",
         type=positive_int,
         metavar="N",
-        help=f"Tokens per evaluation window (default: {seqlen_default}).",
+        help=f"LLMs: tokens per evaluation window (default: {seqlen_default}).",
     )
     group.add_argument(
         "--eval-windows",
         type=eval_windows,
         metavar="N|all",
-        help=f"Evaluate the first N windows, or all of them (default: {windows_default}).",
+        help=f"LLMs: evaluate the first N windows, or all of them (default: {windows_default}).",
     )
+    text_default = f"default: {source_default}" if source_default else f"default: {seqlen_default}"
     group.add_argument(
         "--eval-source",
         default=source_default,
         metavar="SOURCE",
-        help="Held-out text: offline-corpus (the embedded corpus's evaluation slice), wikitext2 (test split), "
-        f"or a text file; image models: an image folder or dataset (default: {source_default or seqlen_default}).",
+        help=f"LLMs: held-out text: offline-corpus (the embedded corpus's evaluation slice), wikitext2 (test split) "
+        f"or a text file ({text_default}). Image models (timm ViTs): a labelled image folder (class sub-folders, "
+        "optionally under validation/ or val/) or a datasets image dataset, with no default: required.",
     )
 
 

@@ -15,15 +15,16 @@ from optimum.commands.base import CommandInfo
 from .base import (
     GBLMSubcommand,
     check_base_model,
+    check_calibration_source,
     check_eval_source,
     check_gradient_cache,
+    check_image_eval_source,
     check_model_path,
     check_output_file,
     check_output_folder,
 )
 from .errors import UsageError
 from .options import (
-    EVAL_SOURCES,
     add_config_arguments,
     add_eval_arguments,
     add_hub_arguments,
@@ -57,8 +58,8 @@ def timed(steps: dict[str, float], step: str) -> Iterator[None]:
 
 def eval_kwargs(pruner: Any, args: argparse.Namespace, seqlen: int) -> dict[str, Any]:
     if pruner.adapter.metric_name != "perplexity":  # image models: the text presets mean nothing there
-        source = None if args.eval_source in EVAL_SOURCES else args.eval_source
-        return {"source": source, "progress": not args.no_progress}
+        check_image_eval_source(args.eval_source, pruner.adapter.metric_name)
+        return {"source": args.eval_source, "progress": not args.no_progress}
     return {
         "seqlen": args.eval_seqlen or seqlen,
         **max_windows_kwargs(args),
@@ -128,6 +129,7 @@ class PruneCommand(GBLMSubcommand):
         config = config_from_args(args)
         output = check_output_folder(args.output, args.overwrite)
         check_model_path(args.model)
+        check_calibration_source(config.calibration, args.model)
         base_model = check_base_model(args.base_model)
         gradients = check_output_file(args.gradients) if args.gradients else None
         if gradients is not None:
@@ -139,7 +141,7 @@ class PruneCommand(GBLMSubcommand):
                 f"{args.gradients} --overwrite` and these options.",
             )
         if args.eval:
-            check_eval_source(args.eval_source)
+            check_eval_source(args.eval_source, args.model)
             if config.placement == "disk":
                 raise UsageError(
                     "--eval needs the whole model, which --placement disk never loads: evaluate the saved folder"
@@ -199,6 +201,9 @@ def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], r
         f"  achieved sparsity: {pruning_map.overall_sparsity:.4f} over {len(pruning_map.targets)} targets "
         f"(pattern {'holds' if pruning_map.pattern_ok else 'VIOLATED'}; checkpoint verified)",
     ]
+    note = pruning_map.rounding_note(cfg.effective_group)
+    if note:  # why 0.5991 and not 0.6
+        lines.append(f"  below the target {cfg.sparsity:g} because {note}")
     metric = pruner.adapter.metric_name
     dense, pruned = pruner.results.get(f"dense_{metric}"), pruner.results.get(f"pruned_{metric}")
     if dense is not None and pruned is not None:

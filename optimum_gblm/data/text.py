@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..utils import samples_fingerprint, tensor_fingerprint
+from ..utils import check_calibration_source, samples_fingerprint, tensor_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def load_texts(source: str, text_column: str = "text", split: str = "train") -> 
     """Texts of a source and whether to sample per document (C4 recipe) instead of from one joined stream."""
     if source == "offline-corpus":
         return [corpus_text("calibration")], False
-    path = Path(source)
+    check_calibration_source(source)
+    path = Path(source).expanduser()
     if path.is_file() and path.suffix in (".txt", ".md", ""):
         return [path.read_text(encoding="utf-8")], False
     try:
@@ -196,12 +197,32 @@ def load_texts(source: str, text_column: str = "text", split: str = "train") -> 
     return [t for t in ds[text_column] if t], per_doc
 
 
+def warn_if_overlapping(available: int, num_samples: int, seqlen: int) -> None:
+    """Windows are cut at random offsets, so some overlap anyway; but when the text holds fewer tokens than the
+    windows need side by side, they must repeat text heavily: say so, with the numbers (docs/semantics.md#10)."""
+    needed = num_samples * seqlen
+    if available < needed:
+        logger.warning(
+            "Calibration text is short: %d tokens available, %d windows x %d tokens need %d, so the windows overlap "
+            "(each token is seen about %.1f times): the calibration set has less text than num_samples x seqlen "
+            "suggests; give a longer text, or fewer / shorter windows",
+            available,
+            num_samples,
+            seqlen,
+            needed,
+            needed / max(available, 1),
+        )
+
+
 def sample_windows(stream: torch.Tensor, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Seeded random windows of one token stream (the WikiText-2 recipe of the references)."""
+    """Seeded random windows of one token stream (the WikiText-2 recipe of the references). A text of at most
+    `seqlen` tokens cannot give one window (an error); one shorter than the windows side by side gives overlapping
+    windows (a warning)."""
     if stream.numel() <= seqlen:
         raise ValueError(
             f"calibration text is too short: {stream.numel()} tokens, but one window needs more than seqlen={seqlen}"
         )
+    warn_if_overlapping(stream.numel(), num_samples, seqlen)
     rng = random.Random(seed)
     starts = [rng.randint(0, stream.numel() - seqlen - 1) for _ in range(num_samples)]
     return torch.stack([stream[s : s + seqlen] for s in starts])
@@ -212,6 +233,7 @@ def sample_documents(docs: list[torch.Tensor], num_samples: int, seqlen: int, se
     long_docs = [d for d in docs if d.numel() > seqlen]
     if not long_docs:
         raise ValueError(f"calibration text is too short: no document has more than seqlen={seqlen} tokens")
+    warn_if_overlapping(sum(d.numel() for d in long_docs), num_samples, seqlen)
     rng = random.Random(seed)
     windows = []
     for _ in range(num_samples):

@@ -184,7 +184,10 @@ def run_collection(
             tokens += tokens_fn(sample) if tokens_fn else 0
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.update(1)
-            bar.set_postfix(samples_s=f"{done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.0f}")
+            rates = {"samples_s": f"{done / elapsed:.2f}"}
+            if tokens:  # samples without token ids (images from a dataloader) show samples/s only
+                rates["tokens_s"] = f"{tokens / elapsed:.0f}"
+            bar.set_postfix(rates)
             if cache_path is not None and checkpoint_every and collector.state.nsamples % checkpoint_every == 0:
                 save_cache(cache_path, collector.state, metadata, complete=False)
     bar.close()
@@ -284,8 +287,24 @@ def collect_gradients(
         train_mode=train_mode,
         gradient_checkpointing=gradient_checkpointing,
         autocast=autocast,
+        tokens_fn=sample_token_count,  # the Trainer's / dataloader's samples: dicts, tensors or tuples
         progress=progress,
     )
+
+
+def sample_token_count(sample: Any) -> int:
+    """Tokens in one dataloader / Trainer sample, for the progress bar: its input_ids (the attended ones when it has
+    an attention mask), else the elements of an integer tensor (first of a tuple); 0 when it holds no token ids."""
+    if hasattr(sample, "keys"):
+        mask = sample.get("attention_mask")
+        if mask is not None:
+            return int(torch.as_tensor(mask).sum())
+        sample = sample.get("input_ids")
+    if isinstance(sample, (tuple, list)) and sample:
+        sample = sample[0]
+    if isinstance(sample, torch.Tensor) and not sample.is_floating_point():
+        return int(sample.numel())
+    return 0
 
 
 def _adapter_or_none(model: nn.Module) -> Any:
