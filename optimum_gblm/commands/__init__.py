@@ -9,9 +9,10 @@ from .evaluate import EvaluateCommand
 from .gradients import GradientsCommand
 from .prune import PruneCommand
 from .push import PushCommand
+from .recover import RecoverCommand
 from .zoo import ZooCommand
 
-COMMANDS = (PruneCommand, GradientsCommand, EvaluateCommand, PushCommand, ZooCommand)
+COMMANDS = (PruneCommand, GradientsCommand, EvaluateCommand, PushCommand, ZooCommand, RecoverCommand)
 SUBCOMMANDS: tuple[CommandInfo, ...] = tuple(
     CommandInfo(name=c.COMMAND.name, help=c.COMMAND.help, subcommand_class=c) for c in COMMANDS
 )
@@ -23,6 +24,7 @@ __all__ = [
     "GradientsCommand",
     "PruneCommand",
     "PushCommand",
+    "RecoverCommand",
     "SUBCOMMANDS",
     "UsageError",
     "ZooCommand",
