@@ -99,6 +99,7 @@ SECTION_TITLES = {
     "gblm_obs": "gblm-obs vs SparseGPT across calibration seeds (issue 8)",
     "input_sites": "Shared input-site statistics (issue 11)",
     "vit_digits": "timm ViT on digits (issue 4)",
+    "recovery": "Recovery after pruning (issue 14)",
     "notes": "Notes",
 }
 

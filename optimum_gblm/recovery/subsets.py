@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class _LowRank(nn.Module):
     """A rank-r product `B @ A` scaled by alpha / r; B starts at zero, so training starts from the pruned model."""
 
-    def __init__(self, shape: tuple[int, int], rank: int, alpha: float, keep: torch.Tensor, seed: int) -> None:
+    def __init__(self, shape: tuple[int, int], rank: int, alpha: float, keep: torch.Tensor | None, seed: int) -> None:
         super().__init__()
         rows, cols = shape
         generator = torch.Generator().manual_seed(seed)
@@ -43,7 +43,7 @@ class _LowRank(nn.Module):
 
 class MaskLoRA(_LowRank):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.delta(weight) * self.keep
+        return weight + self.delta(weight) * self.keep  # bool keep: 1 byte per weight saved for backward
 
 
 class ScaleLoRA(_LowRank):
@@ -136,7 +136,8 @@ def make_trainable(
             keep = (
                 ~masks[target.name].to(weight.device) if target.name in masks else torch.ones_like(weight, dtype=bool)
             )
-            lora = cls(target.shape, cfg.lora_rank, cfg.lora_alpha, keep.to(weight.dtype), cfg.seed * 100003 + i)
+            keep = keep.bool() if cls is MaskLoRA else None  # ScaleLoRA keeps zeros without a mask
+            lora = cls(target.shape, cfg.lora_rank, cfg.lora_alpha, keep, cfg.seed * 100003 + i)
             parametrize.register_parametrization(target.module, "weight", lora.to(weight.device))
             subset.lora_modules[target.name] = (target.module, masks.get(target.name))
             subset.names.setdefault(cfg.lora, []).append(target.name)
