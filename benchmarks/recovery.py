@@ -5,7 +5,7 @@ neither evaluation text is ever seen. An ablation (first method and pattern, fir
 LoRA rank and distillation from the dense model.
 
     python -m benchmarks.recovery [--quick] [--seeds 0 1 2] [--methods wanda sparsegpt gblm-obs]
-        [--patterns unstructured 2:4] [--steps 200] [--ablation]
+        [--patterns unstructured 2:4] [--steps 200] [--lr 5e-4] [--eval-windows N] [--ablation]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def recovered(session: QualitySession, seed: int, prune: dict, recovery: Recover
 def run(args: argparse.Namespace, work: Path) -> dict[str, str]:
     calib, text_b = write_texts(work)
     size = {"num_samples": 16, "seqlen": 128} if args.quick else {"num_samples": 32, "seqlen": 256}
-    windows = 8 if args.quick else 16
+    windows = args.eval_windows or (8 if args.quick else 16)
     session = QualitySession(**size, eval_windows=windows, eval_sources=("offline-corpus", text_b), calibration=calib)
     evals = list(session.streams)
     names = {evals[0]: "A", evals[1]: "B"}
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--eval-windows", type=int, help="windows per evaluation text (default: 16, quick: 8)")
     parser.add_argument("--ablation", action="store_true", help="subset / rank / distillation variants")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

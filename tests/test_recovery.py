@@ -288,3 +288,13 @@ def test_cli_options_are_the_recovery_config_fields():
         assert f"--{f.name.replace('_', '-')}" in parser.format_help(), f.name
     with pytest.raises(UsageError, match="learning_rate=0.0 is invalid"):
         recovery_config_from_args(parser.parse_args(["ckpt", "--output", "out", "--learning-rate", "0"]))
+
+
+def test_gradient_checkpointing_is_left_off_afterwards(assets):
+    plain, checkpointed = pruned(assets), pruned(assets)
+    plain.recover(quick(assets, subset=["norm", "masklora"]), progress=False)
+    checkpointed.recover(quick(assets, subset=["norm", "masklora"], gradient_checkpointing=True), progress=False)
+    assert not checkpointed.model.is_activation_checkpointing
+    expected = plain.model.state_dict()  # recomputing activations changes no gradient
+    for name, tensor in checkpointed.model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)

@@ -84,7 +84,7 @@ def run_recovery(
     eval_kwargs = {"progress": progress, **(evaluate if isinstance(evaluate, dict) else {})}
     before_label = "pruned" if pruned else "dense"
     metric = pruner.adapter.metric_name
-    if evaluate and f"{before_label}_{metric}" not in pruner.results:
+    if evaluate:  # measured again even when already measured: before and after share the same settings
         pruner.evaluate(before_label, **eval_kwargs)
     start = time.perf_counter()
     subset = make_trainable(model, cfg, targets, masks)

@@ -20,6 +20,11 @@ from .subsets import TrainableSubset, apply_masks
 
 logger = logging.getLogger(__name__)
 
+# transformers renamed gradient_checkpointing to activation_checkpointing (the old name warns, and goes in v6).
+CHECKPOINTING = next(
+    n for n in ("activation_checkpointing", "gradient_checkpointing") if n in TrainingArguments.__dataclass_fields__
+)
+
 
 class WindowDataset(torch.utils.data.Dataset):
     """Token windows as causal-LM examples (labels = inputs; the model shifts them)."""
@@ -129,7 +134,7 @@ def train(
             seed=cfg.seed,
             data_seed=cfg.seed,
             bf16=cfg.bf16,
-            activation_checkpointing=cfg.gradient_checkpointing,
+            **{CHECKPOINTING: cfg.gradient_checkpointing},
             use_cpu=device.type == "cpu",
             report_to=[],
             disable_tqdm=not progress,
@@ -150,10 +155,18 @@ def train(
         else:
             trainer = Trainer(**kwargs)
         start = time.perf_counter()
-        output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
-        elapsed = time.perf_counter() - start
-        record: dict[str, Any] = {"train_loss": output.training_loss, "train_time_s": elapsed}
-        if eval_ids is not None:
-            record["heldout_loss"] = trainer.evaluate()["eval_loss"]
+        try:
+            output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+            elapsed = time.perf_counter() - start
+            record: dict[str, Any] = {"train_loss": output.training_loss, "train_time_s": elapsed}
+            if eval_ids is not None:
+                record["heldout_loss"] = trainer.evaluate()["eval_loss"]
+        finally:
+            if cfg.gradient_checkpointing:  # leave the model as it came: no checkpointing, no input-grad hook
+                disable = (
+                    getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+                )
+                disable()
+                model.disable_input_require_grads()
     model.eval()
     return record
