@@ -23,6 +23,7 @@ _LAZY = {
     "register_adapter": ".adapters",
     "PruneTarget": ".targets",
     "PruningMap": ".pruning_map",
+    "RecoveryConfig": ".recovery",
     "render_model_card": ".publishing.cards",
     "verify_checkpoint": ".publishing.checkpoint",
     "HubPublishError": ".publishing.hub",
