@@ -101,6 +101,7 @@ SECTION_TITLES = {
     "structured": "Structured pruning: FLAP, Wanda-sp, gblm-sp, block removal on SmolLM2-135M (issue 13)",
     "vit_digits": "timm ViT on digits (issue 4)",
     "offload": "Offloaded pruning and the memory planner (issue 16)",
+    "recovery": "Recovery after pruning (issue 14)",
     "notes": "Notes",
 }
 

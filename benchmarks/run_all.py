@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "structured", "vit", "offload")
+SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "structured", "vit", "offload", "recovery")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
                 from benchmarks.structured import run_all as run
 
                 sections = run(args.quick, work)
+            elif suite == "recovery":  # writes its own section file, stamped with its own options
+                from benchmarks.recovery import main as recovery_main
+
+                recovery_main(["--quick"] if args.quick else [])
+                continue
             else:  # the ViT benchmark writes its own section file (benchmarks/results/vit_digits.md)
                 from benchmarks.vit_digits import main as vit_main
 

@@ -24,6 +24,7 @@ _LAZY = {
     "PruneTarget": ".targets",
     "PruningMap": ".pruning_map",
     "load_pruned": ".structured",
+    "RecoveryConfig": ".recovery",
     "render_model_card": ".publishing.cards",
     "verify_checkpoint": ".publishing.checkpoint",
     "HubPublishError": ".publishing.hub",

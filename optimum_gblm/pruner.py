@@ -74,6 +74,7 @@ class GBLMPruner(PublishingMixin):
         self.timings: dict[str, float] = {}
         self.evaluation: dict[str, dict[str, Any]] = {}  # label -> evaluation settings, for the model card
         self._evaluator: Evaluator | None = None
+        self.recovery: dict[str, Any] | None = None  # the last recover() stage's settings
         self._check_targets()
 
     @classmethod
@@ -279,6 +280,24 @@ class GBLMPruner(PublishingMixin):
             self.timings["prune_s"],
         )
         return self.model
+
+    def recover(
+        self,
+        config: Any = None,
+        *,
+        teacher: Any = None,
+        evaluate: bool | dict[str, Any] = False,
+        callbacks: list | None = None,
+        progress: bool = True,
+    ) -> nn.Module:
+        """Retrain a small parameter subset (PERP: norms, biases, head, MaskLoRA / ScaleLoRA) with the transformers
+        Trainer, keeping every pruned weight exactly zero; adds a "recover" stage to the pruning map. `config`: a
+        `RecoveryConfig`; `teacher`: the dense model for distillation; `evaluate`: measure perplexity before and
+        after (True, or `evaluate()` keyword arguments). See docs/recovery.md."""
+        from .recovery import RecoveryConfig, run_recovery
+
+        config = config or RecoveryConfig()
+        return run_recovery(self, config, teacher, evaluate, callbacks, progress)
 
     @property
     def evaluator(self) -> Evaluator:

@@ -38,7 +38,7 @@ class TargetRecord:
 
 @dataclass
 class Stage:
-    """One step applied to the model: `kind` is "prune" (later also "recover"), with its settings."""
+    """One step applied to the model: `kind` is "prune" or "recover" (docs/recovery.md), with its settings."""
 
     kind: str
     method: str

@@ -23,7 +23,7 @@ from tests.tiny_models import save_tiny_llama, write_text
 BIN = Path(sys.executable).parent
 OPTIMUM_CLI = BIN / "optimum-cli"
 TOKEN = "hf_test"
-SUBCOMMANDS = ("prune", "gradients", "evaluate", "push", "zoo", "plan")
+SUBCOMMANDS = ("prune", "gradients", "evaluate", "push", "zoo", "plan", "recover")
 
 pytestmark = pytest.mark.skipif(not OPTIMUM_CLI.exists(), reason="optimum-cli is not installed in this environment")
 

@@ -10,9 +10,10 @@ from .gradients import GradientsCommand
 from .plan import PlanCommand
 from .prune import PruneCommand
 from .push import PushCommand
+from .recover import RecoverCommand
 from .zoo import ZooCommand
 
-COMMANDS = (PruneCommand, GradientsCommand, EvaluateCommand, PushCommand, ZooCommand, PlanCommand)
+COMMANDS = (PruneCommand, GradientsCommand, EvaluateCommand, PushCommand, ZooCommand, PlanCommand, RecoverCommand)
 SUBCOMMANDS: tuple[CommandInfo, ...] = tuple(
     CommandInfo(name=c.COMMAND.name, help=c.COMMAND.help, subcommand_class=c) for c in COMMANDS
 )
@@ -25,6 +26,7 @@ __all__ = [
     "PlanCommand",
     "PruneCommand",
     "PushCommand",
+    "RecoverCommand",
     "SUBCOMMANDS",
     "UsageError",
     "ZooCommand",

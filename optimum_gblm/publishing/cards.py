@@ -19,6 +19,7 @@ import yaml
 from ..methods import get_method, list_methods
 from .plot import PLOT_NAME, ordered_layers
 from .provenance import hub_base_model, short_name
+from .recovery_card import recovery_section
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +357,7 @@ def render_model_card(sidecar: dict[str, Any]) -> str:
         ),
         "pruning_table": _pruning_table(sidecar),
         "sparsity_section": _sparsity_section(sidecar),
-        "results_section": _results_section(sidecar),
+        "results_section": _results_section(sidecar) + recovery_section(sidecar),
         "usage": _usage(sidecar, repo),
         "library": sidecar.get("library", "transformers"),
         "reproduce": _reproduce(sidecar, hub_base or f"path/to/{name}", bool(sparsity)),

@@ -28,6 +28,7 @@ examples:
   optimum-cli gblm gradients --output grads.safetensors
   optimum-cli gblm evaluate smollm2-gblm-50
   optimum-cli gblm push smollm2-gblm-50 my-user/smollm2-gblm-50
+  optimum-cli gblm recover smollm2-gblm-50 --output smollm2-gblm-50-perp --eval
   optimum-cli gblm prune --help     (every option, with defaults)"""
 
 

@@ -1,0 +1,157 @@
+"""Recovery after pruning (issue 14), SmolLM2-135M: perplexity before and after `recover` for several methods and
+patterns with the same budget for every method, on text A (the standard held-out slice) and text B (the 400
+extracts before it). Pruning calibration and recovery training both draw from the extracts before text B, so
+neither evaluation text is ever seen. An ablation (first method and pattern, first seed) varies the subset, the
+LoRA rank and distillation from the dense model.
+
+    python -m benchmarks.recovery [--quick] [--seeds 0 1 2] [--methods wanda sparsegpt gblm-obs]
+        [--patterns unstructured 2:4] [--steps 200] [--lr 5e-4] [--eval-windows N] [--ablation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import torch
+
+from optimum_gblm import GBLMConfig
+from optimum_gblm.recovery import RecoveryConfig
+
+from . import common
+from .gblm_obs import write_texts
+from .session import QualitySession
+
+logger = logging.getLogger(__name__)
+
+METHODS = {
+    "wanda": {"method": "wanda"},
+    "sparsegpt": {"method": "sparsegpt"},
+    "gblm-obs": {"method": "gblm-obs", "allocation": "gradient", "beta": 1.0, "gamma": 0.5},
+}
+PATTERNS = {"unstructured": {"pattern": "unstructured", "sparsity": 0.5}, "2:4": {"pattern": "2:4"}}
+DEFAULT = {"subset": ["norm", "masklora"], "lora_rank": 16, "distill_weight": 0.0}
+ABLATION = [
+    ("norm only", {"subset": ["norm"]}),
+    ("masklora only", {"subset": ["masklora"]}),
+    ("norm + masklora (default)", {}),
+    ("norm + scalelora", {"subset": ["norm", "scalelora"]}),
+    ("norm + masklora, rank 4", {"lora_rank": 4}),
+    ("norm + masklora, rank 64", {"lora_rank": 64}),
+    ("norm + masklora + distillation 0.5", {"distill_weight": 0.5}),
+]
+
+
+def recovered(session: QualitySession, seed: int, prune: dict, recovery: RecoveryConfig) -> dict[str, Any]:
+    """Prune a fresh copy, measure, recover, measure."""
+    config = GBLMConfig.from_dict({"seed": seed, **session.size, **prune}, strict=True)
+    pruner = session._pruner(config, seed)
+    gradients = session.gradients(seed) if config.needs_gradients else None
+    pruner.prune(gradients=gradients, progress=False)
+    before = session.perplexities(pruner.model)
+    teacher = session.base.model if recovery.distill else None
+    pruner.recover(recovery, teacher=teacher, progress=False)
+    after = session.perplexities(pruner.model)
+    zeros_kept = all(
+        not bool(t.weight()[pruner.pruning_map.mask(t.name)].any()) for t in pruner.targets() if t.index is None
+    )
+    result = {"before": before, "after": after, "zeros_kept": zeros_kept, **pruner.recovery}
+    logger.info("%s seed %d: %s -> %s in %.0f s", prune, seed, before, after, pruner.recovery["time_s"])
+    return result
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, str]:
+    calib, text_b = write_texts(work)
+    size = {"num_samples": 16, "seqlen": 128} if args.quick else {"num_samples": 32, "seqlen": 256}
+    windows = args.eval_windows or (8 if args.quick else 16)
+    session = QualitySession(**size, eval_windows=windows, eval_sources=("offline-corpus", text_b), calibration=calib)
+    evals = list(session.streams)
+    names = {evals[0]: "A", evals[1]: "B"}
+    dense = session.dense()
+    budget = dict(max_steps=args.steps, batch_size=args.batch_size, seqlen=args.seqlen, learning_rate=args.lr)
+    budget.update(source=calib, num_windows=max(64, args.steps * args.batch_size), heldout_windows=4)
+    budget.update(gradient_checkpointing=True, logging_steps=max(1, args.steps // 5))
+
+    def config(seed: int, **overrides: Any) -> RecoveryConfig:
+        return RecoveryConfig(**{**budget, **DEFAULT, **overrides, "seed": seed})
+
+    sections = {
+        "setup": (
+            f"Pruning calibration: {size['num_samples']} windows x {size['seqlen']} tokens per seed from the extracts "
+            f"before text B. Recovery, the same for every method: {args.steps} steps x {args.batch_size} windows x "
+            f"{args.seqlen} tokens ({args.steps * args.batch_size * args.seqlen:,} tokens) from the same text, AdamW "
+            f"lr {args.lr:g} (linear decay, 10% warm-up), subset norm + masklora rank 16 (alpha 32), no distillation, "
+            f"gradient checkpointing, fp32, {torch.get_num_threads()} threads. Perplexity: {windows} windows of "
+            f"256 tokens of text A (standard held-out slice) and text B. Dense: A {dense[evals[0]]:.3f}, "
+            f"B {dense[evals[1]]:.3f}. Times were taken on a shared machine (other jobs running): compare them only "
+            "within this table."
+        )
+    }
+    header = ["method", "pattern", "seed"] + [f"{names[e]} {w}" for e in evals for w in ("before", "after")]
+    header += ["trainable share", "tokens", "recovery time (s)", "zeros kept"]
+    rows, runs = [], {}
+    for pattern in args.patterns:
+        for method in args.methods:
+            for seed in args.seeds:
+                r = recovered(session, seed, {**METHODS[method], **PATTERNS[pattern]}, config(seed))
+                runs.setdefault((method, pattern), []).append(r)
+                rows.append(
+                    [method, pattern, seed]
+                    + [r[k][e] for e in evals for k in ("before", "after")]
+                    + [f"{r['trainable_share']:.3%}", r["tokens"], f"{r['time_s']:.0f}", r["zeros_kept"]]
+                )
+    means = [
+        [method, pattern, f"{len(rs)} seeds"]
+        + [mean(r[k][e] for r in rs) for e in evals for k in ("before", "after")]
+        + [f"{rs[0]['trainable_share']:.3%}", rs[0]["tokens"], f"{mean(r['time_s'] for r in rs):.0f}", ""]
+        for (method, pattern), rs in runs.items()
+    ]
+    sections["before and after recovery"] = common.table(header, rows + (means if len(args.seeds) > 1 else []))
+    if args.ablation:
+        method, pattern, seed = args.methods[0], args.patterns[0], args.seeds[0]
+        ab_header = ["variant", "trainable share"] + [f"{names[e]} after" for e in evals] + ["time (s)"]
+        ab_rows = []
+        for label, overrides in ABLATION:
+            r = recovered(session, seed, {**METHODS[method], **PATTERNS[pattern]}, config(seed, **overrides))
+            ab_rows.append([label, f"{r['trainable_share']:.3%}"] + [r["after"][e] for e in evals] + [r["time_s"]])
+        before = r["before"]
+        sections[f"ablation ({method}, {pattern}, seed {seed})"] = (
+            f"Before recovery: A {before[evals[0]]:.3f}, B {before[evals[1]]:.3f}. Same budget as above.\n\n"
+            + common.table(ab_header, ab_rows)
+        )
+    return sections
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced calibration and evaluation (labelled)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--patterns", nargs="+", choices=list(PATTERNS), default=list(PATTERNS))
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--eval-windows", type=int, help="windows per evaluation text (default: 16, quick: 8)")
+    parser.add_argument("--ablation", action="store_true", help="subset / rank / distillation variants")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    command = "python -m benchmarks.recovery " + " ".join(argv if argv is not None else sys.argv[1:])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gblm-recovery-") as tmp:
+        sections = run(args, Path(tmp))
+    reduced = " · **reduced run**" if args.quick or args.seeds != [0, 1, 2] or len(args.methods) < 3 else ""
+    header = f"_Command: `{command.strip()}` · {common.today()} · {common.machine()}{reduced}_"
+    body = "\n\n".join(f"### {name}\n\n{text}" for name, text in sections.items())
+    common.write_section("recovery", f"{header}\n\n{body}\n\n_suite time: {time.perf_counter() - start:.0f} s_")
+    common.assemble_benchmarks_md()
+
+
+if __name__ == "__main__":
+    main()

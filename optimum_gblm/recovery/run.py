@@ -1,0 +1,130 @@
+"""`run_recovery`: the body of `GBLMPruner.recover` (checks, masks, subset, training, merge, the recover stage)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..pruning_map import PruningMap, Stage
+from ..targets import PruneTarget
+from .config import RecoveryConfig
+from .subsets import check_masks, lora_targets, make_trainable, merge
+from .train import build_windows, check_output_dir, train
+
+logger = logging.getLogger(__name__)
+
+METHOD = "perp"
+
+
+def target_masks(targets: list[PruneTarget], pruning_map: PruningMap | None) -> dict[str, torch.Tensor]:
+    """Each target's mask (True = pruned): the one the pruning kept in memory, else its exact zeros (a map read from
+    a side-car, or a checkpoint saved without one, keeps no masks; a weight that training happened to drive to
+    exactly zero is then kept at zero too)."""
+    masks = {}
+    for target in targets:
+        if target.index is not None:
+            continue
+        try:
+            masks[target.name] = pruning_map.mask(target.name) if pruning_map is not None else None
+        except KeyError:
+            masks[target.name] = None
+        if masks[target.name] is None:
+            masks[target.name] = target.weight() == 0
+        masks[target.name] = masks[target.name].to(target.weight().device)
+    return masks
+
+
+def load_teacher(teacher: Any, cfg: RecoveryConfig, model: nn.Module) -> nn.Module | None:
+    """The dense teacher for distillation: the module given, or the config's folder / Hub id."""
+    teacher = teacher if teacher is not None else cfg.teacher
+    if not cfg.distill:
+        if teacher is not None:
+            logger.warning("a teacher was given but distill_weight=0: training without distillation")
+        return None
+    if teacher is None:
+        raise ValueError("distill_weight > 0 needs a dense teacher: pass teacher= (a model) or RecoveryConfig.teacher")
+    if isinstance(teacher, str):
+        from transformers import AutoModelForCausalLM
+
+        dtype = next(model.parameters()).dtype
+        teacher = AutoModelForCausalLM.from_pretrained(teacher, dtype=dtype)
+    out, student = teacher.get_output_embeddings(), model.get_output_embeddings()
+    if out is None or student is None or out.weight.shape[0] != student.weight.shape[0]:
+        raise ValueError("the teacher must be a causal LM with the student's vocabulary (same output size)")
+    return teacher
+
+
+def run_recovery(
+    pruner: Any,
+    cfg: RecoveryConfig,
+    teacher: Any = None,
+    evaluate: bool | dict[str, Any] = False,
+    callbacks: list | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    cfg.validate()
+    model = pruner.model
+    if getattr(pruner.adapter, "metric_name", None) != "perplexity" or model.get_output_embeddings() is None:
+        raise ValueError("recovery retrains decoder LLMs (causal language models); this model is not one")
+    targets = pruner.targets()
+    masks = target_masks(targets, pruner.pruning_map)
+    pruned = sum(int(m.sum()) for m in masks.values())
+    if pruned == 0:
+        logger.warning("the model was not pruned (no zero in its prune targets): recovery runs as plain fine-tuning")
+    # Everything that can be refused is checked before the (slow) training starts.
+    if cfg.lora:
+        lora_targets(targets, cfg)
+    check_output_dir(cfg)
+    windows = build_windows(pruner.tokenizer, cfg)
+    teacher_model = load_teacher(teacher, cfg, model)
+    eval_kwargs = {"progress": progress, **(evaluate if isinstance(evaluate, dict) else {})}
+    before_label = "pruned" if pruned else "dense"
+    metric = pruner.adapter.metric_name
+    if evaluate:  # measured again even when already measured: before and after share the same settings
+        pruner.evaluate(before_label, **eval_kwargs)
+    start = time.perf_counter()
+    subset = make_trainable(model, cfg, targets, masks)
+    try:
+        record = train(model, cfg, windows, subset, pruner.placement.device, teacher_model, callbacks, progress)
+    finally:
+        merge(model, subset)
+    check_masks(model, pruner.targets(), masks)
+    pruner.timings["recover_s"] = time.perf_counter() - start
+    settings = {
+        **{k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "resume", "logging_steps")},
+        **subset.describe(),
+        "tokens": cfg.max_steps * cfg.batch_size * cfg.seqlen,
+        "time_s": round(pruner.timings["recover_s"], 1),
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()},
+    }
+    if evaluate:
+        after = pruner.evaluate("recovered", **eval_kwargs)
+        settings[f"{metric}_before"] = pruner.results[f"{before_label}_{metric}"]
+        settings[f"{metric}_after"] = after
+    if pruner.pruning_map is not None:
+        pruner.pruning_map.stages.append(Stage("recover", METHOD, settings))
+    elif pruned:  # a checkpoint loaded without its side-car: its zeros are the map
+        pruner.pruning_map = derived_map(targets, masks, pruner.config.pattern)
+        pruner.pruning_map.stages.append(Stage("recover", METHOD, settings))
+    pruner.recovery = settings
+    logger.info(
+        "Recovered in %.1f s: %d trainable parameters, %d tokens",
+        settings["time_s"],
+        subset.trainable,
+        settings["tokens"],
+    )
+    return model
+
+
+def derived_map(targets: list[PruneTarget], masks: dict[str, torch.Tensor], pattern: str) -> PruningMap:
+    """A pruning map read from the zeros of a checkpoint that came without one."""
+    pruning_map = PruningMap(pattern=pattern)
+    for target in targets:
+        if target.name in masks:
+            pruning_map.record(target.name, target.weight(), float(masks[target.name].float().mean()))
+    pruning_map.stages.append(Stage("prune", "unknown", {"derived_from": "exact zeros of the loaded weights"}))
+    return pruning_map
