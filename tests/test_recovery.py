@@ -300,3 +300,33 @@ def test_gradient_checkpointing_is_left_off_afterwards(assets):
     expected = plain.model.state_dict()  # recomputing activations changes no gradient
     for name, tensor in checkpointed.model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_structured_result_recovers_with_its_shapes_and_reloads(assets, tmp_path):
+    """After structured pruning (heads and channels removed, compensation biases added) the trained subset keeps
+    every shape, the compensation biases are trained by the "bias" subset, and the saved folder reloads."""
+    config = GBLMConfig(
+        method="flap",
+        sparsity=0.3,
+        method_args={"mode": "uniform"},
+        calibration=str(assets["text"]),
+        num_samples=4,
+        seqlen=16,
+        device="cpu",
+    )
+    pruner = GBLMPruner.from_pretrained(assets["llama"], config)
+    pruner.prune(progress=False)
+    shapes = {name: tuple(t.shape) for name, t in pruner.model.state_dict().items()}
+    before = snapshot(pruner.model)
+    pruner.recover(quick(assets, subset=["bias", "masklora"]), progress=False)
+    after = pruner.model.state_dict()
+    assert {name: tuple(t.shape) for name, t in after.items()} == shapes
+    assert not torch.equal(after["model.layers.0.mlp.down_proj.bias"], before["model.layers.0.mlp.down_proj.bias"])
+    assert not torch.equal(
+        after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"]
+    )
+    folder = pruner.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, after[name]), name
+    assert [s["kind"] for s in read_sidecar(folder)["pruning_map"]["stages"]] == ["prune", "recover"]
