@@ -7,7 +7,8 @@ Substitutions happen at run time only; the snippets' text is executed unchanged:
   tokenizer, a 2-block ViT on 32x32 images), through a wrapped `optimum_gblm.pruner.load_model`: the Hub is not
   reachable here and the real models are too slow for a unit test. Any other id fails loudly.
 - Sizes: `GBLMConfig` caps `num_samples` at 4 and `seqlen` at 16 (a wrapped `__post_init__`), so 128 x 2048 windows
-  become 4 x 16. The offline corpus is cut to 200 calibration and 100 evaluation extracts (`corpus_text` wrapped),
+  become 4 x 16; `RecoveryConfig` caps `max_steps` at 2, `seqlen` at 16, the batch at 2 and the training / held-out
+  windows at 8 / 2. The offline corpus is cut to 200 calibration and 100 evaluation extracts (`corpus_text` wrapped),
   still the real corpus's text: the tiny tokenizer would spend a minute on all 10,033 extracts.
 - The user's own data, which the README names: `imagenet/{train,validation}/<class>/*.png` image folders are written
   into the working directory; the gradient-cache snippet's `model` and `trainer` (the prose says "a Trainer over the
@@ -85,6 +86,16 @@ def readme_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         real_post_init(self)
 
     monkeypatch.setattr(GBLMConfig, "__post_init__", small)
+    from optimum_gblm.recovery import RecoveryConfig
+
+    real_recovery_init = RecoveryConfig.__post_init__
+
+    def short_recovery(self: RecoveryConfig) -> None:
+        self.max_steps, self.seqlen, self.batch_size = min(self.max_steps, 2), min(self.seqlen, 16), 2
+        self.num_windows, self.heldout_windows = min(self.num_windows, 8), min(self.heldout_windows, 2)
+        real_recovery_init(self)
+
+    monkeypatch.setattr(RecoveryConfig, "__post_init__", short_recovery)
     real_corpus = text_module.corpus_text
 
     def short_corpus(split: str) -> str:
@@ -134,6 +145,9 @@ def test_readme_python_snippets_run_as_written(readme_world, caplog):
     assert (work / "llama2-7b-gblm-50" / "model.safetensors").is_file()
     assert (work / "vit-b-gblm-50" / "model.safetensors").is_file()
     assert (work / "grads.safetensors").is_file()
+    assert (work / "smollm2-gblm-sp-30" / "config.json").is_file() and namespace["model"] is not None
+    stages = [stage.kind for stage in namespace["pruner"].pruning_map.stages]
+    assert (work / "smollm2-gblm-sp-30-perp" / "config.json").is_file() and "recover" in stages
     assert any("Reusing complete gradient cache" in r.getMessage() for r in caplog.records)
     assert hub.commits("me/llama2-7b-gblm-50"), "push_folder published nothing to the HF_ENDPOINT Hub"
     assert "mask" in namespace and namespace["mask"].dtype == torch.bool
