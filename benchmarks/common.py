@@ -98,6 +98,7 @@ SECTION_TITLES = {
     "llm_cost": "SmolLM2-135M: cost and scaling (issue 7)",
     "gblm_obs": "gblm-obs vs SparseGPT across calibration seeds (issue 8)",
     "input_sites": "Shared input-site statistics (issue 11)",
+    "knowledge": "Knowledge retention: the offline probe next to perplexity (issue 18)",
     "vit_digits": "timm ViT on digits (issue 4)",
     "notes": "Notes",
 }

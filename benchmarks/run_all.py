@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "vit")
+SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "knowledge", "vit")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
                 from benchmarks.input_sites import run_all as run
 
                 sections = run(args.quick)
+            elif suite == "knowledge":
+                from benchmarks.knowledge import run_all as run
+
+                sections = run(args.quick, work)
             elif suite == "gblm_obs":
                 from benchmarks.gblm_obs import run_all as run
 

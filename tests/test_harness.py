@@ -188,3 +188,76 @@ def test_token_stats_are_nearest_rank_percentiles():
         "total": 15,
     }
     assert token_stats([]) == {"answers": 0}
+
+
+def test_cli_evaluates_tasks_side_by_side_and_records_them(tiny, local_tasks, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard
+
+    model, tokenizer = tiny
+    mc, _, _ = local_tasks
+    dense = tmp_path / "dense"
+    model.save_pretrained(dense)
+    tokenizer.save_pretrained(dense)
+    pruner = GBLMPruner.from_pretrained(str(dense), GBLMConfig(method="magnitude", sparsity=0.5))
+    pruner.prune(progress=False)
+    out = pruner.save_pretrained(tmp_path / "pruned")
+    cli = [str(Path(sys.executable).parent / "optimum-cli"), "gblm", "evaluate"]
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}, **env}
+    run = [*cli, str(out), "--tasks", mc, "--compare", str(dense), "--record", "--no-progress"]
+    result = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split() == ["task", "metric", "dense", "pruned", "change"]
+    assert row.split()[:4] == ["tiny_mc", "acc", "0.5000", "±"]  # the dense model's hand-computed accuracy
+    sidecar = json.loads((out / "gblm_config.json").read_text())
+    assert sidecar["tasks"]["dense"]["tiny_mc"]["metrics"]["acc"] == pytest.approx(0.5)
+    assert set(sidecar["tasks"]) == {"dense", "pruned"} and sidecar["pruning_map"]
+    assert any(r.metric_name == "tiny_mc acc (pruned)" for r in ModelCard.load(out / "README.md").data.eval_results)
+
+    before = (out / "gblm_config.json").read_bytes()
+    bad = subprocess.run(
+        [*cli, str(out), "--tasks", str(tmp_path / "no.yaml"), "--record"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "does not exist" in bad.stderr.strip().splitlines()[-1]
+    assert (out / "gblm_config.json").read_bytes() == before
+
+
+def test_knowledge_probe_is_built_from_the_heldout_slice_only(tmp_path):
+    from optimum_gblm.data.text import corpus_text
+    from optimum_gblm.evaluation.knowledge import PROBE_CHOICES, heldout_entries, probe_items, write_probe_task
+
+    entries = heldout_entries()
+    assert "\n\n".join(e["extract"] for e in entries) == corpus_text("evaluation")  # the perplexity text, in order
+    calibration = corpus_text("calibration")
+    assert all(e["extract"] not in calibration for e in entries[:50])
+    items = probe_items()
+    assert items == probe_items() and len(items) > 300  # deterministic, a few hundred questions
+    titles = {e["title"]: e for e in entries}
+    for item in items:
+        assert len(set(item["choices"])) == PROBE_CHOICES and all(c in titles for c in item["choices"])
+        right = titles[item["choices"][item["gold"]]]
+        assert right["description"].strip().split()[-1].lower() in item["text"].lower() or "___" in item["text"]
+        descriptions = [titles[c]["description"].strip().lower() for c in item["choices"]]
+        assert descriptions.count(right["description"].strip().lower()) == 1  # no distractor fits as well
+    assert sum(item["gold"] == 0 for item in items) < len(items) / 2  # the right title is not always first
+    assert write_probe_task(tmp_path) == "knowledge_probe"
+    lines = (tmp_path / "knowledge_probe.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == items
+
+
+def test_knowledge_probe_runs_through_lm_eval(tiny, no_network):
+    model, tokenizer = tiny
+    pruner = GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer)
+    values = pruner.evaluate(tasks=["knowledge_probe"], limit=6, progress=False)["knowledge_probe"]
+    entry = pruner.task_results["dense"]["knowledge_probe"]
+    assert entry["samples"] == 6 and entry["source"] == "generated" and 0 <= values["acc"] <= 1
+    assert {"acc", "acc_norm", "acc_stderr", "acc_norm_stderr"} <= set(values)

@@ -1,9 +1,14 @@
-"""The offline knowledge-retention probe: name an encyclopedia article from its opening sentence, title hidden.
+"""The offline knowledge-retention probe: name an encyclopedia article from its short description.
 
-Built at run time from the embedded corpus's held-out slice only (the last `EVAL_EXTRACTS` extracts in file order,
-the text perplexity is measured on, never calibration text), written as an lm-eval task (YAML + JSONL) into a
-folder the caller owns, and scored by log-likelihood. The construction is deterministic (a fixed seed). It is a
-probe for knowledge lost by pruning, not a published benchmark (docs/evaluation.md).
+Built at run time from the embedded corpus's held-out slice only (the last `EVAL_EXTRACTS` entries with an extract, in
+file order: the articles perplexity is measured on, never calibration text), written as an lm-eval task (YAML +
+JSONL) into a folder the caller owns, and scored by log-likelihood. The construction is deterministic (a fixed
+seed). It is a probe for knowledge lost by pruning, not a published benchmark (docs/evaluation.md).
+
+Why the short description (the corpus's Wikidata-style `description`, e.g. "Eighth planet from the Sun") rather than
+the opening sentence: an opening sentence restates the title in many forms (plurals, adjectives, abbreviations) that
+masking misses, so it partly tests reading rather than recall; and it is several times longer, which multiplies the
+cost of every evaluation (each choice is a full forward pass in lm-eval).
 """
 
 from __future__ import annotations
@@ -22,10 +27,8 @@ PROBE_VERSION = 1
 PROBE_SEED = 0
 PROBE_CHOICES = 4  # the right title and three distractors: chance is 25%
 MASK = "___"
-# Sentences shorter than this (in words, once the title is masked) say too little to name the article.
-MIN_WORDS = 6
-MAX_WORDS = 60
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+# Descriptions shorter than this (in words, once the title is masked) say too little to name the article.
+MIN_WORDS = 2
 _STOPWORDS = {"the", "and", "of", "in", "on", "for", "with", "from", "a", "an", "to", "by", "at", "or"}
 
 
@@ -38,46 +41,43 @@ def heldout_entries() -> tuple[dict[str, Any], ...]:
     return tuple(entries[-EVAL_EXTRACTS:])
 
 
-def opening_sentence(extract: str) -> str:
-    """The first sentence of an extract (the first two when the first is very short), at most MAX_WORDS words."""
-    sentences = _SENTENCE_END.split(extract.strip())
-    text = sentences[0]
-    if len(text.split()) < MIN_WORDS + 2 and len(sentences) > 1:
-        text = f"{text} {sentences[1]}"
-    words = text.split()
-    return " ".join(words[:MAX_WORDS]) + (" ..." if len(words) > MAX_WORDS else "")
-
-
-def mask_title(sentence: str, title: str) -> str:
-    """Hide the title in a sentence: the whole title (without a parenthesised qualifier, e.g. "Mercury (planet)"),
-    then each of its words of four letters or more that is not a stop word, case-insensitively, plurals included."""
+def mask_title(text: str, title: str) -> str:
+    """Hide the title in a text: the whole title (without a parenthesised qualifier, e.g. "Mercury (planet)"), then
+    each of its words of four letters or more that is not a stop word, case-insensitively, plurals included."""
     base = re.sub(r"\s*\(.*?\)\s*$", "", title).strip()
     words = [w for w in re.findall(r"[\w'-]+", base) if len(w) >= 4 and w.lower() not in _STOPWORDS]
     for phrase in [base, *sorted(words, key=len, reverse=True)]:
         pattern = r"(?<!\w)" + re.escape(phrase) + r"(?:e?s)?(?!\w)"
-        sentence = re.sub(pattern, MASK, sentence, flags=re.IGNORECASE)
-    return sentence
+        text = re.sub(pattern, MASK, text, flags=re.IGNORECASE)
+    return text
 
 
 def probe_items(seed: int = PROBE_SEED, num_choices: int = PROBE_CHOICES) -> list[dict[str, Any]]:
-    """The probe's questions: the masked opening sentence, `num_choices` titles (the right one and distractors of
-    the same corpus `topic`, drawn from the held-out slice) and the index of the right one. Articles whose masked
-    sentence keeps fewer than MIN_WORDS words, or whose topic has too few other titles, are left out."""
-    entries = heldout_entries()
-    by_topic: dict[str, list[str]] = {}
+    """The probe's questions, in held-out file order: the article's description (title words masked),
+    `num_choices` titles (the right one and distractors of the same corpus `topic` drawn from the held-out slice,
+    never one with the same description) and the index of the right one. Articles without a usable description, or
+    whose topic has too few other titles, are left out."""
+    entries = [e for e in heldout_entries() if (e.get("description") or "").strip()]
+    by_topic: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
-        by_topic.setdefault(entry.get("topic") or "", []).append(entry["title"])
+        by_topic.setdefault(entry.get("topic") or "", []).append(entry)
     rng = random.Random(seed)
     items = []
     for entry in entries:
-        title = entry["title"]
-        masked = mask_title(opening_sentence(entry["extract"]), title)
-        others = sorted({t for t in by_topic[entry.get("topic") or ""] if t.lower() != title.lower()})
+        title, description = entry["title"], entry["description"].strip()
+        masked = mask_title(description, title)
+        others = sorted(
+            {
+                e["title"]
+                for e in by_topic[entry.get("topic") or ""]
+                if e["title"].lower() != title.lower() and e["description"].strip().lower() != description.lower()
+            }
+        )
         if len(masked.replace(MASK, " ").split()) < MIN_WORDS or len(others) < num_choices - 1:
             continue
         choices = [*rng.sample(others, num_choices - 1), title]
         rng.shuffle(choices)
-        text = f'Which encyclopedia article begins like this? "{masked}"\nArticle title:'
+        text = f"Encyclopedia article described as: {masked}\nArticle title:"
         items.append({"text": text, "choices": choices, "gold": choices.index(title), "topic": entry.get("topic")})
     return items
 
