@@ -12,7 +12,7 @@ from typing import Any
 from optimum_gblm import GBLMConfig
 from optimum_gblm.evaluation.knowledge import probe_items
 
-from .common import table
+from .common import machine, table, today, write_section
 from .session import QualitySession
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,21 @@ def run_all(quick: bool, work: Path | None = None) -> dict[str, str]:
             )
             logger.info("%s %s: %s", method, title, rows[-1])
             del pruner
+            _write_partial(rows, size, windows, quick)
+    return _sections(rows, size, windows)
+
+
+def _write_partial(rows: list[dict[str, Any]], size: dict[str, int], windows: int, quick: bool) -> None:
+    """Keep the rows measured so far in benchmarks/results/knowledge.md (on a shared machine a run may be cut
+    short); the finished run overwrites it with the full section."""
+    command = "python benchmarks/run_all.py --only knowledge" + (" --quick" if quick else "")
+    total = 1 + len(METHODS) * len(PATTERNS)
+    header = f"_Command: `{command}` · {today()} · {machine()} · **partial: {len(rows)} of {total} models**_"
+    body = "\n\n".join(f"### {name}\n\n{text}" for name, text in _sections(rows, size, windows).items())
+    write_section("knowledge", f"{header}\n\n{body}")
+
+
+def _sections(rows: list[dict[str, Any]], size: dict[str, int], windows: int) -> dict[str, str]:
     n = rows[0]["n"]
     setup = (
         f"SmolLM2-135M (fp32, CPU). Calibration: {size['num_samples']} windows x {size['seqlen']} tokens of the "
@@ -98,6 +113,8 @@ def _orderings(rows: list[dict[str, Any]]) -> str:
     lines = []
     for title, _ in PATTERNS:
         group = [r for r in rows if r["pattern"] == title]
+        if len(group) < 2:
+            continue
         by_ppl = [r["model"] for r in sorted(group, key=lambda r: r["ppl"])]
         by_acc = [r["model"] for r in sorted(group, key=lambda r: -r["acc"])]
         tau = kendall_tau([-r["ppl"] for r in group], [r["acc"] for r in group])
@@ -111,6 +128,7 @@ def _orderings(rows: list[dict[str, Any]]) -> str:
             + ("differences within about two standard errors are not resolved." if spread < 4 * se else "")
         )
     all_pruned = [r for r in rows if r["model"] != "dense"]
-    tau = kendall_tau([-r["ppl"] for r in all_pruned], [r["acc"] for r in all_pruned])
-    lines.append(f"- All {len(all_pruned)} pruned models together: Kendall tau (perplexity vs probe acc) {tau:+.2f}.")
+    if len(all_pruned) > len(METHODS):
+        tau = kendall_tau([-r["ppl"] for r in all_pruned], [r["acc"] for r in all_pruned])
+        lines.append(f"- All {len(all_pruned)} pruned models together: Kendall tau (perplexity vs acc) {tau:+.2f}.")
     return "\n".join(lines)
