@@ -283,7 +283,8 @@ class GBLMPruner(PublishingMixin):
         in batches of `batch_size`; later calls reuse the set of the first one.
 
         lm-eval tasks (`tasks`: lm-eval names, task YAML files, "knowledge_probe"; docs/evaluation.md) instead, with
-        `limit`, `num_fewshot`, `max_gen_toks`: returns {task: {metric: value}}, kept in `task_results[label]`.
+        `limit`, `num_fewshot`, `max_gen_toks`, `batch_size` (default 8): returns {task: {metric: value}}, kept in
+        `task_results[label]`.
         """
         given = {"source": source, "seqlen": seqlen, "max_windows": max_windows, "images": images}
         given.update(labels=labels, split=split, batch_size=batch_size, progress=progress, tasks=tasks, limit=limit)
@@ -301,7 +302,9 @@ class GBLMPruner(PublishingMixin):
                 + ", ".join(k for k in accepted if k != "model")
             )
         self.placement.prepare(self.model)
-        measured = evaluator.evaluate(self.model, **{k: v for k, v in given.items() if k in accepted})
+        # unset options keep the evaluator's own defaults (lm-eval batches are smaller than image batches)
+        chosen = {k: v for k, v in given.items() if k in accepted and not _is_default(v, defaults[k].default)}
+        measured = evaluator.evaluate(self.model, **chosen)
         label = label or ("pruned" if self.pruning_map is not None else "dense")
         if tasks is not None:
             self.task_results[label] = {**self.task_results.get(label, {}), **measured.settings}

@@ -77,11 +77,12 @@ def _write_task(folder, name: str, rows: list[dict], **config) -> str:
     return str(path)
 
 
-@pytest.fixture
-def local_tasks(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def local_tasks(tiny, tmp_path_factory):
     """A multiple-choice and a generation task whose expected scores are 0.5 by construction: half of the golds are
     the model's own hand-computed choice or greedy answer, the other half are not."""
     model, tokenizer = tiny
+    tmp_path = tmp_path_factory.mktemp("tasks")
     lines = [line.rstrip(" .") for line in tiny_text(40, seed=3).splitlines()]
     words = ["rivers", "music", "light", "stone"]
     mc_rows, gen_rows, counts = [], [], []
@@ -155,6 +156,8 @@ def test_bad_input_is_refused_before_evaluation(tiny, tmp_path, monkeypatch):
         GBLMPruner(model, GBLMConfig(), tokenizer=None).evaluate(tasks=["knowledge_probe"])
     with pytest.raises(TypeError, match="max_windows= does not apply"):
         GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate(tasks=["knowledge_probe"], max_windows=3)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate(tasks=["knowledge_probe"], batch_size=0)
     with pytest.raises(ValueError, match="does not exist"):
         resolve_tasks([str(tmp_path / "missing.yaml")], tmp_path)
     with pytest.raises(ValueError, match="non-empty"):

@@ -66,6 +66,7 @@ def run_task_evaluation(args: argparse.Namespace, config: Any, pruned: bool, pro
     from ..pruner import GBLMPruner
 
     options = {"limit": args.limit, "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks}
+    options["batch_size"] = args.task_batch_size
     runs: dict[str, dict[str, Any]] = {}
     label = "pruned" if pruned else "dense"
     models = [(label, args.model)]

@@ -292,9 +292,8 @@ class TaskEvaluator:
 
     metric_name = "lm-eval tasks"
 
-    def __init__(self, tokenizer: Any, batch_size: int = DEFAULT_TASK_BATCH, seed: int = 0) -> None:
+    def __init__(self, tokenizer: Any, seed: int = 0) -> None:
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
         self.seed = seed
 
     def evaluate(
@@ -304,13 +303,15 @@ class TaskEvaluator:
         limit: int | float | None = None,
         num_fewshot: int | None = None,
         max_gen_toks: int | None = None,
+        batch_size: int = DEFAULT_TASK_BATCH,
         progress: bool = True,
     ) -> TaskEvaluation:
         """Per task: {"metrics": {...}, ...}; the value is {task: {metric: value}}."""
         if self.tokenizer is None or not callable(self.tokenizer):
             raise ValueError("lm-eval tasks need a text model with a tokenizer (this model was loaded without one)")
-        if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or int(max_gen_toks) < 1):
-            raise ValueError(f"max_gen_toks must be a positive int, got {max_gen_toks!r}")
+        for name, value in (("max_gen_toks", max_gen_toks), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         with prepared_tasks(tasks) as resolved:
             results = run_tasks(
                 model,
@@ -319,13 +320,13 @@ class TaskEvaluator:
                 limit=limit,
                 num_fewshot=num_fewshot,
                 max_gen_toks=max_gen_toks,
-                batch_size=self.batch_size,
+                batch_size=batch_size,
                 progress=progress,
                 seed=self.seed,
             )
         from importlib.metadata import version
 
-        settings = {"limit": limit, "num_fewshot": num_fewshot, "batch_size": self.batch_size}
+        settings = {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size}
         for entry in results.values():
             entry["settings"] = {**settings, "lm_eval": version("lm_eval")}
         return TaskEvaluation({t: dict(e["metrics"]) for t, e in results.items()}, results)
