@@ -99,6 +99,7 @@ SECTION_TITLES = {
     "gblm_obs": "gblm-obs vs SparseGPT across calibration seeds (issue 8)",
     "input_sites": "Shared input-site statistics (issue 11)",
     "structured": "Structured pruning: FLAP, Wanda-sp, gblm-sp, block removal on SmolLM2-135M (issue 13)",
+    "knowledge": "Knowledge retention: the offline probe next to perplexity (issue 18)",
     "vit_digits": "timm ViT on digits (issue 4)",
     "offload": "Offloaded pruning and the memory planner (issue 16)",
     "recovery": "Recovery after pruning (issue 14)",

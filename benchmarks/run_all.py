@@ -18,7 +18,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-SUITES = ("gradient_pass", "llm", "llm_cost", "gblm_obs", "input_sites", "structured", "vit", "offload", "recovery")
+SUITES = (
+    "gradient_pass",
+    "llm",
+    "llm_cost",
+    "gblm_obs",
+    "input_sites",
+    "structured",
+    "knowledge",
+    "vit",
+    "offload",
+    "recovery",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
                 sections = run(args.quick)
             elif suite == "offload":
                 from benchmarks.offload import run_all as run
+
+                sections = run(args.quick, work)
+            elif suite == "knowledge":
+                from benchmarks.knowledge import run_all as run
 
                 sections = run(args.quick, work)
             elif suite == "gblm_obs":

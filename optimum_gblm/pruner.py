@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .allocation import gradient_allocation
 from .configuration import GBLMConfig
 from .decisions import BlockPruner
 from .evaluation import DEFAULT_EVAL_WINDOWS, DEFAULT_IMAGE_BATCH, Evaluation, Evaluator, make_evaluator
+from .evaluation.harness import TaskEvaluator
 from .gradients import GradientAccumulation, required_norms, run_collection
 from .gradients.cache import calibration_settings, config_source, model_fingerprint, reusable_cache
 from .methods import get_method
@@ -73,6 +75,7 @@ class GBLMPruner(PublishingMixin):
         self.results: dict[str, float] = {}
         self.timings: dict[str, float] = {}
         self.evaluation: dict[str, dict[str, Any]] = {}  # label -> evaluation settings, for the model card
+        self.task_results: dict[str, dict[str, Any]] = {}  # label -> lm-eval task -> metrics and settings
         self._evaluator: Evaluator | None = None
         self.recovery: dict[str, Any] | None = None  # the last recover() stage's settings
         self._check_targets()
@@ -318,7 +321,11 @@ class GBLMPruner(PublishingMixin):
         split: str = "validation",
         batch_size: int = DEFAULT_IMAGE_BATCH,
         progress: bool = True,
-    ) -> float:
+        tasks: Sequence[str] | None = None,
+        limit: int | float | None = None,
+        num_fewshot: int | None = None,
+        max_gen_toks: int | None = None,
+    ) -> float | dict[str, dict[str, float]]:
         """Measure the adapter's metric, store it in `results[f"{label}_{metric}"]` and every setting it was measured
         with in `evaluation[label]` (the card shows them). `label` defaults to "dense" before pruning, else "pruned".
 
@@ -328,22 +335,35 @@ class GBLMPruner(PublishingMixin):
 
         Top-1 accuracy (ViTs): `images` and `labels` tensors, or an image folder / dataset `source` and its `split`,
         in batches of `batch_size`; later calls reuse the set of the first one.
+
+        lm-eval tasks (`tasks`: lm-eval names, task YAML files, "knowledge_probe"; docs/evaluation.md) instead, with
+        `limit`, `num_fewshot`, `max_gen_toks`, `batch_size` (default 8): returns {task: {metric: value}}, kept in
+        `task_results[label]`.
         """
         given = {"source": source, "seqlen": seqlen, "max_windows": max_windows, "images": images}
-        given.update(labels=labels, split=split, batch_size=batch_size, progress=progress)
-        # The evaluator of the adapter's metric declares which of these it takes; the others must stay unset.
-        accepted = inspect.signature(self.evaluator.evaluate).parameters
+        given.update(labels=labels, split=split, batch_size=batch_size, progress=progress, tasks=tasks, limit=limit)
+        given.update(num_fewshot=num_fewshot, max_gen_toks=max_gen_toks)
+        # The evaluator (of the adapter's metric, or of lm-eval tasks) declares which of these it takes; the others
+        # must stay unset.
+        evaluator = self.evaluator if tasks is None else TaskEvaluator(self.tokenizer, seed=self.config.seed)
+        accepted = inspect.signature(evaluator.evaluate).parameters
         defaults = inspect.signature(GBLMPruner.evaluate).parameters
         misplaced = [k for k, v in given.items() if k not in accepted and not _is_default(v, defaults[k].default)]
         if misplaced:
             names, verb = ", ".join(f"{k}=" for k in misplaced), "does" if len(misplaced) == 1 else "do"
             raise TypeError(
-                f"{names} {verb} not apply to this model: it is evaluated by {self.adapter.metric_name}, which takes "
+                f"{names} {verb} not apply to this model: it is evaluated by {evaluator.metric_name}, which takes "
                 + ", ".join(k for k in accepted if k != "model")
             )
         self.placement.prepare_whole(self.model, "an evaluation")
-        measured = self.evaluator.evaluate(self.model, **{k: v for k, v in given.items() if k in accepted})
-        self.add_evaluation(label or ("pruned" if self.pruning_map is not None else "dense"), measured)
+        # unset options keep the evaluator's own defaults (lm-eval batches are smaller than image batches)
+        chosen = {k: v for k, v in given.items() if k in accepted and not _is_default(v, defaults[k].default)}
+        measured = evaluator.evaluate(self.model, **chosen)
+        label = label or ("pruned" if self.pruning_map is not None else "dense")
+        if tasks is not None:
+            self.task_results[label] = {**self.task_results.get(label, {}), **measured.settings}
+            return measured.value
+        self.add_evaluation(label, measured)
         return measured.value
 
     def add_evaluation(self, label: str, measured: Evaluation) -> None:

@@ -15,6 +15,7 @@ from .base import GBLMSubcommand, check_eval_source, check_model_path
 from .errors import UsageError
 from .options import add_config_arguments, add_eval_arguments, config_from_args
 from .prune import eval_kwargs
+from .tasks import add_task_arguments, check_task_arguments, run_task_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class EvaluateCommand(GBLMSubcommand):
     )
     EXAMPLES = (
         "  optimum-cli gblm evaluate smollm2-gblm-50\n"
-        "  optimum-cli gblm evaluate ./my-llama --eval-source wikitext2 --eval-seqlen 2048 --device cuda"
+        "  optimum-cli gblm evaluate ./my-llama --eval-source wikitext2 --eval-seqlen 2048 --device cuda\n"
+        "  # lm-eval tasks, pruned next to its dense base, added to the checkpoint's side-car and card\n"
+        "  optimum-cli gblm evaluate smollm2-gblm-50 --tasks knowledge_probe my_task.yaml --compare ./smollm2 --record"
     )
 
     @classmethod
@@ -58,13 +61,18 @@ class EvaluateCommand(GBLMSubcommand):
         add_config_arguments(parser, groups=("model / loading",))
         default = f"the checkpoint's calibration seqlen, else {next(f.default for f in fields(GBLMConfig) if f.name == 'seqlen')}"
         add_eval_arguments(parser, "evaluation", default, flag=False)
+        add_task_arguments(parser)
 
     def execute(self) -> None:
         args = self.args
         config = config_from_args(args)
         check_model_path(args.model)
         check_eval_source(args.eval_source, args.model)
+        check_task_arguments(args)
         sidecar = read_sidecar(args.model)
+        if args.tasks:
+            print(run_task_evaluation(args, config, describe(sidecar) != "dense", self.progress))
+            return
         seqlen = sidecar["config"]["seqlen"] if sidecar else config.seqlen
 
         from ..pruner import GBLMPruner

@@ -20,6 +20,7 @@ from ..methods import get_method, list_methods
 from .plot import PLOT_NAME, ordered_layers
 from .provenance import hub_base_model, short_name
 from .recovery_card import recovery_section
+from .task_card import task_eval_results, task_results_section
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,6 @@ def model_index(sidecar: dict[str, Any], name: str) -> list[dict[str, Any]] | No
     from huggingface_hub.repocard_data import eval_results_to_model_index
 
     metric, values = metric_values(sidecar)
-    if not values:
-        return None
     task_type, task_name = _TASKS.get(sidecar.get("library", "transformers"), _TASKS["transformers"])
     dataset = _evaluation_dataset(sidecar)
     results = [
@@ -104,7 +103,8 @@ def model_index(sidecar: dict[str, Any], name: str) -> list[dict[str, Any]] | No
         )
         for label, value in sorted(values.items(), key=lambda kv: (kv[0] != "dense", kv[0]))
     ]
-    return eval_results_to_model_index(name, results)
+    results += task_eval_results(sidecar, task_type, task_name)  # lm-eval tasks (docs/evaluation.md)
+    return eval_results_to_model_index(name, results) if results else None
 
 
 def base_of(sidecar: dict[str, Any]) -> tuple[str | None, str]:
@@ -253,9 +253,14 @@ def _sparsity_section(sidecar: dict[str, Any]) -> str:
 
 
 def _results_section(sidecar: dict[str, Any]) -> str:
+    metric_section, tasks = _metric_section(sidecar), task_results_section(sidecar)
+    return "\n\n".join(s for s in (metric_section, tasks) if s) or "No evaluation was run."
+
+
+def _metric_section(sidecar: dict[str, Any]) -> str:
     metric, values = metric_values(sidecar)
     if not values:
-        return "No evaluation was run."
+        return ""
     dataset = _evaluation_dataset(sidecar)
     dense = values.get("dense")
     labels = sorted(values, key=lambda k: (k != "dense", k))

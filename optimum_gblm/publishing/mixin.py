@@ -50,6 +50,7 @@ class PublishingMixin:
             timings=self.timings,
             evaluation=self.evaluation,
             repo_id=repo_id,
+            tasks=getattr(self, "task_results", None),
         )
 
     def save_pretrained(

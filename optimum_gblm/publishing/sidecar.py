@@ -32,6 +32,7 @@ def build_sidecar(
     timings: dict[str, float],
     evaluation: dict[str, dict[str, Any]],
     repo_id: str | None = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The side-car of a saved checkpoint. Environment-dependent card inputs (the base model's Hub id, name and
     license) are resolved here, once, so the card re-renders from the side-car alone.
@@ -65,6 +66,8 @@ def build_sidecar(
     }
     if repo_id:
         payload["repo_id"] = repo_id
+    if tasks:  # lm-eval tasks by label (docs/evaluation.md)
+        payload["tasks"] = {label: dict(per_task) for label, per_task in tasks.items()}
     return payload
 
 
