@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .masks import select_mask
 from .methods import TargetJob, get_method
 from .pruning_map import PruningMap
 
@@ -58,6 +59,18 @@ class BlockPruner:
                 raise RuntimeError(
                     f"{target.name}: method {self.method.name!r} needs gradients, none were collected for it"
                 )
-            self.method.prune(job)
+            if job.stats is not None and job.stats.tokens < target.min_tokens:
+                # A routed expert that (almost) no calibration token reached: its statistics say nothing, so it is
+                # pruned by the data-free score |W| in the same pattern and group (docs/families.md#experts).
+                logger.warning(
+                    "%s received %d calibration tokens (< %d): pruned by |W| instead of %s",
+                    target.name,
+                    job.stats.tokens,
+                    target.min_tokens,
+                    self.method.name,
+                )
+                job.weight.masked_fill_(select_mask(job.weight.abs().float(), sparsity, job.pattern, job.group), 0)
+            else:
+                self.method.prune(job)
             self.pruning_map.record(target.name, job.weight, sparsity, target.input_site)
         logger.debug("block %d: %d targets pruned", index, len(targets))

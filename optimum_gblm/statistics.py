@@ -25,21 +25,25 @@ class InputStatistics:
             raise ValueError(f"unknown statistic {kind!r}: choose one of {', '.join(KINDS)}")
         self.kind = kind
         self.nsamples = 0
+        self.tokens = 0  # input rows seen (a routed expert sees a data-dependent share of them)
         shape = (in_features, in_features) if kind == "hessian" else (in_features,)
         self._sum: torch.Tensor | None = torch.zeros(shape, dtype=torch.float32, device=device)
         self._derived: dict[Hashable, object] = {}
 
-    def add_batch(self, inputs: torch.Tensor) -> None:
-        """Add a batch of inputs shaped [batch, ..., in_features]; each leading index is one sample."""
+    def add_batch(self, inputs: torch.Tensor, samples: int | None = None) -> None:
+        """Add a batch of inputs shaped [batch, ..., in_features]; each leading index is one sample. `samples`: how
+        many calibration samples the rows come from, when they are not laid out per sample (the tokens routed to
+        one expert: none of them may be, the statistic is still divided by every sample)."""
         if self._sum is None:
             raise RuntimeError("these statistics were already freed")
-        batch = inputs.shape[0] if inputs.dim() > 2 else 1
+        batch = samples if samples is not None else inputs.shape[0] if inputs.dim() > 2 else 1
         x = inputs.detach().reshape(-1, inputs.shape[-1]).to(device=self._sum.device, dtype=torch.float32)
         if self.kind == "hessian":
             self._sum.addmm_(x.t(), x)
         else:
             self._sum.add_((x * x).sum(dim=0))
         self.nsamples += batch
+        self.tokens += x.shape[0]
         self._derived.clear()
 
     def _checked(self) -> torch.Tensor:
