@@ -341,6 +341,10 @@ def test_bad_input_is_refused_before_heavy_work(tmp_path):
         GBLMPruner(build("phi3", hidden_size=66, num_attention_heads=2, num_key_value_heads=1), _cfg("wanda", "2:4"))
     with pytest.raises(ValueError, match=r"experts\.down_proj\[0\] \(d_in=30\)"):
         GBLMPruner(build("qwen3_moe", moe_intermediate_size=30), _cfg("wanda", "2:4"))
+    # experts stored transposed ([E, d_in, d_out], GPT-OSS) are refused rather than pruned along the wrong axis
+    oss = AutoConfig.for_model("gpt_oss", **{**BASE, "intermediate_size": 64, "num_local_experts": 4, "head_dim": 16})
+    with pytest.raises(ValueError, match=r"experts \(GptOssExperts\) stores its expert weights transposed"):
+        GBLMPruner(AutoModelForCausalLM.from_config(oss), _cfg("wanda", "unstructured"))
 
 
 # -- the README / docs table ----------------------------------------------------------------------------------------------
@@ -351,3 +355,13 @@ def test_family_table_in_the_docs_matches_the_registry():
     if "| model_type | family |" in readme:  # the README carries the same generated table once it lists families
         assert table in readme
     assert all(f"`{t}`" in table for t in DECODER_FAMILIES)
+
+
+def test_all_linear_selects_every_block_linear_of_other_adapters_too():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, num_classes=3, img_size=32)
+    adapter = get_adapter(vit)
+    assert [t.name for t in adapter.prune_targets(vit, ["all-linear"])] == [
+        f"blocks.0.{rel}" for rel in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    ]

@@ -17,12 +17,22 @@ from torch import nn
 from ..targets import PruneTarget, linear_target
 from .experts import MIN_EXPERT_TOKENS, expert_parameters, expert_targets
 from .families import ROUTER_NAMES, SHARED_INPUT_GROUPS, family
+from .registry import UnsupportedModel
 
 _TOWERS = ("vision", "audio", "visual", "image", "speech", "encoder")
 _LAYER_LISTS = ("layers", "h", "blocks")
 
 
-class DecoderNotFound(ValueError):
+class NotACausalDecoder(UnsupportedModel):
+    """An encoder-decoder or encoder-only model: an `UnsupportedModel` (a ValueError) with its own message, raised
+    before any weight is loaded where possible."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.kind = kind
+
+
+class DecoderNotFound(NotACausalDecoder):
     """The decoder layers of a model cannot be found (raised before any heavy work)."""
 
 
@@ -32,23 +42,28 @@ def check_causal_decoder(config: Any, model: nn.Module | None = None) -> None:
 
     model_type = getattr(config, "model_type", None) or type(config).__name__
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
+        raise NotACausalDecoder(
+            model_type,
             f"{model_type!r} is an encoder-decoder model: optimum-gblm prunes decoder-only causal LMs "
-            "(LLaMA, Mistral, Qwen, Gemma, Phi-3, Mixtral, ...)"
+            "(LLaMA, Mistral, Qwen, Gemma, Phi-3, Mixtral, ...)",
         )
     encoder_only = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
     if encoder_only or (model is not None and hasattr(model, "can_generate") and not model.can_generate()):
         kind = type(model).__name__ if model is not None else model_type
-        raise ValueError(
+        raise NotACausalDecoder(
+            model_type,
             f"{kind!r} ({model_type}) is not a causal LM (an encoder-only model or a head without generation): "
-            "optimum-gblm prunes decoder-only causal LMs; load it with AutoModelForCausalLM"
+            "optimum-gblm prunes decoder-only causal LMs; load it with AutoModelForCausalLM",
         )
 
 
 def find_decoder_layers(model: nn.Module) -> str:
     """The dotted path of the ModuleList of decoder layers, or `DecoderNotFound` saying what was looked for."""
     paths = {id(module): name for name, module in model.named_modules()}
-    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
+    try:
+        decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
+    except (AttributeError, NotImplementedError, ValueError):  # a model without a decoder accessor
+        decoder = None
     for attr in _LAYER_LISTS if isinstance(decoder, nn.Module) else ():
         layers = getattr(decoder, attr, None)
         if isinstance(layers, nn.ModuleList) and len(layers) and id(layers) in paths:
@@ -66,10 +81,11 @@ def find_decoder_layers(model: nn.Module) -> str:
         return candidates[0]
     kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
     raise DecoderNotFound(
+        kind,
         f"cannot find the decoder layers of {kind!r} ({type(model).__name__}): looked for a ModuleList "
         f"{' / '.join(_LAYER_LISTS)} on model.get_decoder(), then for one ModuleList of the model's "
         f"_no_split_modules ({', '.join(sorted(blocks)) or 'none declared'}) outside vision/audio towers"
-        + (f"; found several: {', '.join(candidates)}" if candidates else "; found none")
+        + (f"; found several: {', '.join(candidates)}" if candidates else "; found none"),
     )
 
 

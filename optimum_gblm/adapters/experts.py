@@ -86,7 +86,12 @@ class ExpertTarget(PruneTarget):
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
-            routing = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            routing = args[1] if len(args) > 1 else kwargs.get("top_k_index")
+            if not isinstance(routing, torch.Tensor):
+                raise RuntimeError(
+                    f"{self.name}: {type(module).__name__} was not called as experts(hidden_states, top_k_index, "
+                    "...): its routed tokens cannot be observed"
+                )
             rows = (routing.reshape(hidden.shape[0], -1) == self.index).any(dim=-1)
             x = hidden[rows]
             if self.stage == "hidden":
