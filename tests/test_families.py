@@ -26,7 +26,8 @@ from optimum_gblm import GBLMConfig, GBLMPruner, list_methods, verify_checkpoint
 from optimum_gblm.adapters import DECODER_FAMILIES, DecoderNotFound, families_markdown, get_adapter
 from optimum_gblm.masks import prune_count
 from optimum_gblm.methods import get_method
-from optimum_gblm.targets import resolve_weight
+from optimum_gblm.statistics import InputStatistics
+from optimum_gblm.targets import parse_slice_name, resolve_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(
@@ -127,19 +128,12 @@ def test_family_prunes_exactly_and_reloads_with_plain_transformers(model_type, m
             assert int((w == 0).sum()) == prune_count(w.numel(), 0.5), target.name
         if pattern == "2:4":
             assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) == 2).all(), target.name
-    pruned = {f"{t.module_path}.{t.param_name}" for t in map(_Where, targets)}
+    pruned = {f"{t.name}.weight" if t.index is None else parse_slice_name(t.name)[0] for t in targets}
     for key, value in model.state_dict().items():
         if key not in pruned:
             assert torch.equal(value, before[key]), key
     if pattern == "unstructured":
         _save_reload_verify(pruner, tmp_path)
-
-
-class _Where:
-    def __init__(self, target) -> None:
-        name = target.name.rpartition("[")[0] if target.index is not None else target.name
-        self.module_path = name.rpartition(".")[0] if target.index is not None else name
-        self.param_name = target.param_name
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
@@ -255,6 +249,15 @@ def test_each_expert_is_pruned_with_its_own_routed_tokens(model_type):
     gate_up_inputs, down_inputs = _routed_inputs(model)
     experts = model.model.layers[0].mlp.experts
     model.config._experts_implementation = "grouped_mm" if model_type == "mixtral" else "eager"
+    # the observer sees exactly the routed inputs, and divides by the samples of the batch, not by the tokens
+    target = next(t for t in get_adapter(model).prune_targets(model) if t.name.endswith("down_proj[1]"))
+    stats = InputStatistics(target.in_features, "activations")
+    handle = target.observe_inputs(stats.add_batch)
+    with torch.no_grad():
+        model(input_ids=IDS, use_cache=False)
+    handle.remove()
+    assert stats.nsamples == len(IDS) and stats.tokens == len(down_inputs[1]) > 0
+    assert torch.allclose(stats.activation_sq_mean(), down_inputs[1].pow(2).sum(0) / len(IDS), rtol=1e-4, atol=1e-7)
     pooled = torch.cat(list(gate_up_inputs.values())).unique(dim=0)  # every token the block routed
     GBLMPruner(model, _cfg("wanda", "unstructured")).prune(calibration=IDS, progress=False)
     differs = 0
