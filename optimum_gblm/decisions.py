@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .masks import NonFiniteScoresError, check_finite
+from .masks import NonFiniteScoresError, check_finite, select_mask
 from .methods import TargetJob, get_method
 from .pruning_map import PruningMap
 
@@ -61,7 +61,20 @@ class BlockPruner:
                 )
             try:
                 check_finite(job.weight, "weights")
-                self.method.prune(job)
+                if job.stats is not None and job.stats.tokens < target.min_tokens:
+                    # A routed expert that (almost) no calibration token reached: its statistics say nothing, so it
+                    # is pruned by the data-free score |W| in the same pattern and group (docs/families.md#experts).
+                    logger.warning(
+                        "%s received %d calibration tokens (< %d): pruned by |W| instead of %s",
+                        target.name,
+                        job.stats.tokens,
+                        target.min_tokens,
+                        self.method.name,
+                    )
+                    mask = select_mask(job.weight.abs().float(), sparsity, job.pattern, job.group)
+                    job.weight.masked_fill_(mask, 0)
+                else:
+                    self.method.prune(job)
             except NonFiniteScoresError as err:  # name the layer: the kernels only see tensors
                 raise NonFiniteScoresError(f"{target.name} (method {self.method.name!r}): {err}") from None
             self.pruning_map.record(target.name, job.weight, sparsity, target.input_site)

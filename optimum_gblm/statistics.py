@@ -27,20 +27,22 @@ class InputStatistics:
             raise ValueError(f"unknown statistic {kind!r}: choose one of {', '.join(KINDS)}")
         self.kind = kind
         self.nsamples = 0
+        self.tokens = 0  # input rows seen (a routed expert sees a data-dependent share of them)
         shape = (in_features, in_features) if kind == "hessian" else (in_features,)
         self._sum: torch.Tensor | None = torch.zeros(shape, dtype=torch.float32, device=device)
         self._derived: dict[Hashable, object] = {}
-        self.ntokens = 0
         self._linear: torch.Tensor | None = None
         if kind == "fluctuation":
             self._sum = torch.zeros(shape, dtype=torch.float64, device=device)
             self._linear = torch.zeros(shape, dtype=torch.float64, device=device)
 
-    def add_batch(self, inputs: torch.Tensor) -> None:
-        """Add a batch of inputs shaped [batch, ..., in_features]; each leading index is one sample."""
+    def add_batch(self, inputs: torch.Tensor, samples: int | None = None) -> None:
+        """Add a batch of inputs shaped [batch, ..., in_features]; each leading index is one sample. `samples`: how
+        many calibration samples the rows come from, when they are not laid out per sample (the tokens routed to
+        one expert: none of them may be, the statistic is still divided by every sample)."""
         if self._sum is None:
             raise RuntimeError("these statistics were already freed")
-        batch = inputs.shape[0] if inputs.dim() > 2 else 1
+        batch = samples if samples is not None else inputs.shape[0] if inputs.dim() > 2 else 1
         x = inputs.detach().reshape(-1, inputs.shape[-1]).to(device=self._sum.device, dtype=torch.float32)
         if self.kind == "hessian":
             self._sum.addmm_(x.t(), x)
@@ -51,7 +53,7 @@ class InputStatistics:
         else:
             self._sum.add_((x * x).sum(dim=0))
         self.nsamples += batch
-        self.ntokens += x.shape[0]
+        self.tokens += x.shape[0]
         self._derived.clear()
 
     def _checked(self) -> torch.Tensor:
@@ -71,13 +73,13 @@ class InputStatistics:
         self._checked()
         if self._linear is None:
             raise RuntimeError(f"this input site collected {self.kind} statistics, not fluctuation statistics")
-        return self._linear / self.ntokens
+        return self._linear / self.tokens
 
     def channel_variance(self) -> torch.Tensor:
         """Sample variance (divisor tokens - 1) of each input channel over every calibration token, float64."""
         mean = self.channel_mean()
-        count = max(self.ntokens - 1, 1)
-        return ((self._sum - self.ntokens * mean * mean) / count).clamp_min(0.0)
+        count = max(self.tokens - 1, 1)
+        return ((self._sum - self.tokens * mean * mean) / count).clamp_min(0.0)
 
     def hessian(self) -> torch.Tensor:
         if self.kind != "hessian":

@@ -24,6 +24,9 @@ class PruneTarget:
     input_site: str  # targets with the same site read the same input tensor
     param_name: str = "weight"
     index: int | None = None  # a 2-D slice `parameter[index]` of a 3-D parameter
+    # Fewer calibration tokens than this at the target's input: pruned data-free (|W|), logged with the count. Only
+    # targets that see a data-dependent share of the tokens (routed experts) set it.
+    min_tokens: int = 0
 
     @property
     def parameter(self) -> nn.Parameter:
@@ -63,6 +66,34 @@ def group_by_site(targets: list[PruneTarget]) -> dict[str, list[PruneTarget]]:
     return sites
 
 
-def target_modules(targets: list[PruneTarget]) -> dict[str, nn.Module]:
-    """Name -> owning module of whole-parameter targets (what the gradient pass hooks)."""
-    return {t.name: t.module for t in targets if t.index is None}
+def target_modules(targets: list[PruneTarget]) -> dict[str, nn.Module | PruneTarget]:
+    """What the gradient pass hooks, by target name: the owning module of a whole-weight target (its `.weight`),
+    the target itself for a slice of a 3-D parameter (the parameter's gradient is folded slice by slice)."""
+    return {t.name: t.module if t.index is None else t for t in targets}
+
+
+def target_weight(target: nn.Module | PruneTarget) -> torch.Tensor:
+    """The 2-D weight of a `target_modules` value."""
+    return target.weight() if isinstance(target, PruneTarget) else target.weight
+
+
+def slice_name(parameter: str, index: int) -> str:
+    """The target name of slice `index` of a 3-D parameter (its fully qualified name): `...experts.down_proj[3]`."""
+    return f"{parameter}[{index}]"
+
+
+def parse_slice_name(name: str) -> tuple[str, int | None]:
+    """(parameter FQN, index) of a slice name, (name, None) for any other target name."""
+    if name.endswith("]") and "[" in name:
+        head, _, index = name[:-1].rpartition("[")
+        if index.isdigit():
+            return head, int(index)
+    return name, None
+
+
+def resolve_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The 2-D weight a target name denotes in `model`: `<name>.weight`, or a slice of a 3-D parameter."""
+    parameter, index = parse_slice_name(name)
+    if index is None:
+        return model.get_submodule(name).weight
+    return model.get_parameter(parameter)[index]

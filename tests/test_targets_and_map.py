@@ -63,7 +63,8 @@ def test_indexed_target_is_a_2d_slice_of_a_3d_parameter():
     assert torch.equal(experts.weight[2][kept], before[2][kept])
     for other in (0, 1, 3):
         assert torch.equal(experts.weight[other], before[other]), other
-    assert target_modules([target]) == {}  # not a whole parameter: the gradient pass does not hook it
+    # the gradient pass hooks the 3-D parameter and folds this slice of its gradient under the target's name
+    assert target_modules([target]) == {"experts.2": target}
     whole = PruneTarget("experts", experts, "experts.input")
     with pytest.raises(ValueError, match=r"experts: a prune target needs a 2-D weight view, got shape \(4, 8, 16\)"):
         whole.weight()

@@ -8,7 +8,9 @@ from __future__ import annotations
 # The built-in adapters, in lookup order (the decoder adapter is also the fallback loader for unclaimed names).
 from . import decoder, timm_vit  # noqa: F401  isort: skip
 from .base import LoadedModel, ModelAdapter
-from .decoder import DECODER_FAMILIES, DecoderAdapter
+from .decoder import DecoderAdapter
+from .discovery import DecoderNotFound, find_decoder_layers
+from .families import DECODER_FAMILIES, Family, families_markdown
 from .registry import (
     UnsupportedModel,
     adapter_for_source,
@@ -24,11 +26,15 @@ from .timm_vit import TimmViTAdapter
 __all__ = [
     "DECODER_FAMILIES",
     "DecoderAdapter",
+    "DecoderNotFound",
+    "Family",
     "LoadedModel",
     "ModelAdapter",
     "TimmViTAdapter",
     "UnsupportedModel",
     "adapter_for_source",
+    "families_markdown",
+    "find_decoder_layers",
     "get_adapter",
     "list_adapters",
     "load_model",

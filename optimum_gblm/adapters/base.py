@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..targets import PruneTarget, linear_target
+from ..targets import PruneTarget, linear_target, target_modules
 from ..utils import sample_tensors
 
 
@@ -92,7 +92,10 @@ class ModelAdapter:
             if not isinstance(module, nn.Linear):
                 continue
             fqn = f"{prefix}.{rel}"
-            selected = any(re.search(p, fqn) for p in targets) if targets else rel in self.block_linears
+            if targets and "all-linear" in targets:  # every linear of the block
+                selected = True
+            else:
+                selected = any(re.search(p, fqn) for p in targets) if targets else rel in self.block_linears
             if selected and not any(re.search(p, fqn) for p in ignore or ()):
                 site = self.shared_inputs.get(rel)
                 out.append(linear_target(fqn, module, f"{prefix}.{site}" if site else fqn))
@@ -133,9 +136,10 @@ class ModelAdapter:
 
     def target_linears(
         self, model: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None
-    ) -> dict[str, nn.Module]:
-        """Name -> module of every whole-weight target (what the gradient pass hooks), in block order."""
-        return {t.name: t.module for t in self.prune_targets(model, targets, ignore) if t.index is None}
+    ) -> dict[str, nn.Module | PruneTarget]:
+        """What the gradient pass hooks, in block order: name -> module of every whole-weight target, name -> the
+        target itself for a slice of a 3-D parameter (targets.target_modules)."""
+        return target_modules(self.prune_targets(model, targets, ignore))
 
     # -- calibration samples --------------------------------------------------------------------------------------
     def forward(self, model: nn.Module, sample: Any) -> Any:

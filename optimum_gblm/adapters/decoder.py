@@ -1,4 +1,9 @@
-"""LLaMA-shaped decoder LLMs (LLaMA 1/2/3, Mistral, Qwen2/3): one adapter, families as data."""
+"""Decoder LLMs: one generic adapter for any transformers causal LM whose decoder layers can be found.
+
+The layers and prune targets come from the model itself (adapters/discovery.py); the family table
+(adapters/families.py) holds defaults and exceptions, not a gate. Mixture-of-experts layers with fused 3-D expert
+parameters are pruned per expert with the statistics of the tokens routed to it (adapters/experts.py).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..targets import PruneTarget
 from ..utils import DTYPES
 from .base import LoadedModel, ModelAdapter
+from .discovery import check_causal_decoder, decoder_block_targets, find_decoder_layers, layer_has_targets
+from .experts import MIN_EXPERT_TOKENS
+from .families import DECODER_FAMILIES
 from .registry import UnsupportedModel, register_adapter
 
 logger = logging.getLogger(__name__)
@@ -24,20 +33,14 @@ LLAMA_LINEARS = (
     "mlp.up_proj",
     "mlp.down_proj",
 )
-# q/k/v read the attention input, gate/up the MLP input: one input site each (one Hessian instead of three).
+# q/k/v read the attention input, gate/up the MLP input: one input site each (one Hessian instead of three). The
+# generic rule (discovery.SHARED_INPUT_GROUPS) declares the same sites; kept for adapters that extend this one.
 LLAMA_SHARED_INPUTS = {
     "self_attn.q_proj": "self_attn.input",
     "self_attn.k_proj": "self_attn.input",
     "self_attn.v_proj": "self_attn.input",
     "mlp.gate_proj": "mlp.input",
     "mlp.up_proj": "mlp.input",
-}
-# model_type -> (block path, targeted linears relative to a block). Families share LLaMA's layout.
-DECODER_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "llama": ("model.layers", LLAMA_LINEARS),
-    "mistral": ("model.layers", LLAMA_LINEARS),
-    "qwen2": ("model.layers", LLAMA_LINEARS),
-    "qwen3": ("model.layers", LLAMA_LINEARS),
 }
 
 
@@ -57,35 +60,53 @@ class DecoderAdapter(ModelAdapter):
     metric_name = "perplexity"
     claims_any_source = True  # names no other adapter claims are tried as transformers models
     block_path = "model.layers"
-    block_linears = LLAMA_LINEARS
-    shared_inputs = LLAMA_SHARED_INPUTS
+    block_linears = LLAMA_LINEARS  # informative: the generic rule selects every non-router linear of a layer
+    shared_inputs: dict[str, str] = {}  # explicit block-relative site declarations (override the generic rule)
+    min_expert_tokens: int = MIN_EXPERT_TOKENS  # fewer routed calibration tokens: the expert is pruned by |W|
 
-    def __init__(self, model_type: str = "llama") -> None:
+    def __init__(self, model_type: str = "llama", block_path: str = "model.layers") -> None:
         self.model_type = model_type
-        self.block_path, self.block_linears = DECODER_FAMILIES[model_type]
+        self.block_path = block_path
 
     # -- which models and sources -------------------------------------------------------------------------------
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
+        """Every transformers model: `for_model` then says precisely why one cannot be pruned."""
         config = getattr(model, "config", None)
-        return getattr(config, "model_type", None) in DECODER_FAMILIES and hasattr(model, "lm_head")
+        return getattr(config, "model_type", None) is not None and hasattr(model, "get_input_embeddings")
 
     @classmethod
     def architectures(cls) -> list[str]:
-        return [f"{t} (transformers)" for t in DECODER_FAMILIES]
+        return [f"{t} (transformers)" for t in DECODER_FAMILIES] + [
+            "any other transformers causal LM whose decoder layers hold nn.Linear projections"
+        ]
 
     @classmethod
     def claims_source(cls, source: str) -> bool:
         return False  # but it is the fallback (claims_any_source)
 
     @classmethod
-    def check_model_type(cls, model_type: str) -> None:
-        if model_type not in DECODER_FAMILIES:
-            raise UnsupportedModel(model_type)
-
-    @classmethod
     def for_model(cls, model: nn.Module) -> DecoderAdapter:
-        return cls(model.config.model_type)
+        """The adapter for a loaded (or meta-device) model; a clear error if it is no prunable causal decoder."""
+        config = model.config
+        check_causal_decoder(config, model)
+        path = find_decoder_layers(model)
+        layers = model.get_submodule(path)
+        if not layer_has_targets(layers[0]):
+            kind = getattr(config, "model_type", None) or type(model).__name__
+            raise UnsupportedModel(
+                kind,
+                f"its decoder layers ({type(layers[0]).__name__}) hold no nn.Linear projection nor fused experts "
+                "(e.g. transformers Conv1D layers are not supported)",
+            )
+        return cls(getattr(config, "model_type", "") or "", path)
+
+    def block_targets(
+        self, block: nn.Module, prefix: str, targets: list[str] | None = None, ignore: list[str] | None = None
+    ) -> list[PruneTarget]:
+        return decoder_block_targets(
+            block, prefix, self.model_type, targets, ignore, self.shared_inputs, self.min_expert_tokens
+        )
 
     @classmethod
     def wrap(cls, model: nn.Module, config: Any, **load_kwargs: Any) -> LoadedModel:
@@ -94,7 +115,7 @@ class DecoderAdapter(ModelAdapter):
 
     @classmethod
     def skeleton(cls, source: str, config: Any) -> nn.Module | None:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         _check_path(source)
         trust = config.trust_remote_code
@@ -103,9 +124,22 @@ class DecoderAdapter(ModelAdapter):
         except (OSError, ValueError) as err:  # not local, not cached: only a download would tell
             logger.debug("no local config for %s (%s): structure not checked", source, err)
             return None
-        cls.check_model_type(getattr(hf_config, "model_type", None) or type(hf_config).__name__)
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust)
+        return cls._checked_skeleton(hf_config, trust)
+
+    @classmethod
+    def _checked_skeleton(cls, hf_config: Any, trust: bool) -> nn.Module:
+        """The model on the meta device (no memory, no weights), checked to be a prunable causal decoder."""
+        from transformers import AutoModelForCausalLM
+
+        check_causal_decoder(hf_config)
+        try:
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust)
+        except ValueError as err:  # no causal-LM class for this config
+            kind = getattr(hf_config, "model_type", None) or type(hf_config).__name__
+            raise UnsupportedModel(kind, f"transformers has no causal-LM class for it ({err})") from err
+        cls.for_model(skeleton)
+        return skeleton
 
     @classmethod
     def load(cls, source: str, config: Any, **load_kwargs: Any) -> LoadedModel:
@@ -119,7 +153,7 @@ class DecoderAdapter(ModelAdapter):
             hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
         except OSError as err:
             raise OSError(f"cannot load a model config from {source!r}: {err}") from err
-        cls.check_model_type(getattr(hf_config, "model_type", None) or type(hf_config).__name__)  # before weights
+        cls._checked_skeleton(hf_config, trust)  # the structure is checked before any weight is loaded
         dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust, **load_kwargs)
         if tokenizer is None:

@@ -15,8 +15,11 @@ _ADAPTERS: list[type[ModelAdapter]] = []
 class UnsupportedModel(ValueError):
     """No adapter supports this architecture (raised before any weight is loaded where possible)."""
 
-    def __init__(self, kind: str) -> None:
-        super().__init__(f"No adapter for architecture {kind!r}. Supported: {'; '.join(supported_architectures())}")
+    def __init__(self, kind: str, reason: str | None = None) -> None:
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"No adapter for architecture {kind!r}{why}. Supported: {'; '.join(supported_architectures())}"
+        )
         self.kind = kind
 
 

@@ -41,7 +41,8 @@ def add_model_argument(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--model",
         metavar="PATH_OR_ID",
-        help="Model folder or Hub id, LLaMA-family (llama, mistral, qwen2, qwen3) or a timm ViT "
+        help="Model folder or Hub id: a transformers causal LM (LLaMA, Mistral, Qwen, Gemma, Phi-3, MoE, ...; "
+        "docs/families.md) or a timm ViT "
         "(default: the embedded SmolLM2-135M-Instruct, with the embedded offline corpus).",
     )
 

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..configuration import CALIBRATION_PRESETS
+from ..targets import target_weight
 from ..utils import writer_tag, written_by_dead_process
 from ..version import __version__
 from .accumulation import GradientAccumulation
@@ -46,7 +47,7 @@ class GradientCacheMismatch(GradientCacheError):
     """A gradient cache was made for another model, calibration set or setting."""
 
 
-def model_fingerprint(model: nn.Module, targets: dict[str, nn.Module], legacy: bool = False) -> str:
+def model_fingerprint(model: nn.Module, targets: dict[str, Any], legacy: bool = False) -> str:
     """Hash of the model config (without where it was loaded from and runtime flags), the targeted module names
     and shapes, and a strided sample of each weight. `legacy`: the version-1 hash, with the whole config."""
     digest = hashlib.sha256()
@@ -58,7 +59,7 @@ def model_fingerprint(model: nn.Module, targets: dict[str, nn.Module], legacy: b
             text = json.dumps(values, indent=2, sort_keys=True)
         digest.update(text.encode())
     for name, module in targets.items():
-        weight = module.weight.detach()
+        weight = target_weight(module).detach()
         digest.update(f"{name}:{tuple(weight.shape)}".encode())
         flat = weight.reshape(-1)
         step = max(1, flat.numel() // 4096)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..targets import PruneTarget, target_weight
 from .accumulation import NORMS, GradientAccumulation, NonFiniteGradientError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class GradientCollector:
     def __init__(
         self,
         model: nn.Module,
-        targets: dict[str, nn.Module],
+        targets: dict[str, nn.Module | PruneTarget],
         norms: Iterable[str] = ("l1",),
         scale: float = 100.0,
         accumulate_device: torch.device | str | None = None,
@@ -77,16 +78,20 @@ class GradientCollector:
         for p in self.model.parameters():
             p.requires_grad_(False)
             p.grad = None
-        for name, module in self.targets.items():
-            weight = module.weight
-            device = self.accumulate_device or weight.device
+        # One hook per parameter; a 3-D parameter (stacked experts) folds each targeted slice under its own name.
+        by_param: dict[int, tuple[nn.Parameter, list[tuple[str, int | None]]]] = {}
+        for name, target in self.targets.items():
+            param = target.parameter if isinstance(target, PruneTarget) else target.weight
+            index = target.index if isinstance(target, PruneTarget) else None
+            by_param.setdefault(id(param), (param, []))[1].append((name, index))
+            shape = target_weight(target).shape
+            device = self.accumulate_device or param.device
             for norm, store in (("l1", self.state.l1), ("l2", self.state.l2sq)):
                 if norm in self.norms and name not in store:
-                    store[name] = torch.zeros(weight.shape, dtype=torch.float32, device=device)
-            weight.requires_grad_(True)
-            self._handles.append(
-                weight.register_post_accumulate_grad_hook(lambda p, name=name: self._on_grad(name, p))
-            )
+                    store[name] = torch.zeros(shape, dtype=torch.float32, device=device)
+        for param, slices in by_param.values():
+            param.requires_grad_(True)
+            self._handles.append(param.register_post_accumulate_grad_hook(lambda p, s=slices: self._on_grad(s, p)))
         self.model.train(self.train_mode)
         return self
 
@@ -102,19 +107,21 @@ class GradientCollector:
         self.model.train(self._saved_training)
 
     # -- hooks ----------------------------------------------------------------------------------------------------
-    def _on_grad(self, name: str, param: torch.Tensor) -> None:
-        grad = param.grad
+    def _on_grad(self, slices: list[tuple[str, int | None]], param: torch.Tensor) -> None:
+        full = param.grad
         param.grad = None  # free it now: the hook is the only consumer
-        if grad is None:
+        if full is None:
             return
         self._scaler_scale()  # read while this sample's backward runs, before the scaler can update its scale
-        if self.defer_fold:
-            self._pending[name] = grad
-            if self.overflow_marker is not None:
-                finite = torch.isfinite(grad).all().to(self.overflow_marker.device)
-                self.overflow_marker.masked_fill_(~finite, float("inf"))
-        else:
-            self._fold(name, grad)
+        for name, index in slices:
+            grad = full if index is None else full[index]
+            if self.defer_fold:
+                self._pending[name] = grad
+                if self.overflow_marker is not None:
+                    finite = torch.isfinite(grad).all().to(self.overflow_marker.device)
+                    self.overflow_marker.masked_fill_(~finite, float("inf"))
+            else:
+                self._fold(name, grad)
 
     def _scaler_scale(self) -> float:
         """The external scaler's loss scale for the current sample, read once per sample (a CUDA read syncs)."""

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..configuration import GBLMConfig
+from ..targets import target_weight
 from .accumulation import GradientAccumulation, required_norms
 from .collector import GradientCollector
 
@@ -112,7 +113,7 @@ class GBLMGradientCallback(TrainerCallback):
         )
         scaling = scaler is not None and scaler.is_enabled()
         if scaling:
-            device = next(iter(targets.values())).weight.device
+            device = target_weight(next(iter(targets.values()))).device
             self._add_placeholder(optimizer or getattr(self.trainer, "optimizer", None), device)
         self.collector = GradientCollector(
             model,

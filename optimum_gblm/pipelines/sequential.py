@@ -110,10 +110,13 @@ def observe_sites(sites: dict[str, list[PruneTarget]], stats: dict[str, InputSta
     handles = []
 
     def record(site: str, name: str, anchor: bool):
-        def callback(inputs: torch.Tensor) -> None:
+        def callback(inputs: torch.Tensor, samples: int | None = None) -> None:
             seen[site][name] = (inputs.data_ptr(), tuple(inputs.shape), inputs.dtype)
             if anchor:
-                stats[site].add_batch(inputs)
+                if samples is None:
+                    stats[site].add_batch(inputs)
+                else:  # rows not laid out per sample (routed experts): the observer counts the samples
+                    stats[site].add_batch(inputs, samples)
 
         return callback
 

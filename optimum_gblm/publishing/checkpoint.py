@@ -22,6 +22,7 @@ from ..configuration import CONFIG_NAME
 from ..masks import check_pattern, sparsity_of
 from ..pruning_map import PruningMap
 from ..structured.surgery import seal_saved_config
+from ..targets import parse_slice_name, resolve_weight
 from ..utils import writer_tag, written_by_dead_process
 from .cards import render_model_card, write_model_card
 from .plot import write_sparsity_plot
@@ -186,6 +187,29 @@ def _weight_files(folder: Path) -> dict[str, Path]:
     return out
 
 
+def _target_weight(folder: Path, name: str, files: dict[str, Path], reloaded: dict[str, Any]) -> torch.Tensor | None:
+    """A target's 2-D weight as saved: `<name>.weight`, a slice of a saved 3-D parameter, or, when transformers saved
+    it under another name or layout (fused experts split per expert, a multimodal wrapper's legacy prefixes), the
+    weight after transformers' own reload conversion (the checkpoint must then be a transformers one)."""
+    parameter, index = parse_slice_name(name)
+    key = f"{name}.weight" if index is None else parameter
+    if key in files:
+        with safe_open(str(files[key]), framework="pt") as f:
+            tensor = f.get_tensor(key)
+        return tensor if index is None else tensor[index]
+    if not (folder / "config.json").is_file():
+        return None
+    if "model" not in reloaded:  # transformers saved some weights under other names (its legacy / per-expert layout)
+        from transformers import AutoModelForCausalLM
+
+        logger.info("%s renames or splits weights on save: reading them back through transformers", folder)
+        reloaded["model"] = AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto")
+    try:
+        return resolve_weight(reloaded["model"], name).detach()
+    except (AttributeError, IndexError):
+        return None
+
+
 @dataclass
 class VerificationResult:
     ok: bool
@@ -213,14 +237,13 @@ def verify_checkpoint(folder: str | Path, tolerance: float = 0.0) -> Verificatio
     files = _weight_files(folder)
     problems: list[str] = []
     checked = 0
+    reloaded: dict[str, Any] = {}
     for name, claim in pruning_map.targets.items():
         pattern = claim.pattern
-        key = f"{name}.weight"
-        if key not in files:
-            problems.append(f"{name}: weight {key} missing from the checkpoint")
+        weight = _target_weight(folder, name, files, reloaded)
+        if weight is None:
+            problems.append(f"{name}: weight {name}.weight missing from the checkpoint")
             continue
-        with safe_open(str(files[key]), framework="pt") as f:
-            weight = f.get_tensor(key)
         checked += 1
         if claim.kept is not None:  # structured: the saved matrix must have exactly the kept rows / columns
             expected = kept_shape(claim.shape, claim.kept, name)
