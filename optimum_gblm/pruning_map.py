@@ -19,6 +19,7 @@ from .masks import check_pattern, pack_mask, parse_pattern, prune_count, sparsit
 logger = logging.getLogger(__name__)
 
 MAP_VERSION = 2
+STRUCTURED = "structured"  # the pattern of a map whose targets lost whole heads / channels (kept=...)
 
 
 @dataclass
@@ -111,8 +112,8 @@ class PruningMap:
         """Why the achieved sparsity sits below the target: every comparison group prunes a whole number of weights,
         floor(size x sparsity) (docs/semantics.md#6-mask-selection). Empty when the counts are exact (N:M, or
         sizes that multiply out). `group`: "row", or "layer" / "block" (whole-matrix counts); None says both."""
-        if parse_pattern(self.pattern) is not None or not self.targets:
-            return ""
+        if self.pattern == STRUCTURED or not self.targets or parse_pattern(self.pattern) is not None:
+            return ""  # structured maps remove whole heads and channels: no per-row counts to round
         targets = {r.target_sparsity for r in self.targets.values()}
         if len(targets) > 1:
             return "each target prunes floor(group size x its allocated sparsity) weights"

@@ -27,8 +27,9 @@ def digests(model_dir: str, text: str, method: str, pattern: str) -> dict[str, s
 
     from optimum_gblm import GBLMConfig, GBLMPruner
     from optimum_gblm.masks import pack_mask
+    from optimum_gblm.methods import get_method
 
-    sparsity = 0.5
+    sparsity = 0.3 if get_method(method).structured else 0.5  # structured: a fraction every block can give
     config = GBLMConfig(
         method=method, sparsity=sparsity, pattern=pattern, num_samples=4, seqlen=16, calibration=text, seed=3
     )
@@ -37,8 +38,11 @@ def digests(model_dir: str, text: str, method: str, pattern: str) -> dict[str, s
     pruner.prune(progress=False)
     masks, weights = hashlib.sha256(), hashlib.sha256()
     state = pruner.model.state_dict()
-    for name in sorted(pruner.pruning_map.targets):
-        masks.update(name.encode() + pack_mask(pruner.pruning_map.mask(name)).numpy().tobytes())
+    for name, record in sorted(pruner.pruning_map.targets.items()):
+        if record.kept is not None:  # structured: what is kept (heads, channels) is the decision, not a mask
+            masks.update(name.encode() + json.dumps(record.kept, sort_keys=True).encode())
+        else:
+            masks.update(name.encode() + pack_mask(pruner.pruning_map.mask(name)).numpy().tobytes())
         weights.update(state[f"{name}.weight"].to(torch.float32).numpy().tobytes())
     return {"masks": masks.hexdigest(), "weights": weights.hexdigest()}
 

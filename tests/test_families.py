@@ -1,7 +1,7 @@
 """Every decoder family of the registry, on tiny random configs built from its transformers config.
 
 Which combinations run (about a minute on 2 cores): every family x {50% unstructured, 2:4}, the method rotating
-through `list_methods()` (so each method meets dense, fused and MoE families); every method at
+through the mask-based methods of `list_methods()` (so each method meets dense, fused and MoE families); every method at
 2:4 on Mixtral and Qwen2-MoE (the per-expert statistics path is new; Qwen2-MoE adds a shared expert and its gate);
 test_pruner.py already runs every method x pattern on LLaMA / Mistral /
 Qwen2 / Qwen3. Each case checks the exact target on every targeted projection, bit-identical untouched parameters,
@@ -72,7 +72,8 @@ FAMILY_CONFIGS = {
     ),  # fmt: skip
 }
 MOE_FAMILIES = [t for t, f in DECODER_FAMILIES.items() if f.moe]
-METHODS = list_methods()
+# Mask-based methods; the structured ones (whole heads / channels, LLaMA layouts) are tested in test_structured.py.
+METHODS = [m for m in list_methods() if not get_method(m).structured]
 IDS = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(1))
 
 
@@ -368,3 +369,12 @@ def test_all_linear_selects_every_block_linear_of_other_adapters_too():
     assert [t.name for t in adapter.prune_targets(vit, ["all-linear"])] == [
         f"blocks.0.{rel}" for rel in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
     ]
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "phi3", "mixtral"])
+def test_structured_methods_refuse_other_layouts_before_any_work(model_type):
+    """Structured removal is implemented for LLaMA layouts only: other families are refused when the pruner is
+    built, naming what is supported, for every structured method of the registry."""
+    for method in [m for m in list_methods() if get_method(m).structured]:
+        with pytest.raises(ValueError, match="structured pruning cannot shrink this model"):
+            GBLMPruner(build(model_type), GBLMConfig(method=method, sparsity=0.2, device="cpu"))

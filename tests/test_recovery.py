@@ -16,8 +16,6 @@ from optimum_gblm.publishing.sidecar import read_sidecar
 from optimum_gblm.recovery import RecoveryConfig
 from tests.tiny_models import save_tiny_llama, write_text
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict:

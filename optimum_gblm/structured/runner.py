@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..masks import NonFiniteScoresError, check_finite
 from ..methods import get_method
 from ..methods.structured import LayerEvidence
-from ..pruning_map import PruningMap, Stage, TargetRecord, prune_settings
+from ..pruning_map import STRUCTURED, PruningMap, Stage, TargetRecord, prune_settings
 from ..statistics import InputStatistics
 from ..utils import inference_mode
 from .plan import LINEARS, BlockShape, Kept, check_structured, select
@@ -118,7 +118,7 @@ def apply_plan(
 ) -> PruningMap:
     """Remove what `kept` does not keep, rewrite the config, and return the pruning map (pattern "structured";
     per target the original shape, the removed fraction of its weights and the kept indices)."""
-    pruning_map = PruningMap(pattern="structured")
+    pruning_map = PruningMap(pattern=STRUCTURED)
     compensated = means is not None
     for index, (block, shape, keep) in enumerate(zip(adapter.blocks(model), shapes, kept)):
         shrink_block(
@@ -150,7 +150,7 @@ def apply_plan(
             now = block.get_submodule(name).weight
             pruning_map.targets[prefix + name] = TargetRecord(
                 shape=original,
-                pattern="structured",
+                pattern=STRUCTURED,
                 target_sparsity=fraction,
                 achieved_sparsity=1.0 - now.numel() / (original[0] * original[1]),
                 pattern_ok=True,
