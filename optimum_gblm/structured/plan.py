@@ -17,15 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-LINEARS = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
+from ..adapters.decoder import LLAMA_LINEARS
+
+LINEARS = LLAMA_LINEARS  # the seven projections of a LLaMA-layout block, which structured removal reshapes
 # Families whose config has both bias flags (attention_bias for q/k/v/o, mlp_bias for gate/up/down), so that a
 # compensated checkpoint reloads with plain transformers, and whose attention reshapes with -1 heads.
 FAMILIES = ("llama",)
