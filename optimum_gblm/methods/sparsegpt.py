@@ -5,7 +5,8 @@ The kernels take a score function, so gblm-obs (gblm_obs.py) reuses them with a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -31,9 +32,30 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> tuple[torc
     H[dead, dead] = 1
     damp = percdamp * torch.mean(torch.diag(H))
     H.diagonal().add_(damp)
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True), dead
+    with _fixed_threads_on_cpu(H.device):
+        L = torch.linalg.cholesky(H)
+        Hinv = torch.cholesky_inverse(L)
+        return torch.linalg.cholesky(Hinv, upper=True), dead
+
+
+# LAPACK's threaded Cholesky rounds differently for each thread count, so the factor (and every weight SparseGPT
+# reconstructs, and masks at near-ties) would depend on the caller's torch.get_num_threads(). A fixed count makes it
+# reproducible across thread settings; 2 is the count the recorded golden hashes were made with, so results did not
+# change. Its cost, O(d_in^3) once per input site, stays below the OBS update's O(d_out * d_in^2) per target.
+FACTOR_THREADS = 2
+
+
+@contextlib.contextmanager
+def _fixed_threads_on_cpu(device: torch.device) -> Iterator[None]:
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(FACTOR_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _block_sequential(
