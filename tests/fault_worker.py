@@ -132,6 +132,34 @@ def push(args: dict[str, Any]) -> None:
     push_folder(args["folder"], args["repo_id"], endpoint=os.environ["HF_ENDPOINT"])
 
 
+def recovery_run(model_dir: str, text: str, **overrides: Any) -> Any:
+    """A magnitude-pruned tiny model recovered for 4 steps (norm + masklora): shared by the worker and the test that
+    compares, so both build exactly the same run."""
+    from optimum_gblm import GBLMConfig, GBLMPruner
+    from optimum_gblm.recovery import RecoveryConfig
+
+    config = GBLMConfig(method="magnitude", sparsity=0.5, calibration=text, seqlen=16, device="cpu")
+    pruner = GBLMPruner.from_pretrained(model_dir, config)
+    pruner.prune(progress=False)
+    settings = dict(subset=["norm", "masklora"], source=text, max_steps=4, batch_size=2, seqlen=16, num_windows=8)
+    settings.update(heldout_windows=1, learning_rate=1e-2, warmup_ratio=0.0, logging_steps=1)
+    return pruner, RecoveryConfig(**{**settings, **overrides})
+
+
+def recover(args: dict[str, Any]) -> None:
+    """Recover with a checkpoint every 2 steps and die (SIGKILL) once the checkpoint of step `kill_after` is on disk."""
+    from transformers import TrainerCallback
+
+    class Die(TrainerCallback):
+        def on_save(self, train_args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == args["kill_after"]:
+                die()
+
+    pruner, config = recovery_run(args["model"], args["text"], output_dir=args["output_dir"], save_steps=2)
+    pruner.recover(config, callbacks=[Die()], progress=False)
+
+
 if __name__ == "__main__":
-    {"gradients": gradients, "save": save, "push": push}[sys.argv[1]](json.loads(sys.argv[2]))
+    modes = {"gradients": gradients, "save": save, "push": push, "recover": recover}
+    modes[sys.argv[1]](json.loads(sys.argv[2]))
     print("finished without being broken")

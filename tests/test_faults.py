@@ -202,3 +202,24 @@ def test_a_config_save_that_fails_mid_write_leaves_the_previous_file(tmp_path: P
         GBLMConfig(method="sparsegpt").save_pretrained(tmp_path)
     monkeypatch.undo()
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["gblm_config.json"]
+
+
+# -- recovery ---------------------------------------------------------------------------------------------------------
+def test_recovery_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path: Path, model_dir: Path):
+    """A recovery run SIGKILLed right after its step-2 Trainer checkpoint resumes (resume=True) to the weights of an
+    uninterrupted run, bit for bit, running only the remaining steps."""
+    from tests.fault_worker import recovery_run
+    from tests.tiny_models import write_text
+
+    text = write_text(tmp_path / "text.txt", 400)
+    run = tmp_path / "run"
+    proc = run_worker("recover", model=str(model_dir), text=str(text), output_dir=str(run), kill_after=2)
+    assert proc.returncode == KILLED, proc.stdout + proc.stderr
+    assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-4").exists()
+    pruner, config = recovery_run(str(model_dir), str(text), output_dir=str(run), save_steps=2, resume=True)
+    pruner.recover(config, progress=False)
+    expected, settings = recovery_run(str(model_dir), str(text))
+    expected.recover(settings, progress=False)
+    reference = expected.model.state_dict()
+    for name, tensor in pruner.model.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
