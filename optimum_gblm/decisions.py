@@ -71,7 +71,9 @@ class BlockPruner:
                         target.min_tokens,
                         self.method.name,
                     )
-                    mask = select_mask(job.weight.abs().float(), sparsity, job.pattern, job.group)
+                    # SparseGPT's column blocks share one exact total per matrix: the layer count is the same.
+                    group = "row" if job.group == "row" else "layer"
+                    mask = select_mask(job.weight.abs().float(), sparsity, job.pattern, group)
                     job.weight.masked_fill_(mask, 0)
                 else:
                     self.method.prune(job)
