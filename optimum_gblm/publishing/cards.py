@@ -20,7 +20,7 @@ from ..methods import get_method, list_methods
 from .plot import PLOT_NAME, ordered_layers
 from .provenance import hub_base_model, short_name
 from .recovery_card import recovery_section
-from .task_card import task_eval_results, task_results_section
+from .task_card import eval_result, task_eval_results, task_results_section
 
 logger = logging.getLogger(__name__)
 
@@ -83,24 +83,13 @@ def _evaluation_dataset(sidecar: dict[str, Any]) -> dict[str, str]:
 
 def model_index(sidecar: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
     """`model-index` with the dense and pruned values, built with huggingface_hub's own converter."""
-    from huggingface_hub import EvalResult
     from huggingface_hub.repocard_data import eval_results_to_model_index
 
     metric, values = metric_values(sidecar)
     task_type, task_name = _TASKS.get(sidecar.get("library", "transformers"), _TASKS["transformers"])
     dataset = _evaluation_dataset(sidecar)
     results = [
-        EvalResult(
-            task_type=task_type,
-            task_name=task_name,
-            dataset_type=dataset["type"],
-            dataset_name=dataset["name"],
-            dataset_config=dataset.get("config"),
-            dataset_split=dataset.get("split"),
-            metric_type=metric,
-            metric_name=f"{_METRICS[metric]} ({label})",
-            metric_value=round(value, 6),
-        )
+        eval_result(task_type, task_name, dataset, metric, f"{_METRICS[metric]} ({label})", value)
         for label, value in sorted(values.items(), key=lambda kv: (kv[0] != "dense", kv[0]))
     ]
     results += task_eval_results(sidecar, task_type, task_name)  # lm-eval tasks (docs/evaluation.md)

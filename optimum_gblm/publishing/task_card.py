@@ -46,8 +46,6 @@ def task_rows(sidecar: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]
 
 def task_eval_results(sidecar: dict[str, Any], task_type: str, task_name: str) -> list[Any]:
     """huggingface_hub `EvalResult`s: one per task, metric and label."""
-    from huggingface_hub import EvalResult
-
     tasks = sidecar.get("tasks") or {}
     results, owner = [], {}  # dataset identifier -> the task that uses it
     for task, metric, values in task_rows(sidecar):
@@ -57,20 +55,27 @@ def task_eval_results(sidecar: dict[str, Any], task_type: str, task_name: str) -
         if owner.setdefault(key, task) != task:  # two Hub tasks on one dataset: keep them apart
             dataset = {**dataset, "type": task}
         for label, value in values.items():
-            results.append(
-                EvalResult(
-                    task_type=task_type,
-                    task_name=task_name,
-                    dataset_type=dataset["type"],
-                    dataset_name=dataset["name"],
-                    dataset_config=dataset.get("config"),
-                    dataset_split=dataset.get("split"),
-                    metric_type=metric,
-                    metric_name=f"{task} {metric} ({label})",
-                    metric_value=round(float(value), 6),
-                )
-            )
+            results.append(eval_result(task_type, task_name, dataset, metric, f"{task} {metric} ({label})", value))
     return results
+
+
+def eval_result(
+    task_type: str, task_name: str, dataset: dict[str, Any], metric: str, metric_name: str, value: float
+) -> Any:
+    """One huggingface_hub `EvalResult` (a model-index entry) of a value measured on `dataset`."""
+    from huggingface_hub import EvalResult
+
+    return EvalResult(
+        task_type=task_type,
+        task_name=task_name,
+        dataset_type=dataset["type"],
+        dataset_name=dataset["name"],
+        dataset_config=dataset.get("config"),
+        dataset_split=dataset.get("split"),
+        metric_type=metric,
+        metric_name=metric_name,
+        metric_value=round(float(value), 6),
+    )
 
 
 def _cell(entry: dict[str, Any] | None, metric: str) -> str:
