@@ -15,6 +15,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -34,8 +35,15 @@ METHODS = {
     "wanda": {"method": "wanda"},
     "sparsegpt": {"method": "sparsegpt"},
     "gblm-obs": {"method": "gblm-obs", "allocation": "gradient", "beta": 1.0, "gamma": 0.5},
+    "gblm-sp": {"method": "gblm-sp"},  # structured: removes attention heads / MLP channels
+    "flap": {"method": "flap"},  # structured
 }
-PATTERNS = {"unstructured": {"pattern": "unstructured", "sparsity": 0.5}, "2:4": {"pattern": "2:4"}}
+STRUCTURED = {"gblm-sp", "flap"}
+PATTERNS = {
+    "unstructured": {"pattern": "unstructured", "sparsity": 0.5},
+    "2:4": {"pattern": "2:4"},
+    "structured-30%": {"sparsity": 0.3},  # only with the structured methods: 30% of block parameters removed
+}
 DEFAULT = {"subset": ["norm", "masklora"], "lora_rank": 16, "distill_weight": 0.0}
 ABLATION = [
     ("norm only", {"subset": ["norm"]}),
@@ -55,22 +63,32 @@ def recovered(session: QualitySession, seed: int, prune: dict, recovery: Recover
     gradients = session.gradients(seed) if config.needs_gradients else None
     pruner.prune(gradients=gradients, progress=False)
     before = session.perplexities(pruner.model)
+    shapes = {n: p.shape for n, p in pruner.model.named_parameters()}
     teacher = session.base.model if recovery.distill else None
     pruner.recover(recovery, teacher=teacher, progress=False)
     after = session.perplexities(pruner.model)
-    zeros_kept = all(
-        not bool(t.weight()[pruner.pruning_map.mask(t.name)].any()) for t in pruner.targets() if t.index is None
+    structured = config.method in STRUCTURED
+    zeros_kept = {n: p.shape for n, p in pruner.model.named_parameters()} == shapes and (
+        structured
+        or all(
+            not bool(t.weight()[pruner.pruning_map.mask(t.name)].any()) for t in pruner.targets() if t.index is None
+        )
     )
     result = {"before": before, "after": after, "zeros_kept": zeros_kept, **pruner.recovery}
     logger.info("%s seed %d: %s -> %s in %.0f s", prune, seed, before, after, pruner.recovery["time_s"])
     return result
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, str]:
+def run(args: argparse.Namespace, work: Path, emit: Callable[[dict[str, str], str], None]) -> dict[str, str]:
+    """The grid, then the ablation; `emit(sections, note)` is called after every run so that a run stopped early
+    (or past `--deadline`) still leaves the rows it finished."""
+    deadline = time.perf_counter() + 60 * args.deadline if args.deadline else float("inf")
     calib, text_b = write_texts(work)
     size = {"num_samples": 16, "seqlen": 128} if args.quick else {"num_samples": 32, "seqlen": 256}
     windows = args.eval_windows or (8 if args.quick else 16)
-    session = QualitySession(**size, eval_windows=windows, eval_sources=("offline-corpus", text_b), calibration=calib)
+    session = QualitySession(
+        **size, eval_windows=windows, eval_sources=("offline-corpus", text_b), calibration=calib, device=args.device
+    )
     evals = list(session.streams)
     names = {evals[0]: "A", evals[1]: "B"}
     dense = session.dense()
@@ -81,31 +99,48 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, str]:
     def config(seed: int, **overrides: Any) -> RecoveryConfig:
         return RecoveryConfig(**{**budget, **DEFAULT, **overrides, "seed": seed})
 
+    where = f"{torch.get_num_threads()} CPU threads" if args.device == "cpu" else f"device {args.device}"
+    shared = (
+        " Times were taken on a shared machine (other jobs running): compare them only within this table."
+        if args.shared
+        else ""
+    )
     sections = {
         "setup": (
             f"Pruning calibration: {size['num_samples']} windows x {size['seqlen']} tokens per seed from the extracts "
             f"before text B. Recovery, the same for every method: {args.steps} steps x {args.batch_size} windows x "
             f"{args.seqlen} tokens ({args.steps * args.batch_size * args.seqlen:,} tokens) from the same text, AdamW "
             f"lr {args.lr:g} (linear decay, 10% warm-up), subset norm + masklora rank 16 (alpha 32), no distillation, "
-            f"gradient checkpointing, fp32, {torch.get_num_threads()} threads. Perplexity: {windows} windows of "
+            f"gradient checkpointing, fp32, {where}. Perplexity: {windows} windows of "
             f"256 tokens of text A (standard held-out slice) and text B. Dense: A {dense[evals[0]]:.3f}, "
-            f"B {dense[evals[1]]:.3f}. Times were taken on a shared machine (other jobs running): compare them only "
-            "within this table."
+            f"B {dense[evals[1]]:.3f}.{shared}"
         )
     }
+    skipped: list[str] = []
+
+    def out_of_time(what: str) -> bool:
+        if time.perf_counter() < deadline:
+            return False
+        skipped.append(what)
+        return True
+
     header = ["method", "pattern", "seed"] + [f"{names[e]} {w}" for e in evals for w in ("before", "after")]
-    header += ["trainable share", "tokens", "recovery time (s)", "zeros kept"]
+    header += ["trainable share", "tokens", "recovery time (s)", "sparsity kept"]
     rows, runs = [], {}
-    for pattern in args.patterns:
-        for method in args.methods:
-            for seed in args.seeds:
-                r = recovered(session, seed, {**METHODS[method], **PATTERNS[pattern]}, config(seed))
-                runs.setdefault((method, pattern), []).append(r)
-                rows.append(
-                    [method, pattern, seed]
-                    + [r[k][e] for e in evals for k in ("before", "after")]
-                    + [f"{r['trainable_share']:.3%}", r["tokens"], f"{r['time_s']:.0f}", r["zeros_kept"]]
-                )
+    grid = [(p, m) for p in args.patterns for m in args.methods if (p == "structured-30%") == (m in STRUCTURED)]
+    for pattern, method in grid:
+        for seed in args.seeds:
+            if out_of_time(f"{method} {pattern} seed {seed}"):
+                continue
+            r = recovered(session, seed, {**METHODS[method], **PATTERNS[pattern]}, config(seed))
+            runs.setdefault((method, pattern), []).append(r)
+            rows.append(
+                [method, pattern, seed]
+                + [r[k][e] for e in evals for k in ("before", "after")]
+                + [f"{r['trainable_share']:.3%}", r["tokens"], f"{r['time_s']:.0f}", r["zeros_kept"]]
+            )
+            sections["before and after recovery"] = common.table(header, rows)
+            emit(sections, "partial: the grid is still running")
     means = [
         [method, pattern, f"{len(rs)} seeds"]
         + [mean(r[k][e] for r in rs) for e in evals for k in ("before", "after")]
@@ -118,13 +153,18 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, str]:
         ab_header = ["variant", "trainable share"] + [f"{names[e]} after" for e in evals] + ["time (s)"]
         ab_rows = []
         for label, overrides in ABLATION:
+            if out_of_time(f"ablation {label}"):
+                continue
             r = recovered(session, seed, {**METHODS[method], **PATTERNS[pattern]}, config(seed, **overrides))
             ab_rows.append([label, f"{r['trainable_share']:.3%}"] + [r["after"][e] for e in evals] + [r["time_s"]])
-        before = r["before"]
-        sections[f"ablation ({method}, {pattern}, seed {seed})"] = (
-            f"Before recovery: A {before[evals[0]]:.3f}, B {before[evals[1]]:.3f}. Same budget as above.\n\n"
-            + common.table(ab_header, ab_rows)
-        )
+            before = r["before"]
+            sections[f"ablation ({method}, {pattern}, seed {seed})"] = (
+                f"Before recovery: A {before[evals[0]]:.3f}, B {before[evals[1]]:.3f}. Same budget as above.\n\n"
+                + common.table(ab_header, ab_rows)
+            )
+            emit(sections, "partial: the ablation is still running")
+    if skipped:
+        sections["not run (past --deadline)"] = ", ".join(skipped)
     return sections
 
 
@@ -140,16 +180,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-windows", type=int, help="windows per evaluation text (default: 16, quick: 8)")
     parser.add_argument("--ablation", action="store_true", help="subset / rank / distillation variants")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--deadline", type=float, help="minutes after which no new run starts (the rest is listed)")
+    parser.add_argument("--shared", action="store_true", help="say in the results that the machine was shared")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = "python -m benchmarks.recovery " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="gblm-recovery-") as tmp:
-        sections = run(args, Path(tmp))
     reduced = " · **reduced run**" if args.quick or args.seeds != [0, 1, 2] or len(args.methods) < 3 else ""
-    header = f"_Command: `{command.strip()}` · {common.today()} · {common.machine()}{reduced}_"
-    body = "\n\n".join(f"### {name}\n\n{text}" for name, text in sections.items())
-    common.write_section("recovery", f"{header}\n\n{body}\n\n_suite time: {time.perf_counter() - start:.0f} s_")
+
+    def emit(sections: dict[str, str], note: str = "") -> None:
+        header = f"_Command: `{command.strip()}` · {common.today()} · {common.machine()}{reduced}"
+        header += f" · **{note}**_" if note else "_"
+        body = "\n\n".join(f"### {name}\n\n{text}" for name, text in sections.items())
+        common.write_section("recovery", f"{header}\n\n{body}\n\n_suite time: {time.perf_counter() - start:.0f} s_")
+
+    with tempfile.TemporaryDirectory(prefix="gblm-recovery-") as tmp:
+        emit(run(args, Path(tmp), emit))
     common.assemble_benchmarks_md()
 
 

@@ -36,9 +36,12 @@ class QualitySession:
         eval_seqlen: int = 256,
         eval_sources: tuple[str, ...] = ("offline-corpus",),
         calibration: str = "offline-corpus",
+        device: str = "cpu",
     ) -> None:
-        self.base = GBLMPruner.from_pretrained(None, GBLMConfig(method="wanda", device="cpu"))
-        self.size = {"num_samples": num_samples, "seqlen": seqlen, "calibration": calibration, "device": "cpu"}
+        self.base = GBLMPruner.from_pretrained(None, GBLMConfig(method="wanda", device=device))
+        self.size = {"num_samples": num_samples, "seqlen": seqlen, "calibration": calibration, "device": device}
+        if device != "cpu":  # fresh copies, the dense evaluation and the teacher then live on the device already
+            self.base.model.to(device)
         self.eval_windows, self.eval_seqlen = eval_windows, eval_seqlen
         self.streams = {s: evaluation_stream(self.base.tokenizer, s) for s in eval_sources}
         self._calib: dict[int, torch.Tensor] = {}
