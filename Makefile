@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast quality style bench gpu-test clean
+.PHONY: install demo test test-fast quality style bench gpu-test gpu-bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-fast: install
 
 gpu-test: install
 	$(PY) -m pytest tests -q -p no:cacheprovider -m gpu
+
+gpu-bench: install
+	$(PY) benchmarks/run_all.py --only gpu_sparse24 gpu_cost
 
 quality: install
 	$(VENV)/bin/ruff check optimum_gblm optimum tests examples benchmarks

@@ -3,6 +3,7 @@
 python benchmarks/run_all.py            # full size (about an hour on a 2-core CPU)
 python benchmarks/run_all.py --quick    # reduced sizes, labelled as such
 python benchmarks/run_all.py --only gradient_pass llm gblm_obs input_sites vit
+python benchmarks/run_all.py --only gpu_sparse24 gpu_cost   # `make gpu-bench`: needs CUDA
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ SUITES = (
     "vit",
     "offload",
     "recovery",
+    "gpu_sparse24",
+    "gpu_cost",
 )
+GPU_SUITES = {"gpu_sparse24", "gpu_cost"}  # skipped (with a warning) where CUDA is not available
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,6 +55,16 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         for suite in args.only:
             start = time.perf_counter()
+            if suite in GPU_SUITES:
+                import importlib
+
+                import torch
+
+                if not torch.cuda.is_available():
+                    logging.getLogger(__name__).warning("%s skipped: it needs a CUDA GPU", suite)
+                    continue
+                importlib.import_module(f"benchmarks.{suite}").main(["--quick"] if args.quick else [])
+                continue
             if suite == "gradient_pass":
                 from benchmarks.gradient_pass import run_all as run
 
