@@ -266,3 +266,47 @@ def test_knowledge_probe_runs_through_lm_eval(tiny, no_network):
     entry = pruner.task_results["dense"]["knowledge_probe"]
     assert entry["samples"] == 6 and entry["source"] == "generated" and 0 <= values["acc"] <= 1
     assert {"acc", "acc_norm", "acc_stderr", "acc_norm_stderr"} <= set(values)
+
+
+def test_cli_prune_runs_tasks_on_dense_and_pruned_and_saves_them(tiny, local_tasks, tmp_path):
+    """`prune --tasks`: the dense model before pruning and the pruned one after, in one call; both land in the
+    side-car and the card's model-index, and the summary table is printed. A bad task is refused before loading."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard
+
+    model, tokenizer = tiny
+    mc, _, _ = local_tasks
+    dense = tmp_path / "dense"
+    model.save_pretrained(dense)
+    tokenizer.save_pretrained(dense)
+    text = tmp_path / "calib.txt"
+    text.write_text(tiny_text(200, seed=5))
+    cli = [str(Path(sys.executable).parent / "optimum-cli"), "gblm", "prune", "--model", str(dense)]
+    cli += ["--method", "magnitude", "--sparsity", "0.5", "--calibration", str(text), "--num-samples", "2"]
+    cli += ["--seqlen", "16", "--no-progress"]
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}, **env}
+    out = tmp_path / "pruned"
+    result = subprocess.run(
+        [*cli, "--output", str(out), "--tasks", mc], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(table) if line.split()[:2] == ["task", "metric"])
+    assert table[header].split() == ["task", "metric", "dense", "pruned", "change"]
+    assert table[header + 1].split()[:4] == ["tiny_mc", "acc", "0.5000", "±"]  # the hand-computed dense accuracy
+    sidecar = json.loads((out / "gblm_config.json").read_text())
+    assert set(sidecar["tasks"]) == {"dense", "pruned"}
+    assert sidecar["tasks"]["dense"]["tiny_mc"]["metrics"]["acc"] == pytest.approx(0.5)
+    names = {r.metric_name for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert {"tiny_mc acc (dense)", "tiny_mc acc (pruned)"} <= names
+
+    missing = tmp_path / "never"
+    bad = subprocess.run(
+        [*cli, "--output", str(missing), "--tasks", "no_such_task_xyz"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "no_such_task_xyz" in bad.stderr.strip().splitlines()[-1]
+    assert not missing.exists()

@@ -33,6 +33,7 @@ from .options import (
     methods_epilog,
 )
 from .push import hub_kwargs, load_push_folder
+from .tasks import add_task_arguments, check_task_arguments, summary_table, task_options
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class PruneCommand(GBLMSubcommand):
             "(otherwise a usage error).",
         )
         add_eval_arguments(parser, "evaluation", "the calibration --seqlen", flag=True)
+        add_task_arguments(parser, comparing=False)
         hub = parser.add_argument_group("hub")
         hub.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the saved folder to this Hub repo.")
         add_hub_arguments(hub)
@@ -143,9 +145,11 @@ class PruneCommand(GBLMSubcommand):
             )
         if args.eval:
             check_eval_source(args.eval_source, args.model)
-            if config.placement == "disk":
+        check_task_arguments(args)  # task names, Hub access while offline, lm-eval installed
+        for flag, used in (("--eval", args.eval), ("--tasks", args.tasks)):
+            if used and config.placement == "disk":
                 raise UsageError(
-                    "--eval needs the whole model, which --placement disk never loads: evaluate the saved folder"
+                    f"{flag} needs the whole model, which --placement disk never loads: evaluate the saved folder"
                 )
         push_folder = load_push_folder(args.push_to_hub, args) if args.push_to_hub else None
 
@@ -159,6 +163,9 @@ class PruneCommand(GBLMSubcommand):
         if args.eval:
             with timed(steps, "eval"):
                 pruner.evaluate("dense", **eval_kwargs(pruner, args, config.seqlen))
+        if args.tasks:
+            with timed(steps, "tasks"):
+                pruner.evaluate("dense", tasks=args.tasks, progress=self.progress, **task_options(args))
         try:  # a cache for another model is only known once the model is loaded (still before the gradient pass)
             pruner.prune(gradients=gradients, progress=self.progress)
         except GradientCacheError as err:
@@ -166,6 +173,9 @@ class PruneCommand(GBLMSubcommand):
         if args.eval:
             with timed(steps, "eval"):
                 pruner.evaluate("pruned", **eval_kwargs(pruner, args, config.seqlen))
+        if args.tasks:
+            with timed(steps, "tasks"):
+                pruner.evaluate("pruned", tasks=args.tasks, progress=self.progress, **task_options(args))
         with timed(steps, "save"):
             # the repo id, when pushing: the local card's snippets then name the repo it is published to
             saved = pruner.save_pretrained(output, overwrite=args.overwrite, repo_id=args.push_to_hub)
@@ -175,9 +185,11 @@ class PruneCommand(GBLMSubcommand):
             with timed(steps, "push"):
                 url = push_folder(saved, args.push_to_hub, **hub_kwargs(args))
         steps.update({k.removesuffix("_s"): v for k, v in pruner.timings.items()})
-        order = ("load", "gradients", "prune", "eval", "save", "push")
+        order = ("load", "gradients", "prune", "eval", "tasks", "save", "push")
         steps = {k: steps[k] for k in sorted(steps, key=lambda k: order.index(k) if k in order else len(order))}
         print(summary(pruner, saved, time.perf_counter() - start, steps, args.push_to_hub, url))
+        if args.tasks:
+            print(summary_table(pruner.task_results))
 
 
 def check_gradients_used(config: Any) -> None:

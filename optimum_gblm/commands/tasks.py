@@ -13,18 +13,22 @@ from .errors import UsageError
 from .options import positive_int
 
 
-def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+def add_task_arguments(parser: argparse.ArgumentParser, comparing: bool = True) -> None:
+    """The lm-eval options; `comparing` adds --compare and --record (evaluate). `prune` runs the tasks on the dense
+    model before pruning and on the pruned one after, and saves both with the checkpoint."""
     group = parser.add_argument_group("lm-eval tasks (docs/evaluation.md; needs `pip install optimum-gblm[eval]`)")
+    what = "instead of the perplexity / accuracy metric" if comparing else "on the dense and the pruned model"
     group.add_argument(
         "--tasks",
         nargs="+",
         metavar="TASK",
-        help="Run lm-evaluation-harness tasks instead of the perplexity / accuracy metric: lm-eval task names "
-        "(Hub data), task YAML files (local data), or knowledge_probe (offline, built from the held-out corpus).",
+        help=f"Run lm-evaluation-harness tasks {what}: lm-eval task names (Hub data), task YAML files (local "
+        "data), or knowledge_probe (offline, built from the held-out corpus).",
     )
-    group.add_argument(
-        "--compare", metavar="MODEL", help="A second model (e.g. the dense base) evaluated on the same tasks."
-    )
+    if comparing:
+        group.add_argument(
+            "--compare", metavar="MODEL", help="A second model (e.g. the dense base) evaluated on the same tasks."
+        )
     group.add_argument("--limit", type=positive_int, metavar="N", help="At most N examples per task.")
     group.add_argument("--num-fewshot", type=int, metavar="N", help="Few-shot examples (default: each task's).")
     group.add_argument(
@@ -33,26 +37,27 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--task-batch-size", type=positive_int, default=8, metavar="N", help="Requests per lm-eval batch (default 8)."
     )
-    group.add_argument(
-        "--record",
-        action="store_true",
-        help="Add the results to the checkpoint's gblm_config.json (`tasks`) and re-render its README.md.",
-    )
+    if comparing:
+        group.add_argument(
+            "--record",
+            action="store_true",
+            help="Add the results to the checkpoint's gblm_config.json (`tasks`) and re-render its README.md.",
+        )
 
 
 def check_task_arguments(args: argparse.Namespace) -> None:
     """Usage errors before any model is loaded: task names, Hub access while offline, paths, options."""
     used = [f"--{k.replace('_', '-')}" for k in ("compare", "limit", "num_fewshot", "max_gen_toks", "record")]
     if not args.tasks:
-        given = [flag for flag in used if getattr(args, flag[2:].replace("-", "_")) not in (None, False)]
+        given = [flag for flag in used if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False)]
         if given:
             raise UsageError(f"{', '.join(given)} only apply with --tasks")
         return
     from ..evaluation.harness import prepared_tasks
 
-    if args.compare:
+    if getattr(args, "compare", None):
         check_model_path(args.compare)
-    if args.record and not (Path(args.model).expanduser() / CONFIG_NAME).is_file():
+    if getattr(args, "record", False) and not (Path(args.model).expanduser() / CONFIG_NAME).is_file():
         raise UsageError(f"--record needs a checkpoint folder with {CONFIG_NAME}; {args.model} has none")
     try:
         with prepared_tasks(args.tasks):
@@ -65,8 +70,7 @@ def run_task_evaluation(args: argparse.Namespace, config: Any, pruned: bool, pro
     """Evaluate the model (and `--compare`) on the tasks; record them when asked; returns the summary table."""
     from ..pruner import GBLMPruner
 
-    options = {"limit": args.limit, "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks}
-    options["batch_size"] = args.task_batch_size
+    options = task_options(args)
     runs: dict[str, dict[str, Any]] = {}
     label = "pruned" if pruned else "dense"
     models = [(label, args.model)]
@@ -85,6 +89,12 @@ def run_task_evaluation(args: argparse.Namespace, config: Any, pruned: bool, pro
         folder = record_task_results(args.model, {k: v for k, v in runs.items() if k in ("dense", label)})
         lines.append(f"recorded in {folder / CONFIG_NAME} and {folder / 'README.md'}")
     return "\n".join(lines)
+
+
+def task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """GBLMPruner.evaluate keyword arguments from the task options."""
+    options = {"limit": args.limit, "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks}
+    return {**options, "batch_size": args.task_batch_size}
 
 
 def summary_table(runs: dict[str, dict[str, Any]]) -> str:
