@@ -12,10 +12,8 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
-import sys
 import time
 from typing import Any
 
@@ -186,21 +184,7 @@ def run(quick: bool) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 calibration samples, 8 windows (labelled)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not torch.cuda.is_available():
-        logger.error("gpu_cost needs a CUDA GPU; nothing was measured or written")
-        sys.exit(2)
-    command = "python -m benchmarks.gpu_cost " + " ".join(argv if argv is not None else sys.argv[1:])
-    start = time.perf_counter()
-    sections = run(args.quick)
-    stamp = f"_Command: `{command.strip()}` · {common.today()} · {common.machine()}"
-    stamp += " · **reduced run**_" if args.quick else "_"
-    body = "\n\n".join(f"### {name}\n\n{text}" for name, text in sections.items())
-    common.write_section("gpu_cost", f"{stamp}\n\n{body}\n\n_suite time: {time.perf_counter() - start:.0f} s_")
-    common.assemble_benchmarks_md()
+    common.gpu_suite_main("gpu_cost", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ events: warm-up, then the median of repeated runs (`triton.testing.do_bench`).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-import time
 from typing import Any
 
 import torch
@@ -73,47 +70,23 @@ def shape_rows(quick: bool) -> list[list[Any]]:
                 gen = torch.Generator(device="cuda").manual_seed(0)
                 weight = two_four(torch.randn(out_f, in_f, device="cuda", dtype=dtype, generator=gen))
                 for backend in BACKENDS:
+                    key = [model, label, f"{out_f}x{in_f}", dtype_name, backend]
                     try:
                         sparse = to_semi_structured(weight, backend)
                     except Exception as err:  # a backend the build lacks is reported, not fatal
-                        rows.append(
-                            [
-                                model,
-                                label,
-                                f"{out_f}x{in_f}",
-                                dtype_name,
-                                backend,
-                                "-",
-                                "-",
-                                "-",
-                                "-",
-                                f"unavailable: {type(err).__name__}",
-                            ]
-                        )
+                        rows.append(key + ["-"] * 4 + [f"unavailable: {type(err).__name__}"])
                         continue
                     for m in tokens:
                         x = torch.randn(m, in_f, device="cuda", dtype=dtype, generator=gen)
                         ref = F.linear(x.float(), weight.float())
                         err = float((F.linear(x, sparse).float() - ref).norm() / ref.norm())
                         if not err < 1e-2:
-                            raise AssertionError(f"{model} {label} {dtype_name} {backend} M={m}: rel err {err:.2e}")
+                            raise AssertionError(f"{key} M={m}: relative error {err:.2e}")
                         dense_ms = median_ms(lambda x=x, w=weight: F.linear(x, w))
                         sparse_ms = median_ms(lambda x=x, s=sparse: F.linear(x, s))
                         tflops = 2 * m * out_f * in_f / (dense_ms * 1e-3) / 1e12
-                        rows.append(
-                            [
-                                model,
-                                label,
-                                f"{out_f}x{in_f}",
-                                dtype_name,
-                                backend,
-                                m,
-                                dense_ms * 1e3,
-                                sparse_ms * 1e3,
-                                dense_ms / sparse_ms,
-                                f"dense {tflops:.0f} TFLOP/s, err {err:.1e}",
-                            ]
-                        )
+                        timing = [m, dense_ms * 1e3, sparse_ms * 1e3, dense_ms / sparse_ms]
+                        rows.append(key + timing + [f"dense {tflops:.0f} TFLOP/s, err {err:.1e}"])
     return rows
 
 
@@ -212,21 +185,7 @@ def run(quick: bool) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer token counts (labelled)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not torch.cuda.is_available():
-        logger.error("gpu_sparse24 needs a CUDA GPU (sm80 or newer); nothing was measured or written")
-        sys.exit(2)
-    command = "python -m benchmarks.gpu_sparse24 " + " ".join(argv if argv is not None else sys.argv[1:])
-    start = time.perf_counter()
-    sections = run(args.quick)
-    stamp = f"_Command: `{command.strip()}` · {common.today()} · {common.machine()}"
-    stamp += " · **reduced run**_" if args.quick else "_"
-    body = "\n\n".join(f"### {name}\n\n{text}" for name, text in sections.items())
-    common.write_section("gpu_sparse24", f"{stamp}\n\n{body}\n\n_suite time: {time.perf_counter() - start:.0f} s_")
-    common.assemble_benchmarks_md()
+    common.gpu_suite_main("gpu_sparse24", __doc__, run, argv)
 
 
 if __name__ == "__main__":
