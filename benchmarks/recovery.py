@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--deadline", type=float, help="minutes after which no new run starts (the rest is listed)")
     parser.add_argument("--shared", action="store_true", help="say in the results that the machine was shared")
+    parser.add_argument(
+        "--section", default="recovery", help="results file benchmarks/results/SECTION.md (runs side by side)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = "python -m benchmarks.recovery " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         header = f"_Command: `{command.strip()}` · {common.today()} · {common.machine()}{reduced}"
         header += f" · **{note}**_" if note else "_"
         body = "\n\n".join(f"### {name}\n\n{text}" for name, text in sections.items())
-        common.write_section("recovery", f"{header}\n\n{body}\n\n_suite time: {time.perf_counter() - start:.0f} s_")
+        common.write_section(args.section, f"{header}\n\n{body}\n\n_suite time: {time.perf_counter() - start:.0f} s_")
 
     with tempfile.TemporaryDirectory(prefix="gblm-recovery-") as tmp:
         emit(run(args, Path(tmp), emit))
