@@ -29,6 +29,7 @@ SUITES = (
     "vit",
     "offload",
     "recovery",
+    "cost",
 )
 
 
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             if suite == "gradient_pass":
                 from benchmarks.gradient_pass import run_all as run
+
+                sections = run(args.quick)
+            elif suite == "cost":
+                from benchmarks.cost import run_all as run
 
                 sections = run(args.quick)
             elif suite == "llm_cost":
