@@ -103,6 +103,7 @@ SECTION_TITLES = {
     "vit_digits": "timm ViT on digits (issue 4)",
     "offload": "Offloaded pruning and the memory planner (issue 16)",
     "recovery": "Recovery after pruning (issue 14)",
+    "cost": "Cost at the demo setting: gradient pass, pipelines, peak memory (issue 19)",
     "gpu_sparse24": "2:4 semi-structured kernels on a GPU (issue 19)",
     "gpu_cost": "Gradient pass and pipelines on a GPU (issues 16 and 19)",
     "notes": "Notes",

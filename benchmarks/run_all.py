@@ -30,6 +30,7 @@ SUITES = (
     "vit",
     "offload",
     "recovery",
+    "cost",
     "gpu_sparse24",
     "gpu_cost",
 )
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if suite == "gradient_pass":
                 from benchmarks.gradient_pass import run_all as run
+
+                sections = run(args.quick)
+            elif suite == "cost":
+                from benchmarks.cost import run_all as run
 
                 sections = run(args.quick)
             elif suite == "llm_cost":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,7 +31,7 @@ class BlockPruner:
         self,
         config: GBLMConfig,
         pruning_map: PruningMap,
-        gradients: dict[str, torch.Tensor] | None = None,
+        gradients: Mapping[str, torch.Tensor] | None = None,
         sparsities: dict[str, float] | None = None,
     ) -> None:
         self.config = config

@@ -256,6 +256,7 @@ class GBLMPruner(PublishingMixin):
                 cfg.gamma,
                 cfg.allocation_clip,
             )
+            self.timings["allocation_s"] = time.perf_counter() - start  # its share of prune_s
         pruning_map = PruningMap(pattern=cfg.pattern)
         grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
         pipeline.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,28 +22,38 @@ class GradientAccumulation:
     nsamples: int = 0
     l1: dict[str, torch.Tensor] = field(default_factory=dict)
     l2sq: dict[str, torch.Tensor] = field(default_factory=dict)
-    # sqrt(l2sq) is a full-size copy: made once per state of the accumulators (every fold adds a sample).
-    _l2: tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
 
     @property
     def norms(self) -> tuple[str, ...]:
         return tuple(n for n, d in (("l1", self.l1), ("l2", self.l2sq)) if d)
 
-    def get(self, norm: str) -> dict[str, torch.Tensor]:
-        """G per module: the l1 sum, or the l2 norm sqrt(sum (c g)^2), computed once until `nsamples` changes or
-        `l2sq` is replaced. Do not modify the returned tensors in place: later calls return the same ones."""
+    def get(self, norm: str) -> Mapping[str, torch.Tensor]:
+        """G per module: the l1 sum (the accumulators themselves: do not modify them in place), or the l2 norm
+        sqrt(sum (c g)^2), taken per module when it is read, so no full-size copy of every module is held."""
         if norm == "l1" and self.l1:
             return self.l1
         if norm == "l2" and self.l2sq:
-            if self._l2 is None or self._l2[0] != self.nsamples or self._l2[1] is not self.l2sq:
-                self._l2 = (self.nsamples, self.l2sq, {k: v.sqrt() for k, v in self.l2sq.items()})
-            return self._l2[2]
+            return SqrtView(self.l2sq)
         raise KeyError(f"the {norm} accumulation was not collected (have: {', '.join(self.norms) or 'none'})")
 
     def modules(self) -> list[str]:
         return list(self.l1 or self.l2sq)
+
+
+class SqrtView(Mapping[str, torch.Tensor]):
+    """`sqrt` of each accumulator of a dict, computed when an item is read (and always of its current value)."""
+
+    def __init__(self, squares: dict[str, torch.Tensor]) -> None:
+        self._squares = squares
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._squares[name].sqrt()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._squares)
+
+    def __len__(self) -> int:
+        return len(self._squares)
 
 
 class NonFiniteGradientError(FloatingPointError):

@@ -2,7 +2,9 @@
 
 Each gradient is folded into `l1 = sum_n |c g_n|` and / or `l2sq = sum_n (c g_n)^2` from a
 `register_post_accumulate_grad_hook` and freed at once, so no full gradient copy is kept (the reference keeps
-every `.grad` and copies it to the CPU per sample).
+every `.grad` and copies it to the CPU per sample). The fold works in place on the gradient it owns (no temporary
+tensor) and the finite check runs on the accumulators once every `finite_check_every` samples (a NaN or inf
+gradient stays non-finite in them), so a sample costs no extra pass per weight and no host synchronisation.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class GradientCollector:
     each loss before its backward outside the collector's control (a Trainer); gradients are divided by its scale.
     `overflow_marker`: with `defer_fold`, a tensor filled with inf as soon as a gradient of the current sample is
     non-finite, so that a grad scaler inspecting it sees the overflow of the gradients the collector has freed.
+    `finite_check_every`: the losses and accumulators are checked for NaN / inf after this many samples and on exit
+    (1 names the exact sample of a non-finite gradient; larger values name the range of samples since the last check).
     """
 
     def __init__(
@@ -45,8 +49,11 @@ class GradientCollector:
         state: GradientAccumulation | None = None,
         loss_scaler: Any | None = None,
         overflow_marker: torch.Tensor | None = None,
+        finite_check_every: int = 16,
     ) -> None:
         norms = tuple(norms)
+        if finite_check_every < 1:
+            raise ValueError(f"finite_check_every={finite_check_every} is invalid: it must be a positive integer")
         if not norms or any(n not in NORMS for n in norms):
             raise ValueError(f"norms={norms!r} is invalid: choose from {NORMS}")
         if not targets:
@@ -65,8 +72,11 @@ class GradientCollector:
         self.overflow_marker = overflow_marker
         self.state = state or GradientAccumulation(scale=scale)
         self._sample_scaler_scale: float | None = None  # the scaler's scale, read once per sample
+        self.finite_check_every = finite_check_every
         self._pending: dict[str, torch.Tensor] = {}
-        self._finite_checks: list[tuple[str, torch.Tensor]] = []
+        self._started = False  # a gradient of the current sample has arrived
+        self._losses: list[tuple[int, torch.Tensor]] = []  # (sample, detached loss) since the last check
+        self._unchecked: list[int] = []  # samples folded since the last check of the accumulators
         self._handles: list[Any] = []
         self._saved_flags: dict[str, bool] = {}
         self._saved_training = model.training
@@ -95,16 +105,19 @@ class GradientCollector:
         self.model.train(self.train_mode)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._pending.clear()
-        self._finite_checks.clear()
         for name, p in self.model.named_parameters():
             p.grad = None
             p.requires_grad_(self._saved_flags.get(name, p.requires_grad))
         self.model.train(self._saved_training)
+        if exc_type is None:
+            self.check_finite()  # the samples since the last check, before the accumulation is used
+        self._losses.clear()
+        self._unchecked.clear()
 
     # -- hooks ----------------------------------------------------------------------------------------------------
     def _on_grad(self, slices: list[tuple[str, int | None]], param: torch.Tensor) -> None:
@@ -112,7 +125,11 @@ class GradientCollector:
         param.grad = None  # free it now: the hook is the only consumer
         if full is None:
             return
+        self._started = True
         self._scaler_scale()  # read while this sample's backward runs, before the scaler can update its scale
+        # The hook owns the freed gradient, so the fold may work in place on it, unless two names share one view.
+        indices = [index for _, index in slices]
+        owned = len(slices) == 1 or (None not in indices and len(set(indices)) == len(indices))
         for name, index in slices:
             grad = full if index is None else full[index]
             if self.defer_fold:
@@ -121,7 +138,7 @@ class GradientCollector:
                     finite = torch.isfinite(grad).all().to(self.overflow_marker.device)
                     self.overflow_marker.masked_fill_(~finite, float("inf"))
             else:
-                self._fold(name, grad)
+                self._fold(name, grad, owned)
 
     def _scaler_scale(self) -> float:
         """The external scaler's loss scale for the current sample, read once per sample (a CUDA read syncs)."""
@@ -132,16 +149,18 @@ class GradientCollector:
             self._sample_scaler_scale = float(self.loss_scaler.get_scale()) if enabled else 1.0
         return self._sample_scaler_scale
 
-    def _fold(self, name: str, grad: torch.Tensor) -> None:
+    def _fold(self, name: str, grad: torch.Tensor, owned: bool = False) -> None:
+        """l1 += |c g|, l2sq += (c g)^2, each value rounded as the unfused `g * c`, `.abs()`, `g * g` would
+        (|x| * |x| == x * x exactly), but in place on a gradient nobody else reads: no temporaries."""
         g = grad.to(dtype=torch.float32)
         loss_scale = 1.0 if self.loss_scale is None else self.loss_scale
         factor = self.state.scale / (loss_scale * self._scaler_scale())
-        g = g * factor
-        self._finite_checks.append((name, torch.isfinite(g).all()))
+        g = g.mul_(factor) if owned or g is not grad else g * factor
+        g = g.abs_()
         if "l1" in self.norms:
-            self.state.l1[name].add_(g.abs().to(self.state.l1[name].device))
+            self.state.l1[name].add_(g.to(self.state.l1[name].device))
         if "l2" in self.norms:
-            self.state.l2sq[name].add_((g * g).to(self.state.l2sq[name].device))
+            self.state.l2sq[name].add_(g.mul_(g).to(self.state.l2sq[name].device))
 
     def end_sample(self, sample_index: int) -> bool:
         """Finish one per-sample backward. Returns False when a deferred (fp16) sample overflowed and must be
@@ -154,28 +173,54 @@ class GradientCollector:
     @property
     def sample_started(self) -> bool:
         """Whether a gradient of the current sample has arrived since the last `end_sample()`."""
-        return bool(self._pending or self._finite_checks)
+        return self._started
+
+    def record_loss(self, loss: torch.Tensor, sample_index: int) -> None:
+        """Keep a sample's loss for the next finite check (no host synchronisation now)."""
+        self._losses.append((sample_index, loss.detach()))
 
     def _end_sample(self, sample_index: int) -> bool:
+        self._started = False
         if self.defer_fold:
-            finite = all(bool(torch.isfinite(g).all()) for g in self._pending.values())
-            if not finite:
-                self._pending.clear()
-                return False
+            if self._pending:  # fp16 loss scaling must know now whether to retry: one synchronisation per sample
+                flags = [torch.isfinite(g).all() for g in self._pending.values()]
+                if not bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+                    self._pending.clear()
+                    return False
             for name, grad in self._pending.items():
-                self._fold(name, grad)
+                self._fold(name, grad, owned=True)
             self._pending.clear()
-        if self._finite_checks:
-            flags = torch.stack([flag.to("cpu") for _, flag in self._finite_checks])
-            if not bool(flags.all()):
-                bad = self._finite_checks[int((~flags).nonzero()[0])][0]
-                self._finite_checks.clear()
-                raise NonFiniteGradientError(
-                    f"non-finite (NaN or inf) gradient in module {bad!r} at calibration sample {sample_index}"
-                )
-        self._finite_checks.clear()
         self.state.nsamples += 1
+        self._unchecked.append(sample_index)
+        if len(self._unchecked) >= self.finite_check_every:
+            self.check_finite()
         return True
+
+    def check_finite(self) -> None:
+        """Raise `NonFiniteGradientError` if a loss, or the accumulation of a module, is NaN or inf: a non-finite
+        gradient stays non-finite in the sums, so checking them every few samples catches every one."""
+        losses, samples = self._losses, self._unchecked
+        self._losses, self._unchecked = [], []
+        if losses:
+            values = torch.stack([loss.float().reshape(()).cpu() for _, loss in losses])
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):
+                index = int(bad[0])
+                raise NonFiniteGradientError(
+                    f"non-finite loss {float(values[index]):g} at calibration sample {losses[index][0]}"
+                )
+        if not samples:
+            return
+        stores = [(name, acc) for store in (self.state.l1, self.state.l2sq) for name, acc in store.items()]
+        flags = [torch.isfinite(acc).all() for _, acc in stores]
+        flags = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one synchronisation per check
+        if not bool(flags.all()):
+            bad_name = stores[int((~flags).nonzero()[0])][0]
+            where = f"sample {samples[0]}" if len(samples) == 1 else f"samples {samples[0]}..{samples[-1]}"
+            raise NonFiniteGradientError(
+                f"non-finite (NaN or inf) gradient in module {bad_name!r} at calibration {where} (or their sum "
+                f"overflowed; the accumulators are checked every {self.finite_check_every} samples)"
+            )
 
 
 def per_sample_backward(
@@ -184,8 +229,9 @@ def per_sample_backward(
     sample_index: int,
     fp16_scaling: bool = False,
     max_retries: int = 24,
-) -> float:
-    """One sample's forward + backward through `loss_fn`, with dynamic loss scaling for fp16. Returns the loss."""
+) -> torch.Tensor:
+    """One sample's forward + backward through `loss_fn`, with dynamic loss scaling for fp16. Returns the detached
+    loss tensor (reading it as a float would synchronise a GPU once per sample)."""
     if fp16_scaling and collector.loss_scale is None:
         collector.loss_scale = 2.0**16
     for _ in range(max_retries):
@@ -195,11 +241,13 @@ def per_sample_backward(
                 "the calibration step returned no scalar loss: batches need 'labels' (or use a model/adapter that "
                 "computes its own loss)"
             )
-        if not torch.isfinite(loss.detach()):
+        if fp16_scaling and not torch.isfinite(loss.detach()):  # loss scaling synchronises per sample anyway
             raise NonFiniteGradientError(f"non-finite loss {float(loss):g} at calibration sample {sample_index}")
+        if not fp16_scaling:
+            collector.record_loss(loss, sample_index)  # checked with the accumulators, first
         (loss * collector.loss_scale if fp16_scaling else loss).backward()
         if collector.end_sample(sample_index):
-            return float(loss.detach())
+            return loss.detach()
         collector.loss_scale /= 2.0
         logger.debug("fp16 overflow at sample %d: loss scale lowered to %g", sample_index, collector.loss_scale)
     raise NonFiniteGradientError(f"fp16 gradients kept overflowing at calibration sample {sample_index}")

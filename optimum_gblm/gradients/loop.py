@@ -189,6 +189,7 @@ def run_collection(
                 rates["tokens_s"] = f"{tokens / elapsed:.0f}"
             bar.set_postfix(rates)
             if cache_path is not None and checkpoint_every and collector.state.nsamples % checkpoint_every == 0:
+                collector.check_finite()  # a checkpoint never stores a non-finite sum
                 save_cache(cache_path, collector.state, metadata, complete=False)
     bar.close()
     result = all_reduce_accumulation(collector.state, group)

@@ -6,6 +6,7 @@ channels, `plan.select` decides the widths, and `surgery` removes them. The prun
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -89,7 +90,7 @@ def unit_scores(
     method: Any,
     args: Any,
     stats: list[dict[str, InputStatistics]],
-    gradients: dict[str, torch.Tensor] | None,
+    gradients: Mapping[str, torch.Tensor] | None,
     shapes: list[BlockShape],
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The method's (head, channel) scores of every block."""
@@ -172,7 +173,7 @@ def prune_structured(
     adapter: Any,
     config: Any,
     calibration: Any,
-    gradients: dict[str, torch.Tensor] | None = None,
+    gradients: Mapping[str, torch.Tensor] | None = None,
     progress: bool = True,
 ) -> PruningMap:
     """Score, select and remove heads / channels of every block; the model is changed in place."""

@@ -1,0 +1,213 @@
+"""Cost of pruning SmolLM2-135M at the demo setting (issue 19), measured side by side in one invocation:
+
+(a) the gradient pass against its floor: the collector (`run_collection`, as the pruner calls it) and a bare
+    forward + backward loop over the same samples with only the targeted weights requiring grad, in one process,
+    passes bare, collector, bare so that a shared machine's load falls on both alike;
+(b) the whole pipeline of wanda, gblm, sparsegpt and gblm-obs, each in a fresh process, with each step's share;
+(c) the peak memory (RSS high-water, VmHWM) of those processes, so peaks do not mix.
+
+    python -m benchmarks.cost --json '{"mode": "gradient_pass", "num_samples": 32, "seqlen": 256}'
+    python -m benchmarks.cost --json '{"mode": "pipeline", "method": "gblm-obs", "num_samples": 32, "seqlen": 256}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from typing import Any
+
+import torch
+
+from .common import peak_memory_gib, run_isolated, table
+
+METHODS = ("wanda", "gblm", "sparsegpt", "gblm-obs")
+STEPS = ("load", "calibration", "gradient pass", "allocation", "pruning")
+
+
+def _bare_pass(model: torch.nn.Module, targets: dict, samples: list, loss: Any) -> float:
+    """Forward + backward per sample, only the targeted weights requiring grad, gradients dropped: the floor."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in targets.values():
+        m.weight.requires_grad_(True)
+    start = time.perf_counter()
+    for sample in samples:
+        loss(model, sample).backward()
+        for m in targets.values():
+            m.weight.grad = None
+    seconds = time.perf_counter() - start
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags[n])
+    return seconds
+
+
+def gradient_pass(args: dict) -> dict:
+    from optimum_gblm import GBLMConfig, GBLMPruner
+    from optimum_gblm.gradients.loop import run_collection
+    from optimum_gblm.targets import target_modules
+
+    config = GBLMConfig(method="gblm", num_samples=args["num_samples"], seqlen=args["seqlen"], device="cpu")
+    pruner = GBLMPruner.from_pretrained(None, config)
+    model, adapter = pruner.model, pruner.adapter
+    samples = list(pruner.calibration_data())
+    targets = target_modules(pruner.targets())
+    _bare_pass(model, targets, samples[:2], adapter.loss)  # warm-up (allocator, kernels)
+    # gblm's l1 pass between two bare passes (bare, collector, bare: a drift of the machine's load cancels out);
+    # gblm-obs's l1 + l2 pass is timed in its pipeline run.
+    times: dict[str, list[float]] = {"bare": [], "collector (l1: gblm)": []}
+    times["bare"].append(_bare_pass(model, targets, samples, adapter.loss))
+    start = time.perf_counter()
+    run_collection(model, targets, samples, adapter.loss, config, total=len(samples), norms=("l1",), progress=False)
+    times["collector (l1: gblm)"].append(time.perf_counter() - start)
+    times["bare"].append(_bare_pass(model, targets, samples, adapter.loss))
+    tokens = sum(adapter.sample_tokens(s) for s in samples)
+    return {"times": times, "tokens": tokens, "samples": len(samples)}
+
+
+def _rss_now() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def pipeline(args: dict) -> dict:
+    """One whole pipeline in this process: load, calibration, gradient pass, prune; time and peak RSS per step."""
+    from optimum_gblm import GBLMConfig, GBLMPruner
+
+    config = GBLMConfig(method=args["method"], num_samples=args["num_samples"], seqlen=args["seqlen"], device="cpu")
+    steps: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    start = time.perf_counter()
+    pruner = GBLMPruner.from_pretrained(None, config)
+    steps["load"], peaks["load"] = time.perf_counter() - start, peak_memory_gib()
+    start = time.perf_counter()
+    pruner.calibration_data()
+    steps["calibration"], peaks["calibration"] = time.perf_counter() - start, peak_memory_gib()
+    if config.needs_gradients:
+        pruner.collect_gradients(progress=False)
+        steps["gradient pass"], peaks["gradient pass"] = pruner.timings["gradients_s"], peak_memory_gib()
+    pruner.prune(progress=False)
+    allocation = pruner.timings.get("allocation_s")
+    if allocation is not None:
+        steps["allocation"] = allocation
+    steps["pruning"] = pruner.timings["prune_s"] - (allocation or 0.0)
+    peaks["pruning"] = peak_memory_gib()
+    return {
+        "method": args["method"],
+        "steps": steps,
+        "total": sum(steps.values()),
+        "peak_gib": peak_memory_gib(),
+        "peaks": peaks,
+        "rss_end_gib": _rss_now(),
+        "sparsity": pruner.pruning_map.overall_sparsity,
+    }
+
+
+def measure(args: dict) -> dict:
+    return gradient_pass(args) if args["mode"] == "gradient_pass" else pipeline(args)
+
+
+def _cmd(args: dict) -> str:
+    return f"`python -m benchmarks.cost --json '{json.dumps(args)}'`"
+
+
+def run_all(quick: bool) -> dict[str, str]:
+    size = {"num_samples": 8, "seqlen": 128} if quick else {"num_samples": 32, "seqlen": 256}
+    grad_args = {"mode": "gradient_pass", **size}
+    pipe_args = {m: {"mode": "pipeline", "method": m, **size} for m in METHODS}
+    runs = {m: run_isolated("cost", a) for m, a in pipe_args.items()}  # pipelines first: nothing else is warm
+    grad = run_isolated("cost", grad_args)
+    return {
+        "gradient pass: collector vs bare forward + backward": _gradient_section(grad, grad_args, size),
+        "whole pipeline: time and step shares": _pipeline_section(runs, pipe_args),
+        "peak memory (RSS high-water, one fresh process per method)": _memory_section(runs),
+    }
+
+
+def _gradient_section(grad: dict, args: dict, size: dict) -> str:
+    times, tokens = grad["times"], grad["tokens"]
+    bare = sum(times["bare"]) / len(times["bare"])
+    rows = []
+    for label, values in times.items():
+        mean = sum(values) / len(values)
+        cells = ", ".join(f"{v:.1f}" for v in values)
+        rows.append([label, cells, mean, mean / bare, tokens / mean])
+    ratio = rows[1][3]
+    verdict = "met" if ratio <= 1.10 else "**not met**"
+    return (
+        f"{size['num_samples']} samples x {size['seqlen']} tokens of the offline corpus, fp32 on the CPU, in one "
+        f"process; rounds alternate bare / collector so machine load falls on both. Command: {_cmd(args)}\n\n"
+        + table(["pass", "seconds per round", "mean s", "time / bare", "tokens/s"], rows)
+        + f"\n\n- collector (gblm's l1 pass) / bare forward+backward: **{ratio:.3f}x** (target <= 1.10x: {verdict})"
+    )
+
+
+def _pipeline_section(runs: dict, args: dict) -> str:
+    wanda = runs["wanda"]["total"]
+    rows = []
+    for method, r in runs.items():
+        shares = [
+            f"{r['steps'][s]:.1f} s ({r['steps'][s] / r['total']:.0%})" if s in r["steps"] else "-" for s in STEPS
+        ]
+        rows.append([method, r["total"], r["total"] / wanda, r["total"] - r["steps"]["load"], *shares])
+    no_load = {m: r["total"] - r["steps"]["load"] for m, r in runs.items()}
+    ratio = runs["gblm"]["total"] / wanda
+    verdict = "met" if ratio <= 2.5 else "**not met**"
+    commands = "\n".join(f"- {m}: {_cmd(a)}" for m, a in args.items())
+    return (
+        "Each method in a fresh process (load included: the pipeline as a user runs it, no evaluation).\n\n"
+        + table(["method", "total s", "total / wanda", "total without load s", *STEPS], rows)
+        + f"\n\n- gblm total / wanda total: **{ratio:.2f}x** (target <= 2.5x: {verdict}); without the model load: "
+        f"{no_load['gblm'] / no_load['wanda']:.2f}x\n"
+        f"- gblm-obs / wanda: {runs['gblm-obs']['total'] / wanda:.2f}x; sparsegpt / wanda: "
+        f"{runs['sparsegpt']['total'] / wanda:.2f}x\n\nCommands:\n\n" + commands
+    )
+
+
+def _memory_section(runs: dict) -> str:
+    wanda = runs["wanda"]["peak_gib"]
+    rows = [
+        [
+            m,
+            r["peak_gib"],
+            r["peak_gib"] / wanda,
+            *[r["peaks"].get(s, "-") for s in ("load", "calibration", "gradient pass", "pruning")],
+        ]
+        for m, r in runs.items()
+    ]
+    ratio = runs["gblm-obs"]["peak_gib"] / wanda
+    verdict = "met" if ratio <= 1.3 else "**not met**"
+    return (
+        "Peak resident memory of each pipeline process (includes the Python/torch baseline and the fp32 model, "
+        "0.5 GiB); the step columns are the high-water mark reached by the end of that step. Same commands as above.\n\n"
+        + table(
+            [
+                "method",
+                "peak GiB",
+                "peak / wanda",
+                "after load",
+                "after calibration",
+                "after gradient pass",
+                "after pruning",
+            ],
+            rows,
+        )
+        + f"\n\n- gblm-obs peak / wanda peak: **{ratio:.2f}x** (target <= 1.3x: {verdict})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", required=True)
+    ns = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(measure(json.loads(ns.json))))
+
+
+if __name__ == "__main__":
+    main()
