@@ -103,6 +103,7 @@ SECTION_TITLES = {
     "vit_digits": "timm ViT on digits (issue 4)",
     "offload": "Offloaded pruning and the memory planner (issue 16)",
     "recovery": "Recovery after pruning (issue 14)",
+    "nm24": "2:4 and 4:8: SparseGPT, gblm-obs and block reconstruction (issue 19)",
     "notes": "Notes",
 }
 
