@@ -48,7 +48,8 @@ class Table:
         header = ["method"] + [f"{n} seed {s}" for n in self.texts.values() for s in self.seeds]
         header += [f"{n} mean" for n in self.texts.values()] + ["prune s (mean)"]
         rows = []
-        for label, by_seed in self.ppl.items():
+        order = ["dense", *METHODS]
+        for label, by_seed in sorted(self.ppl.items(), key=lambda item: order.index(item[0])):
             cells: list[Any] = [by_seed[s][t] if s in by_seed else "-" for t in self.texts for s in self.seeds]
             done = [s for s in self.seeds if s in by_seed]
             cells += [mean(by_seed[s][t] for s in done) if len(done) == len(self.seeds) else "-" for t in self.texts]
@@ -103,9 +104,12 @@ def run(args: argparse.Namespace, work: Path, write: Any) -> None:
         for seed in table.seeds:
             table.add("dense", seed, {t: dense[t] for t in texts}, 0.0)
     write(render())
+    # SparseGPT and the new method first for every seed (the claim's pairs), then the other rows.
+    first = [m for m in args.methods if m in (BASELINE, "sparsegpt-recon")]
+    later = [m for m in args.methods if m not in first]
     for pattern, table in tables.items():
-        for seed in table.seeds:
-            for label in args.methods:
+        for labels, seed in [(first, s) for s in table.seeds] + [(later, s) for s in table.seeds]:
+            for label in labels:
                 settings = METHODS[label]
                 if settings["method"] == "gblm-obs" and seed not in gradient_s:
                     start = time.perf_counter()

@@ -63,9 +63,10 @@ def test_reconstruction_keeps_zeros_changes_kept_weights_and_lowers_the_error():
     zeros = [w.detach() == 0 for w in weights]
     kept_before = [w.detach().clone() for w in weights]
     untouched = block.self_attn.q_proj.weight.detach().clone()
-    before, after = reconstruct_block(block, weights, inputs, dense_out, steps=20, lr=1e-3, batch=2)
+    before = reconstruction_error(block, inputs, dense_out)
+    reconstruct_block(block, weights, inputs, dense_out, steps=20, lr=1e-3, batch=2)
+    after = reconstruction_error(block, inputs, dense_out)
     assert after < 0.5 * before, (before, after)
-    assert after == pytest.approx(reconstruction_error(block, inputs, dense_out))
     for w, z, old in zip(weights, zeros, kept_before):
         assert bool((w[z] == 0).all())  # every zero survives
         assert not torch.equal(w[~z], old[~z])  # the kept weights moved
@@ -79,9 +80,9 @@ def test_the_update_lowers_the_block_output_error_against_sparsegpt():
     real = recon_module.reconstruct_block
 
     def spy(block, weights, inputs, dense_out, steps, lr, batch):
-        result = real(block, weights, inputs, dense_out, steps, lr, batch)
-        recorded.append(result)
-        return result
+        before = reconstruction_error(block, inputs, dense_out)
+        real(block, weights, inputs, dense_out, steps, lr, batch)
+        recorded.append((before, reconstruction_error(block, inputs, dense_out)))
 
     recon_module.reconstruct_block = spy
     try:
@@ -121,7 +122,6 @@ def test_model_target_matches_the_dense_models_states():
 
     def spy(block, weights, inputs, dense_out, steps, lr, batch):
         seen.setdefault(target, []).append(torch.cat(dense_out))
-        return 0.0, 0.0
 
     real = recon_module.reconstruct_block
     recon_module.reconstruct_block = spy

@@ -79,11 +79,10 @@ def reconstruct_block(
     steps: int,
     lr: float,
     batch: int,
-) -> tuple[float, float]:
+) -> None:
     """Adam on the kept entries of `weights` (the block's pruned parameters) so that the block's outputs match
     `dense_out`; every zero stays zero. Steps take `batch` calibration groups in order, cycling. The weights are
-    optimised in float32 (and written back in their own dtype). Returns the error before and after."""
-    before = reconstruction_error(block, inputs, dense_out)
+    optimised in float32 (and written back in their own dtype)."""
     dtype = next(block.parameters()).dtype
     flags = [p.requires_grad for p in block.parameters()]
     if dtype != torch.float32:
@@ -119,8 +118,6 @@ def reconstruct_block(
             block.to(dtype)
     for p in weights:
         check_finite(p.detach(), "reconstructed weights")
-    after = reconstruction_error(block, inputs, dense_out)
-    return before, after
 
 
 @register_method
@@ -152,9 +149,14 @@ class SparseGPTReconPruning(SparseGPTPruning):
         ) -> None:
             # Whole parameters (a 3-D stack of experts too): their zeros, pruned or not, stay zero.
             weights = list({id(t.parameter): t.parameter for t in targets}.values())
-            before, after = reconstruct_block(
-                block, weights, inputs, dense_out, args.recon_steps, args.recon_lr, args.recon_batch
-            )
-            logger.debug("block %d: reconstruction error %.4g -> %.4g", index, before, after)
+            if logger.isEnabledFor(logging.DEBUG):  # two extra passes over the calibration set
+                logger.debug(
+                    "block %d: error before reconstruction %.4g", index, reconstruction_error(block, inputs, dense_out)
+                )
+            reconstruct_block(block, weights, inputs, dense_out, args.recon_steps, args.recon_lr, args.recon_batch)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "block %d: error after reconstruction %.4g", index, reconstruction_error(block, inputs, dense_out)
+                )
 
         return refine, args.recon_target
