@@ -36,7 +36,8 @@ class Table:
     """Perplexities of one pattern: label -> seed -> {text: ppl}, prune seconds per label and seed."""
 
     def __init__(self, pattern: str, seeds: list[int], texts: dict[str, str]) -> None:
-        self.pattern, self.seeds, self.texts = pattern, seeds, texts
+        self.pattern, self.seeds, self.texts = pattern, sorted(seeds), texts
+        self.order = seeds  # the order the runs take
         self.ppl: dict[str, dict[int, dict[str, float]]] = {}
         self.prune_s: dict[str, dict[int, float]] = {}
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace, work: Path, write: Any) -> None:
     first = [m for m in args.methods if m in (BASELINE, "sparsegpt-recon")]
     later = [m for m in args.methods if m not in first]
     for pattern, table in tables.items():
-        for labels, seed in [(first, s) for s in table.seeds] + [(later, s) for s in table.seeds]:
+        for labels, seed in [(first, s) for s in table.order] + [(later, s) for s in table.order]:
             for label in labels:
                 settings = METHODS[label]
                 if settings["method"] == "gblm-obs" and seed not in gradient_s:

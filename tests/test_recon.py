@@ -156,4 +156,4 @@ def test_disk_placement_is_refused_before_loading():
         GBLMConfig(method="sparsegpt-recon", placement="disk")
     assert get_method("sparsegpt").refiner(GBLMConfig(method="sparsegpt")) is None
     refine, target = get_method("sparsegpt-recon").refiner(GBLMConfig(method="sparsegpt-recon"))
-    assert callable(refine) and target == "block"
+    assert callable(refine) and target == "model"

@@ -30,10 +30,10 @@ RECON_TARGETS = ("block", "model")
 @dataclass
 class SparseGPTReconArgs(SparseGPTArgs):
     recon_steps: int = field(default=16, metadata={"help": "Adam steps of block reconstruction per block."})
-    recon_lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the block reconstruction (> 0)."})
+    recon_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the block reconstruction (> 0)."})
     recon_batch: int = field(default=4, metadata={"help": "Calibration samples per reconstruction step."})
     recon_target: str = field(
-        default="block",
+        default="model",
         metadata={
             "help": "What the pruned block's outputs are matched to: block (the dense block on the same inputs) or "
             "model (the dense model's own states at the block's output, which also corrects earlier blocks' drift)."
