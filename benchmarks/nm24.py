@@ -89,7 +89,8 @@ def run(args: argparse.Namespace, work: Path, write: Any) -> None:
         f"B. Evaluation: {windows} windows of 256 tokens of text A (the standard held-out slice) and of text B. "
         "Settings: "
         + "; ".join(f"{label} = `{settings}`" for label, settings in METHODS.items() if label in args.methods)
-        + ". Prune seconds exclude the gradient pass (gblm-obs's, shared by a seed's runs: "
+        + ". Prune seconds (on a machine that may be shared: compare within one run only) exclude the gradient "
+        "pass (gblm-obs's, shared by a seed's runs: "
     )
     tables = {"2:4": Table("2:4", args.seeds, texts), "4:8": Table("4:8", args.seeds_48, texts)}
     gradient_s: dict[int, float] = {}
