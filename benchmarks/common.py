@@ -106,6 +106,7 @@ SECTION_TITLES = {
     "cost": "Cost at the demo setting: gradient pass, pipelines, peak memory (issue 19)",
     "gpu_sparse24": "2:4 semi-structured kernels on a GPU (issue 19)",
     "gpu_cost": "Gradient pass and pipelines on a GPU (issues 16 and 19)",
+    "nm24": "2:4 and 4:8: SparseGPT, gblm-obs and block reconstruction (issue 19)",
     "notes": "Notes",
 }
 

@@ -33,6 +33,7 @@ SUITES = (
     "cost",
     "gpu_sparse24",
     "gpu_cost",
+    "nm24",
 )
 GPU_SUITES = {"gpu_sparse24", "gpu_cost"}  # skipped (with a warning) where CUDA is not available
 
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> None:
                 from benchmarks.structured import run_all as run
 
                 sections = run(args.quick, work)
+            elif suite == "nm24":  # writes its own section file, row by row
+                from benchmarks.nm24 import main as nm24_main
+
+                nm24_main(["--quick"] if args.quick else [])
+                continue
             elif suite == "recovery":  # writes its own section file, stamped with its own options
                 from benchmarks.recovery import main as recovery_main
 

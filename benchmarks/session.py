@@ -90,6 +90,7 @@ class QualitySession:
             "ppl": self.perplexities(pruner.model),
             "range": pruner.pruning_map.sparsity_range(),
             "sparsity": pruner.pruning_map.overall_sparsity,
+            "prune_s": pruner.timings.get("prune_s", 0.0),
         }
         logger.info("%s seed %d: %s", settings, seed, result["ppl"])
         del pruner

@@ -259,6 +259,7 @@ class GBLMPruner(PublishingMixin):
             self.timings["allocation_s"] = time.perf_counter() - start  # its share of prune_s
         pruning_map = PruningMap(pattern=cfg.pattern)
         grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
+        refine, refine_target = method.refiner(cfg) or (None, "block")
         pipeline.run(
             Walk(
                 self.model,
@@ -270,6 +271,8 @@ class GBLMPruner(PublishingMixin):
                 batch_size=cfg.batch_size,
                 progress=progress,
                 desc=f"{cfg.method}: blocks",
+                refine=refine,
+                refine_target=refine_target,
             )
         )
         pruning_map.stages.append(Stage("prune", cfg.method, prune_settings(cfg.to_dict())))

@@ -83,6 +83,11 @@ class PruningMethod:
         args.validate()
         return args
 
+    def refiner(self, config: Any) -> tuple[Any, str] | None:
+        """An optional step after each block's targets are pruned: a `BlockRefiner` (pipelines/base.py) and what it
+        matches ("block": the dense block's outputs on the pruned model's inputs, "model": the dense model's)."""
+        return None
+
     def score(self, job: TargetJob) -> torch.Tensor:
         raise NotImplementedError
 

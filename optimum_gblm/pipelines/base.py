@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 # (block index, the block's targets, statistics by target name; the targets of one input site share one object)
 BlockHandler = Callable[[int, list[PruneTarget], dict[str, InputStatistics]], None]
+# (block index, the pruned block, its targets, the block's calibration inputs per batch group as (states, kwargs), the
+# dense outputs per group): adjusts the block's kept weights after its targets were pruned (methods/recon.py)
+BlockRefiner = Callable[[int, "nn.Module", list[PruneTarget], list[tuple[Any, dict[str, Any]]], list[Any]], None]
 
 
 @dataclass
@@ -35,6 +38,10 @@ class Walk:
     batch_size: int = 1
     progress: bool = True
     desc: str = "blocks"
+    # Optional step after the handler: `refine` gets the block's dense outputs as targets, computed from the pruned
+    # model's stream ("block") or from the dense model's own stream ("model", kept beside it).
+    refine: BlockRefiner | None = None
+    refine_target: str = "block"
 
 
 class Pipeline:

@@ -160,9 +160,21 @@ class SequentialPipeline(Pipeline):
             def forward(block: nn.Module, group: list[int]) -> torch.Tensor:
                 return _run_block(block, torch.cat([store.get(j) for j in group]), kwargs[group[0]])
 
+            # The dense model's own stream, per group, when a refiner matches the dense model's states.
+            dense_stream = None
+            if walk.refine is not None and walk.refine_target == "model":
+                dense_stream = [torch.cat([store.get(j) for j in group]) for group in groups]
             for index, block in enumerate(tqdm(blocks, desc=walk.desc, disable=not walk.progress)):
                 self.placement.onload(block)
                 block_targets = walk.targets[index]
+                if walk.refine is not None:  # the dense block's outputs, before its targets are pruned
+                    dense_out = [
+                        forward(block, group)
+                        if dense_stream is None
+                        else _run_block(block, dense_stream[k], kwargs[group[0]])
+                        for k, group in enumerate(groups)
+                    ]
+                    dense_stream = dense_out if dense_stream is not None else None
                 if block_targets:
                     by_target: dict[str, InputStatistics] = {}
                     if statistic is not None:
@@ -170,6 +182,9 @@ class SequentialPipeline(Pipeline):
                     walk.handler(index, block_targets, by_target)
                     for site_stats in {id(s): s for s in by_target.values()}.values():
                         site_stats.free()
+                    if walk.refine is not None:
+                        inputs = [(torch.cat([store.get(j) for j in group]), kwargs[group[0]]) for group in groups]
+                        walk.refine(index, block, block_targets, inputs, dense_out)
                 # Re-run the (pruned) block: its outputs are the next block's inputs (none after the last block).
                 for group in groups if index < len(blocks) - 1 else ():
                     out = forward(block, group)

@@ -1,0 +1,162 @@
+"""sparsegpt-recon: SparseGPT's masks and OBS update, then mask-preserving block reconstruction with block-local
+gradients (docs/semantics.md#15-sparsegpt-recon).
+
+After the sequential pipeline has pruned a block's targets, a few Adam steps adjust the block's kept target weights
+so that the block's outputs on its calibration inputs match the dense outputs (mean squared error). The gradient is
+the block reconstruction loss's, taken over the whole block (attention and MLP together), which the per-matrix OBS
+update cannot see. Every zero of the pruned weights stays exactly zero: their gradients are masked and they are
+re-zeroed after every step. No labels and no model-level backward pass: the work is block-local.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..masks import check_finite
+from ..utils import move_to
+from .registry import register_method
+from .sparsegpt import SparseGPTArgs, SparseGPTPruning
+
+logger = logging.getLogger(__name__)
+
+RECON_TARGETS = ("block", "model")
+
+
+@dataclass
+class SparseGPTReconArgs(SparseGPTArgs):
+    recon_steps: int = field(default=16, metadata={"help": "Adam steps of block reconstruction per block."})
+    recon_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the block reconstruction (> 0)."})
+    recon_batch: int = field(default=4, metadata={"help": "Calibration samples per reconstruction step."})
+    recon_target: str = field(
+        default="model",
+        metadata={
+            "help": "What the pruned block's outputs are matched to: block (the dense block on the same inputs) or "
+            "model (the dense model's own states at the block's output, which also corrects earlier blocks' drift)."
+        },
+    )
+
+    def validate(self) -> None:
+        if not isinstance(self.recon_target, str) or self.recon_target not in RECON_TARGETS:
+            raise ValueError(
+                f"recon_target={self.recon_target!r} is invalid: choose one of {', '.join(RECON_TARGETS)}"
+            )
+        super().validate()
+        if self.recon_lr <= 0:
+            raise ValueError(f"recon_lr={self.recon_lr!r} is invalid: it must be a number > 0 (finite)")
+
+
+def _run(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
+    device = next(block.parameters()).device
+    kwargs = move_to(dict(kwargs), device)
+    extra = kwargs.pop("__args__", ())
+    out = block(states.to(device, dtype), *extra, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def reconstruction_error(
+    block: nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]], dense_out: list[torch.Tensor]
+) -> float:
+    """Mean squared error of the block's outputs against `dense_out`, over every calibration group."""
+    dtype = next(block.parameters()).dtype
+    with torch.no_grad():
+        total = sum(
+            float(torch.nn.functional.mse_loss(_run(block, x, kw, dtype).float(), y.float(), reduction="sum"))
+            for (x, kw), y in zip(inputs, dense_out)
+        )
+    return total / sum(y.numel() for y in dense_out)
+
+
+def reconstruct_block(
+    block: nn.Module,
+    weights: list[torch.nn.Parameter],
+    inputs: list[tuple[torch.Tensor, dict[str, Any]]],
+    dense_out: list[torch.Tensor],
+    steps: int,
+    lr: float,
+    batch: int,
+) -> None:
+    """Adam on the kept entries of `weights` (the block's pruned parameters) so that the block's outputs match
+    `dense_out`; every zero stays zero. Steps take `batch` calibration groups in order, cycling. The weights are
+    optimised in float32 (and written back in their own dtype)."""
+    dtype = next(block.parameters()).dtype
+    flags = [p.requires_grad for p in block.parameters()]
+    if dtype != torch.float32:
+        block.float()  # Adam in half precision would lose the small updates
+    for p in block.parameters():
+        p.requires_grad_(False)
+    keep = [p.detach() != 0 for p in weights]
+    for p in weights:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(weights, lr=lr)
+    try:
+        with torch.enable_grad():
+            for step in range(steps):
+                optimizer.zero_grad(set_to_none=False)
+                chosen = [(step * batch + k) % len(inputs) for k in range(min(batch, len(inputs)))]
+                count = sum(dense_out[i].numel() for i in chosen)
+                for i in chosen:
+                    x, kw = inputs[i]
+                    out = _run(block, x, kw, torch.float32)
+                    loss = torch.nn.functional.mse_loss(out, dense_out[i].to(out), reduction="sum") / count
+                    loss.backward()
+                for p, k in zip(weights, keep):
+                    p.grad.mul_(k)
+                optimizer.step()
+                with torch.no_grad():
+                    for p, k in zip(weights, keep):
+                        p.mul_(k)
+    finally:
+        for p, flag in zip(block.parameters(), flags):
+            p.grad = None
+            p.requires_grad_(flag)
+        if dtype != torch.float32:
+            block.to(dtype)
+    for p in weights:
+        check_finite(p.detach(), "reconstructed weights")
+
+
+@register_method
+class SparseGPTReconPruning(SparseGPTPruning):
+    name = "sparsegpt-recon"
+    args = SparseGPTReconArgs
+    description = "SparseGPT, then a few Adam steps per block on the kept weights to match the dense block outputs"
+    card_description = (
+        "SparseGPT's OBS pruning followed by mask-preserving block reconstruction: a few Adam steps per block on the "
+        "kept weights (block-local gradients of the output reconstruction error, no labels)"
+    )
+
+    def check_config(self, config: Any) -> None:
+        if getattr(config, "placement", "memory") == "disk":
+            raise ValueError(
+                f"placement='disk' is not supported by method {self.name!r}: its block reconstruction needs the block "
+                "in memory with gradients; use placement='memory' or 'cpu'"
+            )
+
+    def refiner(self, config: Any) -> tuple[Any, str] | None:
+        args = config.args
+
+        def refine(
+            index: int,
+            block: nn.Module,
+            targets: list[Any],
+            inputs: list[tuple[torch.Tensor, dict[str, Any]]],
+            dense_out: list[torch.Tensor],
+        ) -> None:
+            # Whole parameters (a 3-D stack of experts too): their zeros, pruned or not, stay zero.
+            weights = list({id(t.parameter): t.parameter for t in targets}.values())
+            if logger.isEnabledFor(logging.DEBUG):  # two extra passes over the calibration set
+                logger.debug(
+                    "block %d: error before reconstruction %.4g", index, reconstruction_error(block, inputs, dense_out)
+                )
+            reconstruct_block(block, weights, inputs, dense_out, args.recon_steps, args.recon_lr, args.recon_batch)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "block %d: error after reconstruction %.4g", index, reconstruction_error(block, inputs, dense_out)
+                )
+
+        return refine, args.recon_target
