@@ -49,6 +49,18 @@ def run_isolated(module: str, args: dict[str, Any], timeout: int = 3600) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def worker_main(measure: Any) -> None:
+    """Command line of a run_isolated worker: `--json ARGS` in, one JSON line (measure's result) out."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", required=True)
+    ns = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(measure(json.loads(ns.json))))
+
+
 def peak_memory_gib() -> float:
     """Peak memory of this process: CUDA max allocated when on GPU, else peak RSS (VmHWM)."""
     import torch

@@ -12,15 +12,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import time
 from typing import Any
 
 import torch
 
-from .common import peak_memory_gib, run_isolated, table
+from .common import peak_memory_gib, run_isolated, table, worker_main
 
 METHODS = ("wanda", "gblm", "sparsegpt", "gblm-obs")
 STEPS = ("load", "calibration", "gradient pass", "allocation", "pruning")
@@ -202,11 +200,7 @@ def _memory_section(runs: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", required=True)
-    ns = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(measure(json.loads(ns.json))))
+    worker_main(measure)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,6 @@ process so its peak memory is its own:
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import time
 
 import torch
@@ -25,7 +22,7 @@ from optimum_gblm.assets import default_model_path
 from optimum_gblm.data.text import build_token_calibration
 from optimum_gblm.gradients.loop import run_collection
 
-from .common import peak_memory_gib, run_isolated, table
+from .common import peak_memory_gib, run_isolated, table, worker_main
 
 
 def measure(args: dict) -> dict:
@@ -110,11 +107,7 @@ def run_all(quick: bool) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", required=True)
-    ns = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(measure(json.loads(ns.json))))
+    worker_main(measure)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,11 @@ gradients (cache path to reuse / write), calibration (source), device.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import time
 
 from optimum_gblm import GBLMConfig, GBLMPruner
 
-from .common import peak_memory_gib
+from .common import peak_memory_gib, worker_main
 
 
 def truncate(pruner: GBLMPruner, depth: int) -> None:
@@ -80,11 +77,7 @@ def run(args: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", required=True)
-    ns = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(run(json.loads(ns.json))))
+    worker_main(run)
 
 
 if __name__ == "__main__":
