@@ -61,6 +61,27 @@ def worker_main(measure: Any) -> None:
     print(json.dumps(measure(json.loads(ns.json))))
 
 
+def bare_pass(model: Any, targets: dict, samples: list, loss_fn: Any, autocast: Any = None) -> None:
+    """The floor any per-sample gradient method pays: forward + backward per sample with only the targeted weights
+    requiring grad, gradients dropped. `autocast`: a context-manager factory (mixed precision), or none."""
+    import contextlib
+
+    autocast = autocast or contextlib.nullcontext
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in targets.values():
+        m.weight.requires_grad_(True)
+    for sample in samples:
+        with autocast():
+            loss = loss_fn(model, sample)
+        loss.backward()
+        for m in targets.values():
+            m.weight.grad = None
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags[n])
+
+
 def peak_memory_gib() -> float:
     """Peak memory of this process: CUDA max allocated when on GPU, else peak RSS (VmHWM)."""
     import torch

@@ -18,28 +18,16 @@ from typing import Any
 
 import torch
 
-from .common import peak_memory_gib, run_isolated, table, worker_main
+from .common import bare_pass, peak_memory_gib, run_isolated, table, worker_main
 
 METHODS = ("wanda", "gblm", "sparsegpt", "gblm-obs")
 STEPS = ("load", "calibration", "gradient pass", "allocation", "pruning")
 
 
 def _bare_pass(model: torch.nn.Module, targets: dict, samples: list, loss: Any) -> float:
-    """Forward + backward per sample, only the targeted weights requiring grad, gradients dropped: the floor."""
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in targets.values():
-        m.weight.requires_grad_(True)
     start = time.perf_counter()
-    for sample in samples:
-        loss(model, sample).backward()
-        for m in targets.values():
-            m.weight.grad = None
-    seconds = time.perf_counter() - start
-    for n, p in model.named_parameters():
-        p.requires_grad_(flags[n])
-    return seconds
+    bare_pass(model, targets, samples, loss)
+    return time.perf_counter() - start
 
 
 def gradient_pass(args: dict) -> dict:

@@ -27,6 +27,7 @@ from optimum_gblm.evaluation import evaluation_stream, perplexity
 from optimum_gblm.gradients.loop import run_collection
 
 from . import common
+from .common import bare_pass
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +71,6 @@ def load(dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
     path = default_model_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).cuda().eval()
     return model, AutoTokenizer.from_pretrained(path)
-
-
-def bare_pass(model, targets, samples, loss_fn, autocast) -> None:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in targets.values():
-        m.weight.requires_grad_(True)
-    for sample in samples:
-        with autocast():
-            loss = loss_fn(model, sample)
-        loss.backward()
-        for m in targets.values():
-            m.weight.grad = None
-    for p in model.parameters():
-        p.requires_grad_(False)
 
 
 def timed_mode(weights: torch.dtype, gradient_dtype: str, num_samples: int, seqlen: int) -> tuple[dict, float]:

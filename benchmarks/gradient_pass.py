@@ -22,7 +22,7 @@ from optimum_gblm.assets import default_model_path
 from optimum_gblm.data.text import build_token_calibration
 from optimum_gblm.gradients.loop import run_collection
 
-from .common import peak_memory_gib, run_isolated, table, worker_main
+from .common import bare_pass, peak_memory_gib, run_isolated, table, worker_main
 
 
 def measure(args: dict) -> dict:
@@ -48,14 +48,7 @@ def measure(args: dict) -> dict:
             model, targets, samples, adapter.loss, GBLMConfig(device=device.type), total=len(samples), progress=False
         )
     elif mode == "bare":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for m in targets.values():
-            m.weight.requires_grad_(True)
-        for sample in samples:
-            adapter.loss(model, sample).backward()
-            for m in targets.values():
-                m.weight.grad = None
+        bare_pass(model, targets, samples, adapter.loss)
     elif mode == "reference":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -21,6 +21,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` intra-op CPU threads, then restore the caller's count (also on errors)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_device(device: str) -> torch.device:
     """The torch device of a `device` setting; one this machine does not have raises `ValueError` (checked before
     anything is loaded: GBLMPruner.from_pretrained and the CLI call this first)."""

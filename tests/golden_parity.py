@@ -18,7 +18,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+
+from optimum_gblm.utils import torch_threads
 
 GOLDEN = Path(__file__).parent / "golden" / "parity_hashes.json"
 THREADS = 2  # float reductions may depend on the thread count: record and check with the same one
@@ -51,14 +53,8 @@ def case_key(case: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(case.items()))
 
 
-@contextlib.contextmanager
-def fixed_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def fixed_threads() -> contextlib.AbstractContextManager:
+    return torch_threads(THREADS)
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:

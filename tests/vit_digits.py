@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optimum_gblm.utils import torch_threads
+
 logger = logging.getLogger(__name__)
 
 ARCH = "vit_tiny_patch16_224"  # only the name: every size below is overridden (675k parameters)
@@ -93,12 +95,8 @@ def build_model() -> nn.Module:
 def single_thread() -> Iterator[None]:
     """One intra-op thread: this model's matrices are tiny, and on a shared CPU two spinning threads made a training
     step 6x slower (1.57 s against 0.25 s wall) than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def train_model(data: Digits) -> nn.Module:

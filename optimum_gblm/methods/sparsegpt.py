@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..masks import check_finite, parse_pattern, prune_count, select_lowest
+from ..utils import torch_threads
 from .base import MethodArgs, PruningMethod, TargetJob
 from .registry import register_method
 
@@ -50,12 +51,8 @@ def _fixed_threads_on_cpu(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(FACTOR_THREADS)
-    try:
+    with torch_threads(FACTOR_THREADS):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _block_sequential(
