@@ -4,7 +4,10 @@
     forward + backward loop over the same samples with only the targeted weights requiring grad, in one process,
     passes bare, collector, bare so that a shared machine's load falls on both alike;
 (b) the whole pipeline of wanda, gblm, sparsegpt and gblm-obs, each in a fresh process, with each step's share;
-(c) the peak memory (RSS high-water, VmHWM) of those processes, so peaks do not mix.
+(c) the peak memory (RSS high-water, VmHWM) of those processes, so peaks do not mix;
+(d) two options a user can turn on, each in its own process beside the defaults: gblm-obs with gradient
+    checkpointing (memory) and gblm with a bfloat16 gradient pass (time), the latter with the perplexity of both gblm
+    runs on the standard held-out text, so its speed is shown next to what it does to quality.
 
     python -m benchmarks.cost --json '{"mode": "gradient_pass", "num_samples": 32, "seqlen": 256}'
     python -m benchmarks.cost --json '{"mode": "pipeline", "method": "gblm-obs", "num_samples": 32, "seqlen": 256}'
@@ -21,6 +24,12 @@ import torch
 from .common import bare_pass, peak_memory_gib, run_isolated, table, worker_main
 
 METHODS = ("wanda", "gblm", "sparsegpt", "gblm-obs")
+# Options beside the defaults: label -> (method, config overrides).
+VARIANTS = {
+    "gblm-obs + checkpointing": ("gblm-obs", {"gradient_checkpointing": True}),
+    "gblm, bf16 gradient pass": ("gblm", {"gradient_dtype": "bfloat16"}),
+}
+EVAL_WINDOWS = 40  # perplexity windows of the two gblm runs (the bf16 pass against the fp32 default)
 STEPS = ("load", "calibration", "gradient pass", "allocation", "pruning")
 
 
@@ -65,7 +74,13 @@ def pipeline(args: dict) -> dict:
     """One whole pipeline in this process: load, calibration, gradient pass, prune; time and peak RSS per step."""
     from optimum_gblm import GBLMConfig, GBLMPruner
 
-    config = GBLMConfig(method=args["method"], num_samples=args["num_samples"], seqlen=args["seqlen"], device="cpu")
+    config = GBLMConfig(
+        method=args["method"],
+        num_samples=args["num_samples"],
+        seqlen=args["seqlen"],
+        device="cpu",
+        **args.get("config", {}),
+    )
     steps: dict[str, float] = {}
     peaks: dict[str, float] = {}
     start = time.perf_counter()
@@ -83,12 +98,15 @@ def pipeline(args: dict) -> dict:
         steps["allocation"] = allocation
     steps["pruning"] = pruner.timings["prune_s"] - (allocation or 0.0)
     peaks["pruning"] = peak_memory_gib()
+    peak = peak_memory_gib()  # before any evaluation
+    ppl = pruner.evaluate(max_windows=args["eval_windows"], progress=False) if args.get("eval_windows") else None
     return {
         "method": args["method"],
         "steps": steps,
         "total": sum(steps.values()),
-        "peak_gib": peak_memory_gib(),
+        "peak_gib": peak,
         "peaks": peaks,
+        "perplexity": ppl,
         "rss_end_gib": _rss_now(),
         "sparsity": pruner.pruning_map.overall_sparsity,
     }
@@ -106,12 +124,17 @@ def run_all(quick: bool) -> dict[str, str]:
     size = {"num_samples": 8, "seqlen": 128} if quick else {"num_samples": 32, "seqlen": 256}
     grad_args = {"mode": "gradient_pass", **size}
     pipe_args = {m: {"mode": "pipeline", "method": m, **size} for m in METHODS}
+    pipe_args["gblm"]["eval_windows"] = EVAL_WINDOWS
+    for label, (method, overrides) in VARIANTS.items():
+        pipe_args[label] = {"mode": "pipeline", "method": method, **size, "config": overrides}
+    pipe_args["gblm, bf16 gradient pass"]["eval_windows"] = EVAL_WINDOWS
     runs = {m: run_isolated("cost", a) for m, a in pipe_args.items()}  # pipelines first: nothing else is warm
     grad = run_isolated("cost", grad_args)
     return {
         "gradient pass: collector vs bare forward + backward": _gradient_section(grad, grad_args, size),
         "whole pipeline: time and step shares": _pipeline_section(runs, pipe_args),
         "peak memory (RSS high-water, one fresh process per method)": _memory_section(runs),
+        "options: gradient checkpointing and a bfloat16 gradient pass": _options_section(runs),
     }
 
 
@@ -184,6 +207,41 @@ def _memory_section(runs: dict) -> str:
             rows,
         )
         + f"\n\n- gblm-obs peak / wanda peak: **{ratio:.2f}x** (target <= 1.3x: {verdict})"
+    )
+
+
+def _options_section(runs: dict) -> str:
+    wanda, obs, gblm = runs["wanda"], runs["gblm-obs"], runs["gblm"]
+    ckpt, bf16 = runs["gblm-obs + checkpointing"], runs["gblm, bf16 gradient pass"]
+    rows = [
+        [
+            "gblm-obs",
+            obs["peak_gib"],
+            obs["peak_gib"] / wanda["peak_gib"],
+            obs["steps"]["gradient pass"],
+            obs["total"],
+        ],
+        [
+            "gblm-obs + checkpointing",
+            ckpt["peak_gib"],
+            ckpt["peak_gib"] / wanda["peak_gib"],
+            ckpt["steps"]["gradient pass"],
+            ckpt["total"],
+        ],
+    ]
+    speed = [
+        [label, r["steps"]["gradient pass"], r["total"], r["total"] / wanda["total"], r["perplexity"]]
+        for label, r in (("gblm (fp32 gradient pass)", gblm), ("gblm, bf16 gradient pass", bf16))
+    ]
+    return (
+        "`GBLMConfig(gradient_checkpointing=True)` (`--gradient-checkpointing`) recomputes each block in the backward "
+        "and keeps only the block inputs; the gradients are the same values (tests/test_checkpointing.py).\n\n"
+        + table(["run", "peak GiB", "peak / wanda", "gradient pass s", "total s"], rows)
+        + f"\n\n- gblm-obs + checkpointing peak / wanda peak: **{ckpt['peak_gib'] / wanda['peak_gib']:.2f}x** "
+        f"(target <= 1.3x: {'met' if ckpt['peak_gib'] / wanda['peak_gib'] <= 1.3 else '**not met**'})\n\n"
+        "`GBLMConfig(gradient_dtype='bfloat16')` runs the gradient pass under bfloat16 autocast (the accumulators stay "
+        f"fp32). Perplexity: the pruned model on {EVAL_WINDOWS} windows of 256 tokens of the standard held-out "
+        "text.\n\n" + table(["run", "gradient pass s", "total s", "total / wanda", "perplexity"], speed)
     )
 
 

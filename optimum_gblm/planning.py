@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -146,15 +146,21 @@ def plan_gradients(shape: ModelShape, config: GBLMConfig, tflops: float, offload
     compute = max(nbytes, DTYPES[config.gradient_dtype].itemsize if config.gradient_dtype != "float32" else 4)
     weights = shape.params * nbytes
     accumulators = shape.target_params * 4 * len(required_norms(config))
-    acts = shape.blocks * _activations(shape, config.seqlen, compute)
+    block = _activations(shape, config.seqlen, compute)
+    # Checkpointing keeps each block's input and recomputes one block at a time in the backward.
+    checkpointed = shape.blocks * config.seqlen * shape.hidden * compute + block
+    acts = checkpointed if config.gradient_checkpointing else shape.blocks * block
     logits = 3 * config.seqlen * shape.vocab * 4  # fp32 logits, their softmax and gradient
     largest_grad = max(o * i for o, i in shape.targets) * 4 * 2  # one weight gradient and its fp32 fold
     terms = {"weights": weights, "accumulators": accumulators, "activations": acts + logits + largest_grad}
     device = weights + acts + logits + largest_grad + (0 if offload else accumulators)
     host = accumulators if offload else 0
     device, host = (0, device + host) if cpu else (device, host)
-    seconds = 6 * shape.params * config.seqlen * config.num_samples / (tflops * 1e12)
+    flops = (8 if config.gradient_checkpointing else 6) * shape.params  # checkpointing runs the forward twice
+    seconds = flops * config.seqlen * config.num_samples / (tflops * 1e12)
     option = "offload_accumulators" if offload else "on device"
+    if config.gradient_checkpointing:
+        option = "gradient_checkpointing" + (" + offload_accumulators" if offload else "")
     return Phase("gradients", option, device, host, seconds, terms)
 
 
@@ -226,6 +232,9 @@ def plan(
     shape = ModelShape.of(model, adapter, config)
     cpu = device_type == "cpu"
     phases = [plan_gradients(shape, config, tflops, offload, cpu) for offload in (False, True)]
+    if not config.gradient_checkpointing:  # what checkpointing would save, offered when a plan does not fit
+        checkpointed = replace(config, gradient_checkpointing=True)
+        phases += [plan_gradients(shape, checkpointed, tflops, offload, cpu) for offload in (False, True)]
     phases += [plan_pruning(shape, config, p, i, tflops, cpu) for p in PLACEMENTS for i in INTERMEDIATES]
     calibration = CALIBRATION_HOST_BYTES.get(config.calibration, 0) if adapter.metric_name == "perplexity" else 0
     for phase in phases:
@@ -262,7 +271,10 @@ def check_plan(memory_plan: MemoryPlan, config: GBLMConfig, available: tuple[int
     device_free, host_free = available
     wanted = [memory_plan.phase("prune", f"{config.placement} / {config.intermediates}")]
     if config.needs_gradients and config.placement != "disk":
-        wanted.insert(0, memory_plan.phase("gradients", "on device"))
+        wanted.insert(
+            0,
+            memory_plan.phase("gradients", "gradient_checkpointing" if config.gradient_checkpointing else "on device"),
+        )
 
     def fits(phase: Phase) -> bool:
         return phase.host <= host_free and (device_free is None or phase.device <= device_free)

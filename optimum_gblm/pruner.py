@@ -206,7 +206,7 @@ class GBLMPruner(PublishingMixin):
             checkpoint_every=checkpoint_every,
             tokens_fn=self.adapter.sample_tokens,
             progress=progress,
-            **kwargs,
+            **{"gradient_checkpointing": self.config.gradient_checkpointing, **kwargs},
         )
         self.timings["gradients_s"] = time.perf_counter() - start
         return self.gradients

@@ -41,6 +41,19 @@ def test_weights_and_accumulators_are_counted_exactly():
     assert gradients.device - offloaded.device == targets * 8
 
 
+def test_gradient_checkpointing_keeps_block_inputs_and_one_block():
+    plain = _plan("llama-2-7b", method="gblm", seqlen=2048).phase("gradients", "on device")
+    checkpointed = _plan("llama-2-7b", method="gblm", seqlen=2048).phase("gradients", "gradient_checkpointing")
+    assert checkpointed == _plan("llama-2-7b", method="gblm", seqlen=2048, gradient_checkpointing=True).phase(
+        "gradients", "gradient_checkpointing"
+    )
+    block = 2048 * (10 * 4096 + 4 * 11008) * 4  # one block's saved activations (fp32 gradient pass)
+    saved = 32 * block - (32 * 2048 * 4096 * 4 + block)  # all blocks' -> each block's input + one block
+    assert plain.terms["activations"] - checkpointed.terms["activations"] == saved
+    assert plain.device - checkpointed.device == saved
+    assert checkpointed.seconds == pytest.approx(plain.seconds * 8 / 6)
+
+
 def test_offloaded_placements_need_less_device_and_host_memory():
     memory_plan = _plan("llama-2-70b", method="sparsegpt")
     memory, cpu, disk = (memory_plan.phase("prune", f"{p} / device") for p in ("memory", "cpu", "disk"))
@@ -88,3 +101,21 @@ def test_plan_command_prints_the_table(capsys):
     command.execute()
     out = capsys.readouterr().out
     assert "| prune | disk / disk |" in out and "| gradients | on device |" in out and "compute device cuda" in out
+
+
+def test_a_gradient_pass_that_fits_only_checkpointed_is_refused_naming_checkpointing():
+    memory_plan = _plan("llama-2-7b", device_type="cpu", method="gblm", seqlen=4096)
+    plain = memory_plan.phase("gradients", "on device")
+    checkpointed = memory_plan.phase("gradients", "gradient_checkpointing")
+    assert checkpointed.host < plain.host
+    between = (plain.host + checkpointed.host) // 2
+    config = GBLMConfig(method="gblm", dtype="bfloat16", seqlen=4096)
+    with pytest.raises(MemoryPlanError, match=r"gradients phase \(on device\).*would fit: gradient_checkpointing"):
+        check_plan(memory_plan, config, (None, between))
+    # With checkpointing asked for, its own phase is the one checked (a plan made with the option, as a user runs it).
+    config = GBLMConfig(method="gblm", dtype="bfloat16", seqlen=4096, gradient_checkpointing=True)
+    check_plan(
+        _plan("llama-2-7b", device_type="cpu", method="gblm", seqlen=4096, gradient_checkpointing=True),
+        config,
+        (None, between),
+    )

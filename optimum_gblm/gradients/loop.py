@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -87,22 +88,48 @@ def _peak_memory_text(device: torch.device) -> str:
     return f"peak process RSS {peak_rss_gib():.2f} GiB"
 
 
+def checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks whose activations gradient checkpointing recomputes: transformers' checkpointable layers (decoder
+    layers), else a timm-style `blocks` container. Raises when the model has neither."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # pragma: no cover - transformers without the layer class
+        GradientCheckpointingLayer = ()  # noqa: N806
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not blocks and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
+        blocks = list(model.blocks)
+    if not blocks:
+        raise ValueError(
+            f"gradient checkpointing needs a transformers model with checkpointable layers or a timm-style model "
+            f"with `blocks`; {type(model).__name__} has neither: collect without gradient_checkpointing"
+        )
+    return blocks
+
+
 @contextlib.contextmanager
-def _gradient_checkpointing(model: nn.Module, enabled: bool, kwargs: dict | None = None) -> Iterator[None]:
-    flag = (
-        "is_activation_checkpointing"
-        if hasattr(type(model), "is_activation_checkpointing")
-        else "is_gradient_checkpointing"
-    )
-    already = bool(getattr(model, flag, False))
-    if not enabled or already or not hasattr(model, "gradient_checkpointing_enable"):
+def _gradient_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Recompute each block's activations in the backward instead of keeping them: the saved activations of the
+    whole model shrink to each block's input. transformers checkpoints a layer only in training mode, and the pass
+    runs in eval mode (no dropout), so each block's `forward` is wrapped here, for this pass only, in a
+    non-reentrant `torch.utils.checkpoint` (the frozen inputs need no grad; the RNG state is replayed). The
+    gradients are the same values (tests/test_gradients.py)."""
+    if not enabled:
         yield
         return
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or {"use_reentrant": False})
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = []
+    for block in checkpointed_blocks(model):
+        if block.training and getattr(block, "gradient_checkpointing", False):
+            continue  # transformers already checkpoints it (a Trainer's model in train mode)
+        forward = block.forward
+        block.forward = functools.partial(checkpoint, forward, use_reentrant=False)
+        wrapped.append(block)
     try:
         yield
     finally:
-        model.gradient_checkpointing_disable()
+        for block in wrapped:
+            del block.forward  # the instance attribute: the class's forward again
 
 
 def run_collection(
@@ -173,7 +200,7 @@ def run_collection(
         torch.cuda.reset_peak_memory_stats(device)
     start, tokens, done = time.perf_counter(), 0, 0
     bar = tqdm(total=total, desc="gradients", unit="sample", disable=not progress or not group.is_main)
-    with _gradient_checkpointing(model, gradient_checkpointing), collector:
+    with collector, _gradient_checkpointing(model, gradient_checkpointing):
         for index, sample in group.shard(enumerate(samples)):  # index: the sample's global index
             if index < skip:
                 bar.update(1)
