@@ -5,7 +5,8 @@ neither evaluation text is ever seen. An ablation (first method and pattern, fir
 LoRA rank and distillation from the dense model.
 
     python -m benchmarks.recovery [--quick] [--seeds 0 1 2] [--methods wanda sparsegpt gblm-obs]
-        [--patterns unstructured 2:4] [--steps 200] [--lr 5e-4] [--eval-windows N] [--ablation]
+        [--patterns unstructured 2:4] [--steps 200] [--lr 5e-4] [--eval-windows N] [--ablation] [--bf16]
+        [--no-checkpointing]
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def run(args: argparse.Namespace, work: Path, emit: Callable[[dict[str, str], st
     dense = session.dense()
     budget = dict(max_steps=args.steps, batch_size=args.batch_size, seqlen=args.seqlen, learning_rate=args.lr)
     budget.update(source=calib, num_windows=max(64, args.steps * args.batch_size), heldout_windows=4)
-    budget.update(gradient_checkpointing=True, logging_steps=max(1, args.steps // 5))
+    budget.update(
+        gradient_checkpointing=not args.no_checkpointing, bf16=args.bf16, logging_steps=max(1, args.steps // 5)
+    )
 
     def config(seed: int, **overrides: Any) -> RecoveryConfig:
         return RecoveryConfig(**{**budget, **DEFAULT, **overrides, "seed": seed})
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace, work: Path, emit: Callable[[dict[str, str], st
             f"before text B. Recovery, the same for every method: {args.steps} steps x {args.batch_size} windows x "
             f"{args.seqlen} tokens ({args.steps * args.batch_size * args.seqlen:,} tokens) from the same text, AdamW "
             f"lr {args.lr:g} (linear decay, 10% warm-up), subset norm + masklora rank 16 (alpha 32), no distillation, "
-            f"gradient checkpointing, fp32, {where}. Perplexity: {windows} windows of "
+            f"{'no gradient checkpointing' if args.no_checkpointing else 'gradient checkpointing'}, "
+            f"{'bfloat16 autocast (weights fp32)' if args.bf16 else 'fp32'}, {where}. Perplexity (fp32): {windows} windows of "
             f"256 tokens of text A (standard held-out slice) and text B. Dense: A {dense[evals[0]]:.3f}, "
             f"B {dense[evals[1]]:.3f}.{shared}"
         )
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablation", action="store_true", help="subset / rank / distillation variants")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--deadline", type=float, help="minutes after which no new run starts (the rest is listed)")
+    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (evaluation stays fp32)")
+    parser.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
     parser.add_argument("--shared", action="store_true", help="say in the results that the machine was shared")
     parser.add_argument(
         "--section", default="recovery", help="results file benchmarks/results/SECTION.md (runs side by side)"

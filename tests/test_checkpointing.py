@@ -97,3 +97,19 @@ def test_config_option_reaches_the_pruner_pass(calib_ids):
     pruner.collect_gradients(progress=False)
     assert calls[0] == 2 * calib_ids.shape[0]
     assert GBLMConfig.from_dict(cfg.to_dict()).gradient_checkpointing is True
+
+
+def test_a_block_s_own_forward_wrapper_is_restored(calib_ids):
+    # accelerate's hooks (device maps, offloading) replace a module's forward with an instance attribute.
+    model = tiny_model("llama")
+    block = model.model.layers[0]
+    calls = []
+
+    def hooked(*args, **kwargs):
+        calls.append(1)
+        return type(block).forward(block, *args, **kwargs)
+
+    block.forward = hooked
+    _collect(model, calib_ids, True)
+    assert vars(block)["forward"] is hooked
+    assert len(calls) == 2 * calib_ids.shape[0]  # called through the checkpoint: forward and recomputation

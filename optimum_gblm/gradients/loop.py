@@ -112,24 +112,26 @@ def _gradient_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
     whole model shrink to each block's input. transformers checkpoints a layer only in training mode, and the pass
     runs in eval mode (no dropout), so each block's `forward` is wrapped here, for this pass only, in a
     non-reentrant `torch.utils.checkpoint` (the frozen inputs need no grad; the RNG state is replayed). The
-    gradients are the same values (tests/test_gradients.py)."""
+    gradients are the same values (tests/test_checkpointing.py)."""
     if not enabled:
         yield
         return
     from torch.utils.checkpoint import checkpoint
 
-    wrapped = []
+    wrapped = []  # (block, its own instance `forward` if it had one: accelerate's hooks set one)
     for block in checkpointed_blocks(model):
         if block.training and getattr(block, "gradient_checkpointing", False):
             continue  # transformers already checkpoints it (a Trainer's model in train mode)
-        forward = block.forward
-        block.forward = functools.partial(checkpoint, forward, use_reentrant=False)
-        wrapped.append(block)
+        wrapped.append((block, vars(block).get("forward")))
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
     try:
         yield
     finally:
-        for block in wrapped:
-            del block.forward  # the instance attribute: the class's forward again
+        for block, own in wrapped:
+            if own is None:
+                del block.forward  # the class's forward again
+            else:
+                block.forward = own
 
 
 def run_collection(
