@@ -214,20 +214,8 @@ def _options_section(runs: dict) -> str:
     wanda, obs, gblm = runs["wanda"], runs["gblm-obs"], runs["gblm"]
     ckpt, bf16 = runs["gblm-obs + checkpointing"], runs["gblm, bf16 gradient pass"]
     rows = [
-        [
-            "gblm-obs",
-            obs["peak_gib"],
-            obs["peak_gib"] / wanda["peak_gib"],
-            obs["steps"]["gradient pass"],
-            obs["total"],
-        ],
-        [
-            "gblm-obs + checkpointing",
-            ckpt["peak_gib"],
-            ckpt["peak_gib"] / wanda["peak_gib"],
-            ckpt["steps"]["gradient pass"],
-            ckpt["total"],
-        ],
+        [label, r["peak_gib"], r["peak_gib"] / wanda["peak_gib"], r["steps"]["gradient pass"], r["total"]]
+        for label, r in (("gblm-obs", obs), ("gblm-obs + checkpointing", ckpt))
     ]
     speed = [
         [label, r["steps"]["gradient pass"], r["total"], r["total"] / wanda["total"], r["perplexity"]]

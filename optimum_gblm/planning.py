@@ -158,10 +158,14 @@ def plan_gradients(shape: ModelShape, config: GBLMConfig, tflops: float, offload
     device, host = (0, device + host) if cpu else (device, host)
     flops = (8 if config.gradient_checkpointing else 6) * shape.params  # checkpointing runs the forward twice
     seconds = flops * config.seqlen * config.num_samples / (tflops * 1e12)
-    option = "offload_accumulators" if offload else "on device"
-    if config.gradient_checkpointing:
-        option = "gradient_checkpointing" + (" + offload_accumulators" if offload else "")
-    return Phase("gradients", option, device, host, seconds, terms)
+    return Phase("gradients", gradients_option(config.gradient_checkpointing, offload), device, host, seconds, terms)
+
+
+def gradients_option(checkpointing: bool, offload: bool) -> str:
+    """The name of a gradient-pass phase in a plan: how its activations and accumulators are kept."""
+    if checkpointing:
+        return "gradient_checkpointing" + (" + offload_accumulators" if offload else "")
+    return "offload_accumulators" if offload else "on device"
 
 
 def _block_workspace(shape: ModelShape, config: GBLMConfig) -> int:
@@ -271,10 +275,7 @@ def check_plan(memory_plan: MemoryPlan, config: GBLMConfig, available: tuple[int
     device_free, host_free = available
     wanted = [memory_plan.phase("prune", f"{config.placement} / {config.intermediates}")]
     if config.needs_gradients and config.placement != "disk":
-        wanted.insert(
-            0,
-            memory_plan.phase("gradients", "gradient_checkpointing" if config.gradient_checkpointing else "on device"),
-        )
+        wanted.insert(0, memory_plan.phase("gradients", gradients_option(config.gradient_checkpointing, False)))
 
     def fits(phase: Phase) -> bool:
         return phase.host <= host_free and (device_free is None or phase.device <= device_free)
