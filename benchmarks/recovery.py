@@ -6,7 +6,7 @@ LoRA rank and distillation from the dense model.
 
     python -m benchmarks.recovery [--quick] [--seeds 0 1 2] [--methods wanda sparsegpt gblm-obs]
         [--patterns unstructured 2:4] [--steps 200] [--lr 5e-4] [--eval-windows N] [--ablation] [--bf16]
-        [--no-checkpointing]
+        [--no-checkpointing] [--ablation-only]
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace, work: Path, emit: Callable[[dict[str, str], st
     header += ["trainable share", "tokens", "recovery time (s)", "sparsity kept"]
     rows, runs = [], {}
     grid = [(p, m) for p in args.patterns for m in args.methods if (p == "structured-30%") == (m in STRUCTURED)]
+    grid = [] if args.ablation_only else grid
     for pattern, method in grid:
         for seed in args.seeds:
             if out_of_time(f"{method} {pattern} seed {seed}"):
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace, work: Path, emit: Callable[[dict[str, str], st
         for (method, pattern), rs in runs.items()
     ]
     sections["before and after recovery"] = common.table(header, rows + (means if len(args.seeds) > 1 else []))
-    if args.ablation:
+    if args.ablation or args.ablation_only:
         method, pattern, seed = args.methods[0], args.patterns[0], args.seeds[0]
         ab_header = ["variant", "trainable share"] + [f"{names[e]} after" for e in evals] + ["time (s)"]
         ab_rows = []
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-windows", type=int, help="windows per evaluation text (default: 16, quick: 8)")
     parser.add_argument("--ablation", action="store_true", help="subset / rank / distillation variants")
+    parser.add_argument("--ablation-only", action="store_true", help="the ablation without the grid")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--deadline", type=float, help="minutes after which no new run starts (the rest is listed)")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (evaluation stays fp32)")
