@@ -57,18 +57,32 @@ ABLATION = [
 ]
 
 
-def recovered(session: QualitySession, seed: int, prune: dict, recovery: RecoveryConfig) -> dict[str, Any]:
-    """Prune a fresh copy, measure, recover, measure."""
+def pruned(session: QualitySession, seed: int, prune: dict) -> tuple[Any, dict, dict[str, torch.Tensor]]:
+    """Prune a fresh copy and measure it; also returns a copy of its weights, so that several recoveries (the
+    ablation) can start from the same pruned model without pruning and measuring it again."""
     config = GBLMConfig.from_dict({"seed": seed, **session.size, **prune}, strict=True)
     pruner = session._pruner(config, seed)
     gradients = session.gradients(seed) if config.needs_gradients else None
     pruner.prune(gradients=gradients, progress=False)
-    before = session.perplexities(pruner.model)
+    weights = {k: v.detach().clone() for k, v in pruner.model.state_dict().items()}
+    return pruner, session.perplexities(pruner.model), weights
+
+
+def recovered(
+    session: QualitySession,
+    seed: int,
+    prune: dict,
+    recovery: RecoveryConfig,
+    start: tuple[Any, dict, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
+    """Prune a fresh copy (or restore `start`, from `pruned`), measure, recover, measure."""
+    pruner, before, weights = start or pruned(session, seed, prune)
+    pruner.model.load_state_dict(weights)
     shapes = {n: p.shape for n, p in pruner.model.named_parameters()}
     teacher = session.base.model if recovery.distill else None
     pruner.recover(recovery, teacher=teacher, progress=False)
     after = session.perplexities(pruner.model)
-    structured = config.method in STRUCTURED
+    structured = pruner.config.method in STRUCTURED
     zeros_kept = {n: p.shape for n, p in pruner.model.named_parameters()} == shapes and (
         structured
         or all(
@@ -156,11 +170,13 @@ def run(args: argparse.Namespace, work: Path, emit: Callable[[dict[str, str], st
     if args.ablation or args.ablation_only:
         method, pattern, seed = args.methods[0], args.patterns[0], args.seeds[0]
         ab_header = ["variant", "trainable share"] + [f"{names[e]} after" for e in evals] + ["time (s)"]
-        ab_rows = []
+        ab_rows, prune = [], {**METHODS[method], **PATTERNS[pattern]}
+        start = None  # pruned and measured once: every variant starts from the same pruned weights
         for label, overrides in ABLATION:
             if out_of_time(f"ablation {label}"):
                 continue
-            r = recovered(session, seed, {**METHODS[method], **PATTERNS[pattern]}, config(seed, **overrides))
+            start = start or pruned(session, seed, prune)
+            r = recovered(session, seed, prune, config(seed, **overrides), start)
             ab_rows.append([label, f"{r['trainable_share']:.3%}"] + [r["after"][e] for e in evals] + [r["time_s"]])
             before = r["before"]
             sections[f"ablation ({method}, {pattern}, seed {seed})"] = (
