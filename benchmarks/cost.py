@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -28,7 +29,14 @@ METHODS = ("wanda", "gblm", "sparsegpt", "gblm-obs")
 VARIANTS = {
     "gblm-obs + checkpointing": ("gblm-obs", {"gradient_checkpointing": True}),
     "gblm, bf16 gradient pass": ("gblm", {"gradient_dtype": "bfloat16"}),
+    "gblm-obs, two passes": ("gblm-obs", {"two_pass_gradients": True}),
+    "gblm-obs, two passes + checkpointing": ("gblm-obs", {"two_pass_gradients": True, "gradient_checkpointing": True}),
 }
+# Pairs that must select the same masks: the two-pass gradient pass against the one-pass one it replaces.
+SAME_MASKS = (
+    ("gblm-obs", "gblm-obs, two passes"),
+    ("gblm-obs + checkpointing", "gblm-obs, two passes + checkpointing"),
+)
 EVAL_WINDOWS = 40  # perplexity windows of the two gblm runs (the bf16 pass against the fp32 default)
 STEPS = ("load", "calibration", "gradient pass", "allocation", "pruning")
 
@@ -89,15 +97,24 @@ def pipeline(args: dict) -> dict:
     start = time.perf_counter()
     pruner.calibration_data()
     steps["calibration"], peaks["calibration"] = time.perf_counter() - start, peak_memory_gib()
-    if config.needs_gradients:
+    if (
+        config.needs_gradients and not config.two_pass_gradients
+    ):  # two passes run inside prune(), around the allocation
         pruner.collect_gradients(progress=False)
         steps["gradient pass"], peaks["gradient pass"] = pruner.timings["gradients_s"], peak_memory_gib()
     pruner.prune(progress=False)
     allocation = pruner.timings.get("allocation_s")
     if allocation is not None:
         steps["allocation"] = allocation
-    steps["pruning"] = pruner.timings["prune_s"] - (allocation or 0.0)
+    if config.two_pass_gradients:
+        steps["gradient pass"] = pruner.timings["gradients_s"]
+        steps["pruning"] = pruner.timings["prune_s"]
+    else:
+        steps["pruning"] = pruner.timings["prune_s"] - (allocation or 0.0)
     peaks["pruning"] = peak_memory_gib()
+    masks = hashlib.sha256()
+    for name in sorted(pruner.pruning_map.targets):
+        masks.update(name.encode() + pruner.pruning_map.mask(name).numpy().tobytes())
     peak = peak_memory_gib()  # before any evaluation
     ppl = pruner.evaluate(max_windows=args["eval_windows"], progress=False) if args.get("eval_windows") else None
     return {
@@ -109,6 +126,7 @@ def pipeline(args: dict) -> dict:
         "perplexity": ppl,
         "rss_end_gib": _rss_now(),
         "sparsity": pruner.pruning_map.overall_sparsity,
+        "masks_sha256": masks.hexdigest(),
     }
 
 
@@ -134,7 +152,7 @@ def run_all(quick: bool) -> dict[str, str]:
         "gradient pass: collector vs bare forward + backward": _gradient_section(grad, grad_args, size),
         "whole pipeline: time and step shares": _pipeline_section(runs, pipe_args),
         "peak memory (RSS high-water, one fresh process per method)": _memory_section(runs),
-        "options: gradient checkpointing and a bfloat16 gradient pass": _options_section(runs),
+        "options: gradient checkpointing, two gradient passes, a bfloat16 gradient pass": _options_section(runs),
     }
 
 
@@ -211,22 +229,35 @@ def _memory_section(runs: dict) -> str:
 
 
 def _options_section(runs: dict) -> str:
-    wanda, obs, gblm = runs["wanda"], runs["gblm-obs"], runs["gblm"]
-    ckpt, bf16 = runs["gblm-obs + checkpointing"], runs["gblm, bf16 gradient pass"]
+    wanda, gblm, bf16 = runs["wanda"], runs["gblm"], runs["gblm, bf16 gradient pass"]
+    memory = [label for label in runs if label.startswith("gblm-obs")]
     rows = [
         [label, r["peak_gib"], r["peak_gib"] / wanda["peak_gib"], r["steps"]["gradient pass"], r["total"]]
-        for label, r in (("gblm-obs", obs), ("gblm-obs + checkpointing", ckpt))
+        for label, r in ((label, runs[label]) for label in memory)
     ]
+    verdicts = "\n".join(
+        f"- {label} peak / wanda peak: **{runs[label]['peak_gib'] / wanda['peak_gib']:.2f}x** (target <= 1.3x: "
+        f"{'met' if runs[label]['peak_gib'] / wanda['peak_gib'] <= 1.3 else '**not met**'})"
+        for label in memory
+    )
+    same = "\n".join(
+        f"- {a} and {b}: {'the same masks' if runs[a]['masks_sha256'] == runs[b]['masks_sha256'] else '**different masks**'}"
+        f" (sha256 of every target's mask {runs[b]['masks_sha256'][:16]})"
+        for a, b in SAME_MASKS
+    )
     speed = [
         [label, r["steps"]["gradient pass"], r["total"], r["total"] / wanda["total"], r["perplexity"]]
         for label, r in (("gblm (fp32 gradient pass)", gblm), ("gblm, bf16 gradient pass", bf16))
     ]
     return (
         "`GBLMConfig(gradient_checkpointing=True)` (`--gradient-checkpointing`) recomputes each block in the backward "
-        "and keeps only the block inputs; the gradients are the same values (tests/test_checkpointing.py).\n\n"
+        "and keeps only the block inputs; the gradients are the same values (tests/test_checkpointing.py). "
+        "`GBLMConfig(two_pass_gradients=True)` (`--two-pass-gradients`) collects gblm-obs's l2 accumulation (for the "
+        "allocation) and its l1 accumulation (for the selection) in two passes, so one fp32 accumulator is held at a "
+        "time; the allocation is computed between them (tests/test_two_pass.py: identical sparsities, masks and "
+        "weights). Its gradient-pass column is both passes.\n\n"
         + table(["run", "peak GiB", "peak / wanda", "gradient pass s", "total s"], rows)
-        + f"\n\n- gblm-obs + checkpointing peak / wanda peak: **{ckpt['peak_gib'] / wanda['peak_gib']:.2f}x** "
-        f"(target <= 1.3x: {'met' if ckpt['peak_gib'] / wanda['peak_gib'] <= 1.3 else '**not met**'})\n\n"
+        + f"\n\n{verdicts}\n{same}\n\n"
         "`GBLMConfig(gradient_dtype='bfloat16')` runs the gradient pass under bfloat16 autocast (the accumulators stay "
         f"fp32). Perplexity: the pruned model on {EVAL_WINDOWS} windows of 256 tokens of the standard held-out "
         "text.\n\n" + table(["run", "gradient pass s", "total s", "total / wanda", "perplexity"], speed)

@@ -84,6 +84,14 @@ class GBLMConfig:
             "(about one block's activations), about a third more compute; the same gradients."
         ),
     )
+    two_pass_gradients: bool = field(
+        default=False,
+        **_help(
+            "Gradient-based allocation with the l1 norm (gblm-obs): collect the allocation's l2 accumulation in a first "
+            "pass and the l1 in a second, so one fp32 accumulator is held at a time instead of two: the same result, "
+            "twice the gradient-pass time."
+        ),
+    )
     score_dtype: str = field(
         default="float32",
         **_help("Precision of the gradient term: float32, or float16 to mimic the reference code.", SCORE_DTYPES),
@@ -194,6 +202,12 @@ class GBLMConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer")
+        if self.two_pass_gradients and not (self.effective_allocation == "gradient" and self.gradient_norm == "l1"):
+            raise ValueError(
+                "two_pass_gradients=True splits a gradient pass that keeps two accumulations (allocation='gradient' with "
+                f"gradient_norm='l1', as gblm-obs does); method={self.method!r} with allocation="
+                f"{self.effective_allocation!r} and gradient_norm={self.gradient_norm!r} keeps at most one: leave it off"
+            )
         if self.gradient_scale <= 0:
             raise ValueError(f"gradient_scale={self.gradient_scale!r} is invalid: it must be > 0")
         if self.gamma < 0:
@@ -276,7 +290,8 @@ class GBLMConfig:
 
     def fingerprint(self) -> str:
         """Short hash of every setting that changes the result. Excluded: the library version and the settings of
-        where and how fast work runs (device, pipeline, intermediates, placement, batch size, trust_remote_code). The loading
+        where and how fast work runs (device, pipeline, intermediates, placement, batch size, two-pass gradients,
+        trust_remote_code). The loading
         dtype is included: pruning bf16 weights selects other masks than pruning fp32 weights."""
         import hashlib
 
@@ -289,6 +304,7 @@ class GBLMConfig:
             "trust_remote_code",
             "batch_size",
             "placement",
+            "two_pass_gradients",  # the same accumulations, collected in two passes
         ):
             data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

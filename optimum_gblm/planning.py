@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .configuration import INTERMEDIATES, PLACEMENTS, GBLMConfig
-from .gradients.accumulation import required_norms
+from .gradients.accumulation import gradient_passes, required_norms
 from .methods import get_method
 from .utils import DTYPES
 
@@ -145,7 +145,8 @@ def plan_gradients(shape: ModelShape, config: GBLMConfig, tflops: float, offload
     nbytes = shape.bytes_per_param
     compute = max(nbytes, DTYPES[config.gradient_dtype].itemsize if config.gradient_dtype != "float32" else 4)
     weights = shape.params * nbytes
-    accumulators = shape.target_params * 4 * len(required_norms(config))
+    passes = gradient_passes(config)  # two passes hold one accumulator each, one after the other
+    accumulators = shape.target_params * 4 * max(len(norms) for norms in passes)
     block = _activations(shape, config.seqlen, compute)
     # Checkpointing keeps each block's input and recomputes one block at a time in the backward.
     checkpointed = shape.blocks * config.seqlen * shape.hidden * compute + block
@@ -157,15 +158,14 @@ def plan_gradients(shape: ModelShape, config: GBLMConfig, tflops: float, offload
     host = accumulators if offload else 0
     device, host = (0, device + host) if cpu else (device, host)
     flops = (8 if config.gradient_checkpointing else 6) * shape.params  # checkpointing runs the forward twice
-    seconds = flops * config.seqlen * config.num_samples / (tflops * 1e12)
-    return Phase("gradients", gradients_option(config.gradient_checkpointing, offload), device, host, seconds, terms)
+    seconds = len(passes) * flops * config.seqlen * config.num_samples / (tflops * 1e12)
+    return Phase("gradients", gradients_option(config, offload), device, host, seconds, terms)
 
 
-def gradients_option(checkpointing: bool, offload: bool) -> str:
+def gradients_option(config: GBLMConfig, offload: bool) -> str:
     """The name of a gradient-pass phase in a plan: how its activations and accumulators are kept."""
-    if checkpointing:
-        return "gradient_checkpointing" + (" + offload_accumulators" if offload else "")
-    return "offload_accumulators" if offload else "on device"
+    parts = [name for name in ("two_pass_gradients", "gradient_checkpointing") if getattr(config, name)]
+    return " + ".join(parts + (["offload_accumulators"] if offload else [])) or "on device"
 
 
 def _block_workspace(shape: ModelShape, config: GBLMConfig) -> int:
@@ -235,10 +235,13 @@ def plan(
         device_type = ("cuda" if torch.cuda.is_available() else "cpu") if device_type == "auto" else device_type
     shape = ModelShape.of(model, adapter, config)
     cpu = device_type == "cpu"
-    phases = [plan_gradients(shape, config, tflops, offload, cpu) for offload in (False, True)]
-    if not config.gradient_checkpointing:  # what checkpointing would save, offered when a plan does not fit
-        checkpointed = replace(config, gradient_checkpointing=True)
-        phases += [plan_gradients(shape, checkpointed, tflops, offload, cpu) for offload in (False, True)]
+    # The config's own gradient options, and what checkpointing and two passes would save: offered when it does not fit.
+    variants = [config]
+    if not config.gradient_checkpointing:
+        variants.append(replace(config, gradient_checkpointing=True))
+    if not config.two_pass_gradients and required_norms(config) == ("l1", "l2"):
+        variants += [replace(v, two_pass_gradients=True) for v in variants]
+    phases = [plan_gradients(shape, v, tflops, offload, cpu) for v in variants for offload in (False, True)]
     phases += [plan_pruning(shape, config, p, i, tflops, cpu) for p in PLACEMENTS for i in INTERMEDIATES]
     calibration = CALIBRATION_HOST_BYTES.get(config.calibration, 0) if adapter.metric_name == "perplexity" else 0
     for phase in phases:
@@ -275,7 +278,7 @@ def check_plan(memory_plan: MemoryPlan, config: GBLMConfig, available: tuple[int
     device_free, host_free = available
     wanted = [memory_plan.phase("prune", f"{config.placement} / {config.intermediates}")]
     if config.needs_gradients and config.placement != "disk":
-        wanted.insert(0, memory_plan.phase("gradients", gradients_option(config.gradient_checkpointing, False)))
+        wanted.insert(0, memory_plan.phase("gradients", gradients_option(config, False)))
 
     def fits(phase: Phase) -> bool:
         return phase.host <= host_free and (device_free is None or phase.device <= device_free)

@@ -17,20 +17,19 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter, get_adapter, load_model
-from .allocation import gradient_allocation
 from .configuration import GBLMConfig
 from .decisions import BlockPruner
 from .evaluation import DEFAULT_EVAL_WINDOWS, DEFAULT_IMAGE_BATCH, Evaluation, Evaluator, make_evaluator
 from .evaluation.harness import TaskEvaluator
-from .gradients import GradientAccumulation, required_norms, run_collection
-from .gradients.cache import calibration_settings, config_source, model_fingerprint, reusable_cache
+from .gradient_steps import GradientStepsMixin
+from .gradients import GradientAccumulation
 from .methods import get_method
 from .pipelines import Placement, Walk, pipeline_for
 from .pipelines.offload import offloaded_model, placement_for
 from .planning import check_memory_plan
 from .pruning_map import PruningMap, Stage, prune_settings
 from .publishing.mixin import PublishingMixin, check_base_model_option
-from .targets import PruneTarget, target_modules
+from .targets import PruneTarget
 from .utils import check_calibration_source, resolve_device, suggest_keywords
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def _is_default(value: Any, default: Any) -> bool:
     return value is default or (isinstance(value, (str, int, float)) and value == default)
 
 
-class GBLMPruner(PublishingMixin):
+class GBLMPruner(GradientStepsMixin, PublishingMixin):
     """Prune a decoder LLM or a timm ViT with GBLM, Wanda, SparseGPT, magnitude, gblm-obs or a registered method.
 
     >>> pruner = GBLMPruner.from_pretrained("path/or/id", GBLMConfig(method="gblm", sparsity=0.5))
@@ -72,6 +71,7 @@ class GBLMPruner(PublishingMixin):
         self.gradients: GradientAccumulation | None = None
         self.pruning_map: PruningMap | None = None
         self.sparsities: dict[str, float] = {}
+        self._pass_allocation: dict[str, float] | None = None  # computed between two gradient passes
         self.results: dict[str, float] = {}
         self.timings: dict[str, float] = {}
         self.evaluation: dict[str, dict[str, Any]] = {}  # label -> evaluation settings, for the model card
@@ -148,69 +148,6 @@ class GBLMPruner(PublishingMixin):
             self._calibration_from_config = True
         return self.calibration
 
-    def cache_metadata(self) -> dict[str, str]:
-        """What a gradient cache of this pruner must match (fingerprints), and what explains a mismatch (settings)."""
-        calib = self.calibration_data()
-        seqlen = calib.describe().get("seqlen")
-        if self._calibration_from_config:
-            cfg = self.config
-            settings = calibration_settings(config_source(cfg.calibration), cfg.num_samples, seqlen, cfg.seed)
-        else:
-            settings = calibration_settings(getattr(calib, "source", "tensor"), len(calib), seqlen)
-        return {
-            "model_fingerprint": model_fingerprint(self.model, self.placement.weights(target_modules(self.targets()))),
-            "calibration_fingerprint": calib.fingerprint(),
-            "nsamples_target": str(len(calib)),
-            **settings,
-        }
-
-    def _legacy_cache_metadata(self) -> dict[str, str]:
-        """The fingerprints that caches written before fingerprint version 2 recorded."""
-        modules = self.placement.weights(target_modules(self.targets()))
-        legacy = {"model_fingerprint": model_fingerprint(self.model, modules, legacy=True)}
-        if hasattr(self.calibration, "legacy_fingerprint"):
-            legacy["calibration_fingerprint"] = self.calibration.legacy_fingerprint()
-        return legacy
-
-    def collect_gradients(
-        self,
-        cache_path: str | Path | None = None,
-        checkpoint_every: int = 0,
-        progress: bool = True,
-        overwrite: bool = False,
-        **kwargs: Any,
-    ) -> GradientAccumulation:
-        """Per-sample gradient pass of the dense model over the pruner's own calibration set. `cache_path`: a
-        matching complete cache is reused, a partial one resumed, one made for anything else refused (the error
-        names what differs; the file is left untouched) unless `overwrite`."""
-        if self.pruning_map is not None:
-            raise RuntimeError("the model is already pruned: gradients must come from the dense model")
-        calib = self.calibration_data()
-        if reusable_cache(cache_path, overwrite):  # read without running the model (a disk placement can do that)
-            self.placement.prepare(self.model)
-        else:
-            self.placement.prepare_whole(self.model, "the gradient pass")
-        start = time.perf_counter()
-        self.gradients = run_collection(
-            self.model,
-            target_modules(self.targets()),
-            calib,
-            self.adapter.loss,
-            self.config,
-            total=len(calib),
-            norms=required_norms(self.config),
-            cache_path=cache_path,
-            cache_metadata=self.cache_metadata(),
-            legacy_metadata=self._legacy_cache_metadata,
-            overwrite=overwrite,
-            checkpoint_every=checkpoint_every,
-            tokens_fn=self.adapter.sample_tokens,
-            progress=progress,
-            **{"gradient_checkpointing": self.config.gradient_checkpointing, **kwargs},
-        )
-        self.timings["gradients_s"] = time.perf_counter() - start
-        return self.gradients
-
     def prune(
         self,
         calibration: Any = None,
@@ -236,7 +173,7 @@ class GBLMPruner(PublishingMixin):
             if isinstance(gradients, GradientAccumulation):
                 self.gradients = gradients
             elif gradients is not None or self.gradients is None:
-                self.collect_gradients(cache_path=gradients, progress=progress)
+                self._gradient_passes(gradients, progress)
         start = time.perf_counter()
         if method.structured:  # whole heads and channels removed (docs/structured.md)
             from .structured import prune_structured
@@ -247,16 +184,9 @@ class GBLMPruner(PublishingMixin):
             self.timings["prune_s"] = time.perf_counter() - start
             return self.model
         per_block = self.adapter.targets_by_block(self.model, cfg.targets, cfg.ignore)
-        if cfg.effective_allocation == "gradient":
-            targets = [t for block in per_block for t in block]
-            self.sparsities = gradient_allocation(
-                self.placement.target_weights(targets),
-                self.gradients.get("l2"),
-                cfg.sparsity,
-                cfg.gamma,
-                cfg.allocation_clip,
-            )
-            self.timings["allocation_s"] = time.perf_counter() - start  # its share of prune_s
+        if cfg.effective_allocation == "gradient":  # unless allocated between two gradient passes
+            two_pass = self._pass_allocation is not None and "l2" not in self.gradients.norms
+            self.sparsities = self._pass_allocation if two_pass else self._allocate()  # _allocate: a share of prune_s
         pruning_map = PruningMap(pattern=cfg.pattern)
         grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
         refine, refine_target = method.refiner(cfg) or (None, "block")

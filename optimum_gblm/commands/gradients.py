@@ -33,6 +33,7 @@ NOT_GRADIENT_OPTIONS = frozenset(
         "allocation_clip",
         "method_args",
         "score_dtype",
+        "two_pass_gradients",  # a cache holds both accumulations: one pass
         "batch_size",
         "pipeline",
         "intermediates",

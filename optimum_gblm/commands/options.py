@@ -37,7 +37,14 @@ CONFIG_GROUPS: dict[str, tuple[str, ...]] = {
         "batch_size",
         "pseudo_labels",
     ),
-    "gradients": ("gradient_norm", "gradient_scale", "gradient_dtype", "gradient_checkpointing", "score_dtype"),
+    "gradients": (
+        "gradient_norm",
+        "gradient_scale",
+        "gradient_dtype",
+        "gradient_checkpointing",
+        "two_pass_gradients",
+        "score_dtype",
+    ),
     "model / loading": ("dtype", "device", "pipeline", "intermediates", "placement", "trust_remote_code"),
 }
 OTHER_GROUP = "other settings"

@@ -137,6 +137,11 @@ class PruneCommand(GBLMSubcommand):
         gradients = check_output_file(args.gradients) if args.gradients else None
         if gradients is not None:
             check_gradients_used(config)
+            if config.two_pass_gradients:
+                raise UsageError(
+                    "--two-pass-gradients cannot use a --gradients cache (a cache holds both accumulations at once): "
+                    "drop one of the two"
+                )
             check_gradient_cache(
                 gradients,
                 config,

@@ -4,7 +4,7 @@
 `transformers.Trainer`, so it is loaded only where it is used.
 """
 
-from .accumulation import GradientAccumulation, NonFiniteGradientError, required_norms
+from .accumulation import GradientAccumulation, NonFiniteGradientError, gradient_passes, required_norms
 from .cache import GradientCacheError, GradientCacheMismatch
 from .collector import GradientCollector
 from .loop import collect_gradients, run_collection
@@ -16,6 +16,7 @@ __all__ = [
     "GradientCollector",
     "NonFiniteGradientError",
     "collect_gradients",
+    "gradient_passes",
     "required_norms",
     "run_collection",
 ]

@@ -66,3 +66,10 @@ def required_norms(config: GBLMConfig) -> tuple[str, ...]:
     if config.effective_allocation == "gradient":
         norms.add("l2")
     return tuple(sorted(norms))
+
+
+def gradient_passes(config: GBLMConfig) -> list[tuple[str, ...]]:
+    """The accumulations each gradient pass of a config keeps: one pass with all of them, or with
+    `two_pass_gradients` the allocation's l2 first and then the selection's l1, one accumulator held at a time."""
+    norms = required_norms(config)
+    return [("l2",), ("l1",)] if config.two_pass_gradients and norms == ("l1", "l2") else [norms]

@@ -1,0 +1,119 @@
+"""`two_pass_gradients`: gblm-obs's allocation (l2) and selection (l1) accumulations collected in two passes, one
+accumulator held at a time, with the same sparsities, masks and weights as the single pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import optimum_gblm.gradient_steps as steps
+from optimum_gblm import GBLMConfig, GBLMPruner
+from optimum_gblm.adapters import get_adapter
+from optimum_gblm.gradients import gradient_passes
+from optimum_gblm.planning import plan
+from tests.conftest import tiny_model
+
+
+def _config(**overrides) -> GBLMConfig:
+    return GBLMConfig(method="gblm-obs", device="cpu", num_samples=4, seqlen=16, sparsity=0.5, **overrides)
+
+
+def _pruned(calib_ids, **overrides) -> GBLMPruner:
+    pruner = GBLMPruner(tiny_model("llama"), _config(**overrides))
+    pruner.prune(calib_ids, progress=False)
+    return pruner
+
+
+def test_two_passes_give_the_same_sparsities_masks_and_weights(calib_ids):
+    one, two = _pruned(calib_ids), _pruned(calib_ids, two_pass_gradients=True)
+    assert one.sparsities and two.sparsities == one.sparsities  # the gradient allocation, exactly
+    assert len(set(one.sparsities.values())) > 1  # not a uniform allocation that any run would match
+    assert set(two.pruning_map.targets) == set(one.pruning_map.targets)
+    for name in one.pruning_map.targets:
+        assert torch.equal(two.pruning_map.mask(name), one.pruning_map.mask(name)), name
+    for (name, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert two.gradients.norms == ("l1",) and one.gradients.norms == ("l1", "l2")
+    assert two.timings["gradients_s"] > 0 and "allocation_s" in two.timings
+
+
+def test_one_accumulator_is_held_at_a_time(calib_ids, monkeypatch):
+    pruner = GBLMPruner(tiny_model("llama"), _config(two_pass_gradients=True))
+    seen = []
+    collect = steps.run_collection
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["norms"], pruner.gradients))  # what the pruner still holds when a pass starts
+        return collect(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "run_collection", spy)
+    pruner.prune(calib_ids, progress=False)
+    assert [norms for norms, _ in seen] == [("l2",), ("l1",)]
+    assert all(held is None for _, held in seen)  # the l2 accumulators were let go before the l1 pass
+
+
+def test_gradient_passes_of_each_config():
+    assert gradient_passes(_config()) == [("l1", "l2")]
+    assert gradient_passes(_config(two_pass_gradients=True)) == [("l2",), ("l1",)]
+    assert gradient_passes(GBLMConfig(method="gblm")) == [("l1",)]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"method": "gblm"},  # one accumulation (l1)
+        {"method": "wanda"},  # no gradients
+        {"method": "gblm-obs", "allocation": "uniform"},  # no l2 for the allocation
+        {"method": "gblm-obs", "gradient_norm": "l2"},  # both needs are the one l2 accumulation
+        {"method": "gblm-obs", "pattern": "2:4"},  # N:M allocation is uniform
+    ],
+)
+def test_two_passes_are_refused_where_one_accumulator_is_all_there_is(overrides):
+    with pytest.raises(ValueError, match="two_pass_gradients=True splits a gradient pass that keeps two"):
+        GBLMConfig(device="cpu", two_pass_gradients=True, **overrides).validate()
+
+
+def test_two_passes_with_a_gradient_cache_are_refused_before_any_pass(calib_ids, tmp_path, monkeypatch):
+    pruner = GBLMPruner(tiny_model("llama"), _config(two_pass_gradients=True))
+    monkeypatch.setattr(steps, "run_collection", lambda *a, **k: pytest.fail("a gradient pass ran"))
+    with pytest.raises(ValueError, match="two_pass_gradients=True cannot use a gradient cache"):
+        pruner.prune(calib_ids, gradients=tmp_path / "grads.safetensors", progress=False)
+    assert not (tmp_path / "grads.safetensors").exists() and pruner.pruning_map is None
+
+
+def test_the_setting_does_not_change_the_fingerprint_and_round_trips():
+    config = _config(two_pass_gradients=True)
+    assert config.fingerprint() == _config().fingerprint()
+    assert GBLMConfig.from_dict(config.to_dict()).two_pass_gradients is True
+
+
+def test_the_plan_holds_one_accumulator_and_offers_two_passes():
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    one = plan(model, adapter, _config(), device_type="cpu")
+    two = plan(model, adapter, _config(two_pass_gradients=True), device_type="cpu")
+    single, split = one.phase("gradients", "on device"), two.phase("gradients", "two_pass_gradients")
+    assert split.terms["accumulators"] * 2 == single.terms["accumulators"]
+    assert split.seconds == pytest.approx(2 * single.seconds)
+    # Offered when the single pass does not fit, alone and with checkpointing.
+    assert one.phase("gradients", "two_pass_gradients") == split
+    assert one.phase("gradients", "two_pass_gradients + gradient_checkpointing").host < split.host
+    gblm = plan(model, adapter, GBLMConfig(method="gblm", device="cpu", num_samples=4, seqlen=16), device_type="cpu")
+    assert not any("two_pass" in p.option for p in gblm.phases)  # nothing to split
+
+
+def test_cli_refuses_two_passes_with_a_cache_before_loading(tmp_path):
+    from tests.test_cli import cli, help_text, tiny_options
+    from tests.tiny_models import write_text
+
+    empty, out = tmp_path / "not-a-model", tmp_path / "out"
+    empty.mkdir()
+    options = tiny_options({"text": write_text(tmp_path / "text.txt")}, model=False)
+    result = cli(
+        "prune", "--model", empty, *options, "--method", "gblm-obs", "--two-pass-gradients",
+        "--gradients", tmp_path / "g.safetensors", "--output", out,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--two-pass-gradients cannot use a --gradients cache" in result.stderr.strip().splitlines()[-1]
+    assert not out.exists() and not (tmp_path / "g.safetensors").exists()
+    assert "--two-pass-gradients" in help_text("prune") and "--two-pass-gradients" not in help_text("gradients")
