@@ -42,7 +42,7 @@ METHODS = {
 STRUCTURED = {"gblm-sp", "flap"}
 PATTERNS = {
     "unstructured": {"pattern": "unstructured", "sparsity": 0.5},
-    "2:4": {"pattern": "2:4"},
+    "2:4": {"pattern": "2:4", "allocation": None},  # N:M: uniform (gblm-obs's gradient allocation is unstructured)
     "structured-30%": {"sparsity": 0.3},  # only with the structured methods: 30% of block parameters removed
 }
 DEFAULT = {"subset": ["norm", "masklora"], "lora_rank": 16, "distill_weight": 0.0}
