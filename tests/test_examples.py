@@ -64,11 +64,11 @@ def test_compare_methods_example(tiny):
 
 def test_demo_example_shares_one_gradient_pass(tiny, tmp_path, monkeypatch):
     """`make demo` on the tiny model: every method of the table, and gblm + gblm-obs from ONE gradient pass."""
-    import optimum_gblm.pruner as pruner_module
+    import optimum_gblm.gradient_steps as steps_module
 
     passes = []
-    real = pruner_module.run_collection
-    monkeypatch.setattr(pruner_module, "run_collection", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = steps_module.run_collection
+    monkeypatch.setattr(steps_module, "run_collection", lambda *a, **k: passes.append(1) or real(*a, **k))
     model, text = tiny
     options = ["--model", str(model), "--calibration", str(text), "--eval-source", str(text)]
     out = tmp_path / "out"

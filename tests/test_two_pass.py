@@ -34,6 +34,8 @@ def test_two_passes_give_the_same_sparsities_masks_and_weights(calib_ids):
     for (name, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert two.gradients.norms == ("l1",) and one.gradients.norms == ("l1", "l2")
+    for name, total in one.gradients.l1.items():  # the selection's sums: the same folds in the same order
+        assert torch.equal(two.gradients.l1[name], total), name
     assert two.timings["gradients_s"] > 0 and "allocation_s" in two.timings
 
 
