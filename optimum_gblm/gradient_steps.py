@@ -116,10 +116,12 @@ class GradientStepsMixin:
                 "pass the cache without two_pass_gradients, or leave the cache out"
             )
         first = time.perf_counter()
+        logger.info("Gradient pass 1 of 2: the l2 sums, for the allocation")
         self.collect_gradients(progress=progress, norms=passes[0])
         spent = self.timings["gradients_s"]
         self._pass_allocation = self._allocate()
         self.gradients = None  # frees the l2 accumulators before the second pass allocates its own
+        logger.info("Gradient pass 2 of 2: the l1 sums, for the selection")
         self.collect_gradients(progress=progress, norms=passes[1])
         self.timings["gradients_s"] += spent
         logger.info("Two gradient passes (l2, then l1) and the allocation in %.1f s", time.perf_counter() - first)
