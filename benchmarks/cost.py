@@ -97,9 +97,8 @@ def pipeline(args: dict) -> dict:
     start = time.perf_counter()
     pruner.calibration_data()
     steps["calibration"], peaks["calibration"] = time.perf_counter() - start, peak_memory_gib()
-    if (
-        config.needs_gradients and not config.two_pass_gradients
-    ):  # two passes run inside prune(), around the allocation
+    # Two passes run inside prune(), around the allocation.
+    if config.needs_gradients and not config.two_pass_gradients:
         pruner.collect_gradients(progress=False)
         steps["gradient pass"], peaks["gradient pass"] = pruner.timings["gradients_s"], peak_memory_gib()
     pruner.prune(progress=False)
@@ -230,15 +229,14 @@ def _memory_section(runs: dict) -> str:
 
 def _options_section(runs: dict) -> str:
     wanda, gblm, bf16 = runs["wanda"], runs["gblm"], runs["gblm, bf16 gradient pass"]
-    memory = [label for label in runs if label.startswith("gblm-obs")]
+    ratios = {label: r["peak_gib"] / wanda["peak_gib"] for label, r in runs.items() if label.startswith("gblm-obs")}
     rows = [
-        [label, r["peak_gib"], r["peak_gib"] / wanda["peak_gib"], r["steps"]["gradient pass"], r["total"]]
-        for label, r in ((label, runs[label]) for label in memory)
+        [label, runs[label]["peak_gib"], ratio, runs[label]["steps"]["gradient pass"], runs[label]["total"]]
+        for label, ratio in ratios.items()
     ]
     verdicts = "\n".join(
-        f"- {label} peak / wanda peak: **{runs[label]['peak_gib'] / wanda['peak_gib']:.2f}x** (target <= 1.3x: "
-        f"{'met' if runs[label]['peak_gib'] / wanda['peak_gib'] <= 1.3 else '**not met**'})"
-        for label in memory
+        f"- {label} peak / wanda peak: **{ratio:.2f}x** (target <= 1.3x: {'met' if ratio <= 1.3 else '**not met**'})"
+        for label, ratio in ratios.items()
     )
     same = "\n".join(
         f"- {a} and {b}: {'the same masks' if runs[a]['masks_sha256'] == runs[b]['masks_sha256'] else '**different masks**'}"

@@ -57,15 +57,13 @@ ABLATION = [
 ]
 
 
-def pruned(session: QualitySession, seed: int, prune: dict) -> tuple[Any, dict, dict[str, torch.Tensor]]:
-    """Prune a fresh copy and measure it; also returns a copy of its weights, so that several recoveries (the
-    ablation) can start from the same pruned model without pruning and measuring it again."""
+def pruned(session: QualitySession, seed: int, prune: dict) -> tuple[Any, dict]:
+    """Prune a fresh copy and measure it."""
     config = GBLMConfig.from_dict({"seed": seed, **session.size, **prune}, strict=True)
     pruner = session._pruner(config, seed)
     gradients = session.gradients(seed) if config.needs_gradients else None
     pruner.prune(gradients=gradients, progress=False)
-    weights = {k: v.detach().clone() for k, v in pruner.model.state_dict().items()}
-    return pruner, session.perplexities(pruner.model), weights
+    return pruner, session.perplexities(pruner.model)
 
 
 def recovered(
@@ -75,9 +73,13 @@ def recovered(
     recovery: RecoveryConfig,
     start: tuple[Any, dict, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Prune a fresh copy (or restore `start`, from `pruned`), measure, recover, measure."""
-    pruner, before, weights = start or pruned(session, seed, prune)
-    pruner.model.load_state_dict(weights)
+    """Prune a fresh copy and measure it, or restore `start` (a pruner, its measurement and its pruned weights, for
+    several recoveries from one pruned model); recover, measure."""
+    if start is None:
+        pruner, before = pruned(session, seed, prune)
+    else:
+        pruner, before, weights = start
+        pruner.model.load_state_dict(weights)
     shapes = {n: p.shape for n, p in pruner.model.named_parameters()}
     teacher = session.base.model if recovery.distill else None
     pruner.recover(recovery, teacher=teacher, progress=False)
@@ -175,7 +177,9 @@ def run(args: argparse.Namespace, work: Path, emit: Callable[[dict[str, str], st
         for label, overrides in ABLATION:
             if out_of_time(f"ablation {label}"):
                 continue
-            start = start or pruned(session, seed, prune)
+            if start is None:
+                pruner, measured = pruned(session, seed, prune)
+                start = (pruner, measured, {k: v.detach().clone() for k, v in pruner.model.state_dict().items()})
             r = recovered(session, seed, prune, config(seed, **overrides), start)
             ab_rows.append([label, f"{r['trainable_share']:.3%}"] + [r["after"][e] for e in evals] + [r["time_s"]])
             before = r["before"]

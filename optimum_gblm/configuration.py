@@ -202,7 +202,7 @@ class GBLMConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer")
-        if self.two_pass_gradients and not (self.effective_allocation == "gradient" and self.gradient_norm == "l1"):
+        if self.two_pass_gradients and not self.two_accumulations:
             raise ValueError(
                 "two_pass_gradients=True splits a gradient pass that keeps two accumulations (allocation='gradient' with "
                 f"gradient_norm='l1', as gblm-obs does); method={self.method!r} with allocation="
@@ -285,14 +285,20 @@ class GBLMConfig:
         return self.allocation or get_method(self.method).default_allocation
 
     @property
+    def two_accumulations(self) -> bool:
+        """The gradient pass keeps two sums (l2 for a gradient allocation, l1 for the selection): the case
+        `two_pass_gradients` splits into one pass per sum."""
+        return self.effective_allocation == "gradient" and self.gradient_norm == "l1"
+
+    @property
     def needs_gradients(self) -> bool:
         return get_method(self.method).needs_gradients or self.effective_allocation == "gradient"
 
     def fingerprint(self) -> str:
         """Short hash of every setting that changes the result. Excluded: the library version and the settings of
         where and how fast work runs (device, pipeline, intermediates, placement, batch size, two-pass gradients,
-        trust_remote_code). The loading
-        dtype is included: pruning bf16 weights selects other masks than pruning fp32 weights."""
+        trust_remote_code). The loading dtype is included: pruning bf16 weights selects other masks than pruning
+        fp32 weights."""
         import hashlib
 
         data = self.to_dict()

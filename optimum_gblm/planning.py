@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .configuration import INTERMEDIATES, PLACEMENTS, GBLMConfig
-from .gradients.accumulation import gradient_passes, required_norms
+from .gradients.accumulation import gradient_passes
 from .methods import get_method
 from .utils import DTYPES
 
@@ -239,7 +239,7 @@ def plan(
     variants = [config]
     if not config.gradient_checkpointing:
         variants.append(replace(config, gradient_checkpointing=True))
-    if not config.two_pass_gradients and required_norms(config) == ("l1", "l2"):
+    if not config.two_pass_gradients and config.two_accumulations:
         variants += [replace(v, two_pass_gradients=True) for v in variants]
     phases = [plan_gradients(shape, v, tflops, offload, cpu) for v in variants for offload in (False, True)]
     phases += [plan_pruning(shape, config, p, i, tflops, cpu) for p in PLACEMENTS for i in INTERMEDIATES]

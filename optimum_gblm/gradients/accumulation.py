@@ -71,5 +71,4 @@ def required_norms(config: GBLMConfig) -> tuple[str, ...]:
 def gradient_passes(config: GBLMConfig) -> list[tuple[str, ...]]:
     """The accumulations each gradient pass of a config keeps: one pass with all of them, or with
     `two_pass_gradients` the allocation's l2 first and then the selection's l1, one accumulator held at a time."""
-    norms = required_norms(config)
-    return [("l2",), ("l1",)] if config.two_pass_gradients and norms == ("l1", "l2") else [norms]
+    return [("l2",), ("l1",)] if config.two_pass_gradients and config.two_accumulations else [required_norms(config)]
