@@ -205,8 +205,9 @@ class GBLMConfig:
         if self.two_pass_gradients and not self.two_accumulations:
             raise ValueError(
                 "two_pass_gradients=True splits a gradient pass that keeps two accumulations (allocation='gradient' with "
-                f"gradient_norm='l1', as gblm-obs does); method={self.method!r} with allocation="
-                f"{self.effective_allocation!r} and gradient_norm={self.gradient_norm!r} keeps at most one: leave it off"
+                "a method whose selection reads the gradient_norm='l1' sums, as gblm-obs does); method="
+                f"{self.method!r} with allocation={self.effective_allocation!r} and gradient_norm="
+                f"{self.gradient_norm!r} keeps at most one: leave it off"
             )
         if self.gradient_scale <= 0:
             raise ValueError(f"gradient_scale={self.gradient_scale!r} is invalid: it must be > 0")
@@ -288,11 +289,16 @@ class GBLMConfig:
     def two_accumulations(self) -> bool:
         """The gradient pass keeps two sums (l2 for a gradient allocation, l1 for the selection): the case
         `two_pass_gradients` splits into one pass per sum."""
-        return self.effective_allocation == "gradient" and self.gradient_norm == "l1"
+        return self.effective_allocation == "gradient" and self.selection_uses_gradients and self.gradient_norm == "l1"
+
+    @property
+    def selection_uses_gradients(self) -> bool:
+        """The method's own selection reads the gradient sums (gblm, gblm-obs, gblm-sp), not only the allocation."""
+        return get_method(self.method).needs_gradients
 
     @property
     def needs_gradients(self) -> bool:
-        return get_method(self.method).needs_gradients or self.effective_allocation == "gradient"
+        return self.selection_uses_gradients or self.effective_allocation == "gradient"
 
     def fingerprint(self) -> str:
         """Short hash of every setting that changes the result. Excluded: the library version and the settings of

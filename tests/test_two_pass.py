@@ -3,14 +3,16 @@ accumulator held at a time, with the same sparsities, masks and weights as the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import optimum_gblm.gradient_steps as steps
 from optimum_gblm import GBLMConfig, GBLMPruner
 from optimum_gblm.adapters import get_adapter
-from optimum_gblm.gradients import gradient_passes
-from optimum_gblm.planning import plan
+from optimum_gblm.gradients import gradient_passes, required_norms
+from optimum_gblm.planning import ModelShape, plan
 from tests.conftest import tiny_model
 
 
@@ -68,6 +70,8 @@ def test_gradient_passes_of_each_config():
         {"method": "gblm-obs", "allocation": "uniform"},  # no l2 for the allocation
         {"method": "gblm-obs", "gradient_norm": "l2"},  # both needs are the one l2 accumulation
         {"method": "gblm-obs", "pattern": "2:4"},  # N:M allocation is uniform
+        {"method": "wanda", "allocation": "gradient"},  # its selection reads no gradients: l2 only
+        {"method": "sparsegpt", "allocation": "gradient"},
     ],
 )
 def test_two_passes_are_refused_where_one_accumulator_is_all_there_is(overrides):
@@ -81,6 +85,34 @@ def test_two_passes_with_a_gradient_cache_are_refused_before_any_pass(calib_ids,
     with pytest.raises(ValueError, match="two_pass_gradients=True cannot use a gradient cache"):
         pruner.prune(calib_ids, gradients=tmp_path / "grads.safetensors", progress=False)
     assert not (tmp_path / "grads.safetensors").exists() and pruner.pruning_map is None
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_gradient_allocation_alone_collects_only_the_l2_sums(method, calib_ids, monkeypatch):
+    config = GBLMConfig(method=method, allocation="gradient", device="cpu", num_samples=4, seqlen=16, sparsity=0.5)
+    assert required_norms(config) == ("l2",) and gradient_passes(config) == [("l2",)]
+    pruner = GBLMPruner(tiny_model("llama"), config)
+    pruner.prune(calib_ids, progress=False)
+    assert pruner.gradients.norms == ("l2",)  # no l1 accumulator that nothing reads
+    assert len(set(pruner.sparsities.values())) > 1  # the allocation still ran from the l2 sums
+    assert required_norms(replace(config, allocation="uniform")) == ()  # no gradient pass at all then
+    assert not replace(config, allocation="uniform").needs_gradients
+
+
+def test_the_plan_counts_the_accumulators_pruning_reads():
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    params = ModelShape.of(model, adapter, _config()).target_params
+
+    def held(config: GBLMConfig) -> int:
+        return plan(model, adapter, config, device_type="cpu").phase("prune", "memory / device").terms["gradients"]
+
+    wanda = dict(device="cpu", num_samples=4, seqlen=16, sparsity=0.5)
+    assert held(_config()) == 2 * params * 4  # one pass keeps l1 and l2 through pruning
+    assert held(_config(two_pass_gradients=True)) == params * 4  # two passes: only the l1 sums
+    assert held(_config(gradient_norm="l2")) == params * 4  # one l2 accumulation serves both
+    assert held(GBLMConfig(method="wanda", allocation="gradient", **wanda)) == params * 4
+    assert held(GBLMConfig(method="wanda", **wanda)) == 0
 
 
 def test_the_setting_does_not_change_the_fingerprint_and_round_trips():

@@ -61,8 +61,11 @@ class NonFiniteGradientError(FloatingPointError):
 
 
 def required_norms(config: GBLMConfig) -> tuple[str, ...]:
-    """The accumulations a config needs: its gradient norm, plus l2 for gradient-based allocation."""
-    norms = {config.gradient_norm}
+    """The accumulations a config needs: its gradient norm where the method's selection reads gradients, plus l2 for
+    gradient-based allocation (wanda or sparsegpt with allocation='gradient' need the l2 sums only)."""
+    norms = set()
+    if config.selection_uses_gradients:
+        norms.add(config.gradient_norm)
     if config.effective_allocation == "gradient":
         norms.add("l2")
     return tuple(sorted(norms))
