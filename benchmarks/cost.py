@@ -38,6 +38,9 @@ SAME_MASKS = (
     ("gblm-obs + checkpointing", "gblm-obs, two passes + checkpointing"),
 )
 EVAL_WINDOWS = 40  # perplexity windows of the two gblm runs (the bf16 pass against the fp32 default)
+# wanda / gblm pipeline pairs, each in fresh processes one after the other: the time target is judged on the ratio of
+# their means, since one pair's ratio moves by about +-0.15 with the machine's load (the fp32 floor is near 2.5x).
+ROUNDS = 3
 STEPS = ("load", "calibration", "gradient pass", "allocation", "pruning")
 
 
@@ -147,9 +150,14 @@ def run_all(quick: bool) -> dict[str, str]:
     pipe_args["gblm, bf16 gradient pass"]["eval_windows"] = EVAL_WINDOWS
     runs = {m: run_isolated("cost", a) for m, a in pipe_args.items()}  # pipelines first: nothing else is warm
     grad = run_isolated("cost", grad_args)
+    rounds = [(runs["wanda"]["total"], runs["gblm"]["total"])]
+    timing_only = {k: v for k, v in pipe_args["gblm"].items() if k != "eval_windows"}
+    for _ in range(ROUNDS - 1):
+        rounds.append((run_isolated("cost", pipe_args["wanda"])["total"], run_isolated("cost", timing_only)["total"]))
     return {
         "gradient pass: collector vs bare forward + backward": _gradient_section(grad, grad_args, size),
         "whole pipeline: time and step shares": _pipeline_section(runs, pipe_args),
+        "gblm / wanda over alternating rounds": _rounds_section(rounds, timing_only),
         "peak memory (RSS high-water, one fresh process per method)": _memory_section(runs),
         "options: gradient checkpointing, two gradient passes, a bfloat16 gradient pass": _options_section(runs),
     }
@@ -183,15 +191,30 @@ def _pipeline_section(runs: dict, args: dict) -> str:
         rows.append([method, r["total"], r["total"] / wanda, r["total"] - r["steps"]["load"], *shares])
     no_load = {m: r["total"] - r["steps"]["load"] for m, r in runs.items()}
     ratio = runs["gblm"]["total"] / wanda
-    verdict = "met" if ratio <= 2.5 else "**not met**"
     commands = "\n".join(f"- {m}: {_cmd(a)}" for m, a in args.items())
     return (
         "Each method in a fresh process (load included: the pipeline as a user runs it, no evaluation).\n\n"
         + table(["method", "total s", "total / wanda", "total without load s", *STEPS], rows)
-        + f"\n\n- gblm total / wanda total: **{ratio:.2f}x** (target <= 2.5x: {verdict}); without the model load: "
+        + f"\n\n- gblm total / wanda total in this pair: {ratio:.2f}x (the 2.5x target is judged on the mean of the "
+        "alternating rounds below); without the model load: "
         f"{no_load['gblm'] / no_load['wanda']:.2f}x\n"
         f"- gblm-obs / wanda: {runs['gblm-obs']['total'] / wanda:.2f}x; sparsegpt / wanda: "
         f"{runs['sparsegpt']['total'] / wanda:.2f}x\n\nCommands:\n\n" + commands
+    )
+
+
+def _rounds_section(rounds: list[tuple[float, float]], gblm_args: dict) -> str:
+    rows = [[i + 1, w, g, g / w] for i, (w, g) in enumerate(rounds)]
+    wanda, gblm = (sum(r[k] for r in rounds) / len(rounds) for k in (0, 1))
+    ratio = gblm / wanda
+    low, high = min(r[3] for r in rows), max(r[3] for r in rows)
+    verdict = "met" if ratio <= 2.5 else "**not met**"
+    return (
+        f"Round 1 is the pair above; each later round runs wanda, then gblm ({_cmd(gblm_args)}, without the "
+        "evaluation), each in a fresh process.\n\n"
+        + table(["round", "wanda total s", "gblm total s", "gblm / wanda"], rows)
+        + f"\n\n- gblm / wanda, mean of {len(rounds)} rounds: **{ratio:.2f}x** (target <= 2.5x: {verdict}); "
+        f"single rounds {low:.2f}x to {high:.2f}x"
     )
 
 

@@ -190,8 +190,9 @@ def plan_pruning(
     model, block, stem = shape.params * nbytes, shape.block_params * nbytes, shape.stem_params * nbytes
     needs_data = get_method(config.method).statistic is not None
     states = config.num_samples * config.seqlen * shape.hidden * nbytes if needs_data else 0
-    # The accumulations pruning reads: those of the (last) gradient pass, one fp32 tensor per target each.
-    grads = shape.target_params * 4 * len(gradient_passes(config)[-1]) if config.needs_gradients else 0
+    # The accumulation the selection reads (one fp32 tensor per target): the allocation's l2 sums are let go once the
+    # allocation is made, at the start of pruning, where the gradient pass's larger peak already counted them.
+    grads = shape.target_params * 4 if config.selection_uses_gradients else 0
     work = _block_workspace(shape, config) + 2 * block  # the block and one copy (a read, a re-run's outputs)
     on_device = {"device": states, "cpu": 0, "disk": 0}[intermediates]
     on_host = {"device": 0, "cpu": states, "disk": 0}[intermediates]

@@ -187,6 +187,7 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
         if cfg.effective_allocation == "gradient":  # unless allocated between two gradient passes
             two_pass = self._pass_allocation is not None and "l2" not in self.gradients.norms
             self.sparsities = self._pass_allocation if two_pass else self._allocate()  # _allocate: a share of prune_s
+            self._release_allocation_sums()
         pruning_map = PruningMap(pattern=cfg.pattern)
         grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
         refine, refine_target = method.refiner(cfg) or (None, "block")

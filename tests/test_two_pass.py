@@ -35,7 +35,7 @@ def test_two_passes_give_the_same_sparsities_masks_and_weights(calib_ids):
         assert torch.equal(two.pruning_map.mask(name), one.pruning_map.mask(name)), name
     for (name, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    assert two.gradients.norms == ("l1",) and one.gradients.norms == ("l1", "l2")
+    assert two.gradients.norms == ("l1",) and one.gradients.norms == ("l1",)  # l2: let go after the allocation
     for name, total in one.gradients.l1.items():  # the selection's sums: the same folds in the same order
         assert torch.equal(two.gradients.l1[name], total), name
     assert two.timings["gradients_s"] > 0 and "allocation_s" in two.timings
@@ -93,10 +93,35 @@ def test_a_gradient_allocation_alone_collects_only_the_l2_sums(method, calib_ids
     assert required_norms(config) == ("l2",) and gradient_passes(config) == [("l2",)]
     pruner = GBLMPruner(tiny_model("llama"), config)
     pruner.prune(calib_ids, progress=False)
-    assert pruner.gradients.norms == ("l2",)  # no l1 accumulator that nothing reads
+    assert pruner.gradients.norms == ()  # no l1 accumulator that nothing reads; the l2 one let go after allocating
     assert len(set(pruner.sparsities.values())) > 1  # the allocation still ran from the l2 sums
     assert required_norms(replace(config, allocation="uniform")) == ()  # no gradient pass at all then
     assert not replace(config, allocation="uniform").needs_gradients
+
+
+def test_pruning_lets_go_of_the_allocation_sums_but_not_of_a_callers(calib_ids, monkeypatch):
+    pruner = GBLMPruner(tiny_model("llama"), _config())
+    seen = []
+    real = steps.GradientStepsMixin._allocate
+
+    def spy(self):
+        seen.append(self.gradients.norms)  # both sums when the allocation is made
+        return real(self)
+
+    monkeypatch.setattr(steps.GradientStepsMixin, "_allocate", spy)
+    pruner.prune(calib_ids, progress=False)
+    assert seen == [("l1", "l2")] and pruner.gradients.norms == ("l1",)
+    # An accumulation passed in by the caller is not changed: the pruner only stops holding its l2 sums.
+    other = GBLMPruner(tiny_model("llama"), _config())
+    other.calibration_data(calib_ids)
+    given = other.collect_gradients(progress=False)
+    third = GBLMPruner(tiny_model("llama"), _config())
+    third.prune(calib_ids, gradients=given, progress=False)
+    assert given.norms == ("l1", "l2") and third.gradients.norms == ("l1",)
+    assert third.sparsities == pruner.sparsities  # the same allocation from the same sums
+    l2_selection = GBLMPruner(tiny_model("llama"), _config(gradient_norm="l2"))
+    l2_selection.prune(calib_ids, progress=False)
+    assert l2_selection.gradients.norms == ("l2",)  # the selection reads them: kept
 
 
 def test_the_plan_counts_the_accumulators_pruning_reads():
@@ -108,10 +133,10 @@ def test_the_plan_counts_the_accumulators_pruning_reads():
         return plan(model, adapter, config, device_type="cpu").phase("prune", "memory / device").terms["gradients"]
 
     wanda = dict(device="cpu", num_samples=4, seqlen=16, sparsity=0.5)
-    assert held(_config()) == 2 * params * 4  # one pass keeps l1 and l2 through pruning
-    assert held(_config(two_pass_gradients=True)) == params * 4  # two passes: only the l1 sums
+    assert held(_config()) == params * 4  # the l1 sums; the l2 ones are let go after the allocation
+    assert held(_config(two_pass_gradients=True)) == params * 4
     assert held(_config(gradient_norm="l2")) == params * 4  # one l2 accumulation serves both
-    assert held(GBLMConfig(method="wanda", allocation="gradient", **wanda)) == params * 4
+    assert held(GBLMConfig(method="wanda", allocation="gradient", **wanda)) == 0  # l2 only, let go after allocating
     assert held(GBLMConfig(method="wanda", **wanda)) == 0
 
 
