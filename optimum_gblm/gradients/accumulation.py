@@ -62,9 +62,11 @@ class NonFiniteGradientError(FloatingPointError):
 
 def required_norms(config: GBLMConfig) -> tuple[str, ...]:
     """The accumulations a config needs: its gradient norm where the method's selection reads gradients, plus l2 for
-    gradient-based allocation (wanda or sparsegpt with allocation='gradient' need the l2 sums only)."""
+    gradient-based allocation (wanda or sparsegpt with allocation='gradient' need the l2 sums only). A config that
+    needs none (wanda, uniform) collects its gradient norm when a gradient pass is asked of it (`collect_gradients`,
+    the Trainer callback), as it always did."""
     norms = set()
-    if config.selection_uses_gradients:
+    if config.selection_uses_gradients or not config.needs_gradients:
         norms.add(config.gradient_norm)
     if config.effective_allocation == "gradient":
         norms.add("l2")
