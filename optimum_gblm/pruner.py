@@ -179,7 +179,7 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
             from .structured import prune_structured
 
             self.placement.prepare(self.model)
-            grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
+            grads = self.gradients.get(cfg.gradient_norm) if cfg.selection_uses_gradients else None
             self.pruning_map = prune_structured(self.model, self.adapter, cfg, self.calibration, grads, progress)
             self.timings["prune_s"] = time.perf_counter() - start
             return self.model
@@ -189,7 +189,7 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
             self.sparsities = self._pass_allocation if two_pass else self._allocate()  # _allocate: a share of prune_s
             self._release_allocation_sums()
         pruning_map = PruningMap(pattern=cfg.pattern)
-        grads = self.gradients.get(cfg.gradient_norm) if method.needs_gradients else None
+        grads = self.gradients.get(cfg.gradient_norm) if cfg.selection_uses_gradients else None
         refine, refine_target = method.refiner(cfg) or (None, "block")
         pipeline.run(
             Walk(

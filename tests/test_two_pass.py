@@ -88,7 +88,7 @@ def test_two_passes_with_a_gradient_cache_are_refused_before_any_pass(calib_ids,
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_a_gradient_allocation_alone_collects_only_the_l2_sums(method, calib_ids, monkeypatch):
+def test_a_gradient_allocation_alone_collects_only_the_l2_sums(method, calib_ids):
     config = GBLMConfig(method=method, allocation="gradient", device="cpu", num_samples=4, seqlen=16, sparsity=0.5)
     assert required_norms(config) == ("l2",) and gradient_passes(config) == [("l2",)]
     pruner = GBLMPruner(tiny_model("llama"), config)
