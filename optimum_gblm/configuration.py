@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 import os
 import re
 import warnings
@@ -16,7 +15,7 @@ from typing import Any
 from .masks import parse_pattern
 from .methods import DEFAULT_METHOD, all_groups, argument_owners, get_method, list_methods
 from .methods.registry import reserve_argument_names
-from .utils import read_json
+from .utils import check_field_types, read_json
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -92,6 +91,14 @@ class GBLMConfig:
             "twice the gradient-pass time."
         ),
     )
+    blockwise_gradients: bool = field(
+        default=False,
+        **_help(
+            "Run the gradient pass block by block (forward storing each block's inputs on disk, then the backward one "
+            "block at a time over all samples): one block's accumulators in memory instead of every target's, the "
+            "same sums, about a third more compute."
+        ),
+    )
     score_dtype: str = field(
         default="float32",
         **_help("Precision of the gradient term: float32, or float16 to mimic the reference code.", SCORE_DTYPES),
@@ -156,7 +163,7 @@ class GBLMConfig:
     # -- validation -----------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise `ValueError` naming the field and the allowed values; no heavy work happens before this."""
-        self._check_types()
+        check_field_types(self)
         if self.method not in list_methods():
             raise ValueError(f"method={self.method!r} is unknown: choose one of {', '.join(list_methods())}")
         if not isinstance(self.sparsity, (int, float)) or not (0.0 < float(self.sparsity) < 1.0):
@@ -209,6 +216,18 @@ class GBLMConfig:
                 f"{self.method!r} with allocation={self.effective_allocation!r} and gradient_norm="
                 f"{self.gradient_norm!r} keeps at most one: leave it off"
             )
+        if self.blockwise_gradients:
+            for option in ("two_pass_gradients", "gradient_checkpointing"):
+                if getattr(self, option):
+                    raise ValueError(
+                        f"blockwise_gradients=True and {option}=True: the block-wise pass already holds one block's "
+                        "sums and one block's activations at a time; set one of them"
+                    )
+            if self.gradient_dtype == "float16":
+                raise ValueError(
+                    "blockwise_gradients=True cannot use gradient_dtype='float16' (its loss scaling retries a whole "
+                    "sample's backward): use float32 or bfloat16"
+                )
         if self.gradient_scale <= 0:
             raise ValueError(f"gradient_scale={self.gradient_scale!r} is invalid: it must be > 0")
         if self.gamma < 0:
@@ -230,34 +249,6 @@ class GBLMConfig:
                 except re.error as err:
                     raise ValueError(f"{name} contains an invalid regular expression {pattern!r}: {err}") from None
         method.check_config(self)
-
-    def _check_types(self) -> None:
-        """Each field against its annotation (a JSON config may hold "0.5" or 1.5 where a number or an integer
-        belongs): a `ValueError` naming the field, the value and the expected type, instead of a TypeError later.
-        Fields with other annotations are left to their own checks."""
-        for f in fields(self):
-            value, kind = getattr(self, f.name), str(f.type)
-            if value is None and kind.endswith("| None"):
-                continue
-            kind = kind.removesuffix(" | None")
-            if kind == "list[str]" and isinstance(value, tuple):
-                value = list(value)
-                setattr(self, f.name, value)
-            expected = {
-                "str": ("a string", isinstance(value, str)),
-                "bool": ("true or false", isinstance(value, bool)),
-                "int": ("an integer", isinstance(value, numbers.Integral) and not isinstance(value, bool)),
-                "float": (
-                    "a finite number",
-                    isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value),
-                ),
-                "list[str]": (
-                    "a string or a list of strings",
-                    isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
-                ),
-            }.get(kind)
-            if expected is not None and not expected[1]:
-                raise ValueError(f"{f.name}={value!r} is invalid: expected {expected[0]}, got {type(value).__name__}")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
@@ -317,6 +308,7 @@ class GBLMConfig:
             "batch_size",
             "placement",
             "two_pass_gradients",  # the same accumulations, collected in two passes
+            "blockwise_gradients",  # the same accumulations, collected block by block
         ):
             data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -68,6 +68,11 @@ class GradientStepsMixin:
         if self.pruning_map is not None:
             raise RuntimeError("the model is already pruned: gradients must come from the dense model")
         calib = self.calibration_data()
+        if cache_path is not None and self.config.blockwise_gradients:
+            raise ValueError(
+                "blockwise_gradients=True cannot use a gradient cache (it keeps its sums on disk block by block): "
+                "pass the cache without blockwise_gradients, or leave the cache out"
+            )
         if reusable_cache(cache_path, overwrite):  # read without running the model (a disk placement can do that)
             self.placement.prepare(self.model)
         else:

@@ -146,25 +146,30 @@ def plan_gradients(shape: ModelShape, config: GBLMConfig, tflops: float, offload
     compute = max(nbytes, DTYPES[config.gradient_dtype].itemsize if config.gradient_dtype != "float32" else 4)
     weights = shape.params * nbytes
     passes = gradient_passes(config)  # two passes hold one accumulator each, one after the other
-    accumulators = shape.target_params * 4 * max(len(norms) for norms in passes)
+    # The block-wise pass holds one block's sums (the rest are on disk) and one block's activations.
+    summed = sum(o * i for o, i in shape.targets) if config.blockwise_gradients else shape.target_params
+    accumulators = summed * 4 * max(len(norms) for norms in passes)
     block = _activations(shape, config.seqlen, compute)
     # Checkpointing keeps each block's input and recomputes one block at a time in the backward.
     checkpointed = shape.blocks * config.seqlen * shape.hidden * compute + block
     acts = checkpointed if config.gradient_checkpointing else shape.blocks * block
+    acts = block if config.blockwise_gradients else acts
     logits = 3 * config.seqlen * shape.vocab * 4  # fp32 logits, their softmax and gradient
     largest_grad = max(o * i for o, i in shape.targets) * 4 * 2  # one weight gradient and its fp32 fold
     terms = {"weights": weights, "accumulators": accumulators, "activations": acts + logits + largest_grad}
     device = weights + acts + logits + largest_grad + (0 if offload else accumulators)
     host = accumulators if offload else 0
     device, host = (0, device + host) if cpu else (device, host)
-    flops = (8 if config.gradient_checkpointing else 6) * shape.params  # checkpointing runs the forward twice
+    twice = config.gradient_checkpointing or config.blockwise_gradients  # the forward runs twice
+    flops = (8 if twice else 6) * shape.params
     seconds = len(passes) * flops * config.seqlen * config.num_samples / (tflops * 1e12)
     return Phase("gradients", gradients_option(config, offload), device, host, seconds, terms)
 
 
 def gradients_option(config: GBLMConfig, offload: bool) -> str:
     """The name of a gradient-pass phase in a plan: how its activations and accumulators are kept."""
-    parts = [name for name in ("two_pass_gradients", "gradient_checkpointing") if getattr(config, name)]
+    options = ("two_pass_gradients", "gradient_checkpointing", "blockwise_gradients")
+    parts = [name for name in options if getattr(config, name)]
     return " + ".join(parts + (["offload_accumulators"] if offload else [])) or "on device"
 
 
@@ -192,7 +197,8 @@ def plan_pruning(
     states = config.num_samples * config.seqlen * shape.hidden * nbytes if needs_data else 0
     # The accumulation the selection reads (one fp32 tensor per target): the allocation's l2 sums are let go once the
     # allocation is made, at the start of pruning, where the gradient pass's larger peak already counted them.
-    grads = shape.target_params * 4 if config.selection_uses_gradients else 0
+    held = sum(o * i for o, i in shape.targets) if config.blockwise_gradients else shape.target_params  # on disk
+    grads = held * 4 if config.selection_uses_gradients else 0
     work = _block_workspace(shape, config) + 2 * block  # the block and one copy (a read, a re-run's outputs)
     on_device = {"device": states, "cpu": 0, "disk": 0}[intermediates]
     on_host = {"device": 0, "cpu": states, "disk": 0}[intermediates]
@@ -243,6 +249,10 @@ def plan(
         variants.append(replace(config, gradient_checkpointing=True))
     if not config.two_pass_gradients and config.two_accumulations:
         variants += [replace(v, two_pass_gradients=True) for v in variants]
+    if not config.blockwise_gradients and config.gradient_dtype != "float16":
+        variants.append(
+            replace(config, blockwise_gradients=True, gradient_checkpointing=False, two_pass_gradients=False)
+        )
     phases = [plan_gradients(shape, v, tflops, offload, cpu) for v in variants for offload in (False, True)]
     phases += [plan_pruning(shape, config, p, i, tflops, cpu) for p in PLACEMENTS for i in INTERMEDIATES]
     calibration = CALIBRATION_HOST_BYTES.get(config.calibration, 0) if adapter.metric_name == "perplexity" else 0

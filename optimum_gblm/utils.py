@@ -8,8 +8,11 @@ import functools
 import hashlib
 import inspect
 import json
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -221,3 +224,32 @@ def suggest_keywords(**aliases: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def check_field_types(obj: Any) -> None:
+    """Each field of a dataclass against its annotation (a JSON config may hold "0.5" or 1.5 where a number or an
+    integer belongs): a `ValueError` naming the field, the value and the expected type, instead of a TypeError later.
+    Fields with other annotations are left to their own checks."""
+    for f in fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if value is None and kind.endswith("| None"):
+            continue
+        kind = kind.removesuffix(" | None")
+        if kind == "list[str]" and isinstance(value, tuple):
+            value = list(value)
+            setattr(obj, f.name, value)
+        expected = {
+            "str": ("a string", isinstance(value, str)),
+            "bool": ("true or false", isinstance(value, bool)),
+            "int": ("an integer", isinstance(value, numbers.Integral) and not isinstance(value, bool)),
+            "float": (
+                "a finite number",
+                isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value),
+            ),
+            "list[str]": (
+                "a string or a list of strings",
+                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
+            ),
+        }.get(kind)
+        if expected is not None and not expected[1]:
+            raise ValueError(f"{f.name}={value!r} is invalid: expected {expected[0]}, got {type(value).__name__}")

@@ -34,6 +34,7 @@ NOT_GRADIENT_OPTIONS = frozenset(
         "method_args",
         "score_dtype",
         "two_pass_gradients",  # a cache holds both accumulations: one pass
+        "blockwise_gradients",  # keeps its sums on disk block by block, not in a cache
         "batch_size",
         "pipeline",
         "intermediates",

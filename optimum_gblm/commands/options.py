@@ -43,6 +43,7 @@ CONFIG_GROUPS: dict[str, tuple[str, ...]] = {
         "gradient_dtype",
         "gradient_checkpointing",
         "two_pass_gradients",
+        "blockwise_gradients",
         "score_dtype",
     ),
     "model / loading": ("dtype", "device", "pipeline", "intermediates", "placement", "trust_remote_code"),

@@ -137,11 +137,14 @@ class PruneCommand(GBLMSubcommand):
         gradients = check_output_file(args.gradients) if args.gradients else None
         if gradients is not None:
             check_gradients_used(config)
-            if config.two_pass_gradients:
-                raise UsageError(
-                    "--two-pass-gradients cannot use a --gradients cache (a cache holds both accumulations at once): "
-                    "drop one of the two"
-                )
+            for flag, why in (
+                ("two_pass_gradients", "a cache holds both accumulations at once"),
+                ("blockwise_gradients", "it keeps its sums on disk block by block, not in a cache"),
+            ):
+                if getattr(config, flag):
+                    raise UsageError(
+                        f"--{flag.replace('_', '-')} cannot use a --gradients cache ({why}): drop one of the two"
+                    )
             check_gradient_cache(
                 gradients,
                 config,

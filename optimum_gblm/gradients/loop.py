@@ -163,6 +163,19 @@ def run_collection(
     norms = norms or required_norms(config)
     device = model_device(model)
     group = process_group(device)
+    if autocast is None:
+        dtype = DTYPES[config.gradient_dtype]
+        use_autocast = dtype != torch.float32 and next(model.parameters()).dtype == torch.float32
+        autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if use_autocast else contextlib.nullcontext
+    if config.blockwise_gradients:
+        from .blockwise import blockwise_collection  # imports the pipelines: only on this path
+
+        return blockwise_collection(
+            model, targets, samples, loss_fn, config, norms, autocast, cache=cache_path is not None,
+            checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
+            distributed=group.distributed, offload_accumulators=offload_accumulators, train_mode=train_mode,
+            progress=progress,
+        )  # fmt: skip
     if group.distributed:
         if checkpoint_every:
             raise ValueError("checkpoint_every is not supported with several processes: the cache is written once")
@@ -184,10 +197,6 @@ def run_collection(
         logger.info("Resuming gradient collection from %s after %d samples", cache_path, skip)
 
     fp16 = config.gradient_dtype == "float16"
-    if autocast is None:
-        dtype = DTYPES[config.gradient_dtype]
-        use_autocast = dtype != torch.float32 and next(model.parameters()).dtype == torch.float32
-        autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if use_autocast else contextlib.nullcontext
     collector = GradientCollector(
         model,
         targets,

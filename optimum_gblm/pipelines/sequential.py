@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,33 +30,95 @@ logger = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook to end the forward pass once block 0's inputs are recorded."""
+    """Raised by the last stand-in block once every block's arguments are recorded: the head never runs."""
+
+
+class _Recorder(nn.Module):
+    """Stands in for one block while the inputs are captured: records the keyword arguments the model's own loop
+    passes to that block (per-layer masks and rotary embeddings differ between sliding-window and global layers)
+    and returns the hidden states unchanged; other attributes the loop reads off a layer come from the real block."""
+
+    def __init__(self, block: nn.Module, record: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "_block", block)  # not a submodule
+        object.__setattr__(self, "_record", record)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return object.__getattribute__(self, "_record")(args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+
+@contextlib.contextmanager
+def blocks_replaced(model: nn.Module, blocks: nn.Module, stand_ins: list[nn.Module]) -> Iterator[None]:
+    """Swap the model's block container for one holding `stand_ins` (same container type), then put it back."""
+    path = next((name for name, module in model.named_modules() if module is blocks), None)
+    if not path:
+        raise ValueError("the model's blocks are not a submodule of the model: they cannot be run one by one")
+    parent_name, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, attr, nn.Sequential(*stand_ins) if isinstance(blocks, nn.Sequential) else nn.ModuleList(stand_ins))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks)
+
+
+def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A block's arguments without a key/value cache: a step that leaves `use_cache` on (a dataloader's
+    `model(**batch)`) passes each block a cache object, which would grow every time the block is re-run."""
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # pragma: no cover - a timm-only environment
+        return dict(kwargs)
+    kwargs = {k: None if isinstance(v, Cache) else v for k, v in kwargs.items()}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return kwargs
 
 
 def capture_block_inputs(
-    model: nn.Module, adapter: ModelAdapter, samples: Sequence[Any], store: IntermediatesStore
-) -> list[dict[str, Any]]:
-    """Store the hidden states entering block 0 per sample; return every keyword argument it received, per sample,
-    from the model's own stem (never re-implemented)."""
-    kwargs_list: list[dict[str, Any]] = []
+    model: nn.Module,
+    adapter: ModelAdapter,
+    samples: Sequence[Any],
+    store: IntermediatesStore,
+    run: Callable[[Any], Any] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Store the hidden states entering block 0 per sample; return the keyword arguments every block receives, per
+    block and per sample (`kwargs[block][sample]`), from the model's own stem and loop (never re-implemented). No
+    block runs: each is replaced by a recorder for the capture. `run(sample)` runs the model on a sample (default:
+    the adapter's forward; the gradient pass uses its loss step, which accepts what its dataloader yields)."""
+    run = run or (lambda sample: adapter.forward(model, sample))
+    blocks = adapter.blocks(model)
+    depth = len(blocks)
+    captured: list[list[dict[str, Any]]] = [[] for _ in range(depth)]
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        states = args[0] if args else kwargs.pop("hidden_states")
-        store.put(len(kwargs_list), states)
-        kwargs_list.append({**kwargs, **({"__args__": args[1:]} if len(args) > 1 else {})})
-        raise _StopForward
+    def recorder(index: int) -> Any:
+        def record(args: tuple, kwargs: dict) -> Any:
+            kwargs = _without_cache(kwargs)
+            states = args[0] if args else kwargs.pop("hidden_states")
+            if index == 0:
+                store.put(len(captured[0]), states)
+            captured[index].append({**kwargs, **({"__args__": args[1:]} if len(args) > 1 else {})})
+            if index == depth - 1:
+                raise _StopForward
+            return states
 
-    handle = adapter.blocks(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+        return record
+
+    with blocks_replaced(model, blocks, [_Recorder(block, recorder(i)) for i, block in enumerate(blocks)]):
         for sample in samples:
             with contextlib.suppress(_StopForward):
-                adapter.forward(model, sample)
-    finally:
-        handle.remove()
-    if len(kwargs_list) != len(samples):
-        raise RuntimeError(f"captured inputs for {len(kwargs_list)} of {len(samples)} samples: does block 0 run?")
-    return kwargs_list
+                run(sample)
+    if any(len(per_block) != len(samples) for per_block in captured):
+        raise RuntimeError(
+            f"captured inputs for {[len(c) for c in captured]} of {len(samples)} samples per block: does every block run?"
+        )
+    return captured
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -75,9 +137,10 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or (type(a) in (int, float, bool, str, type(None)) and a == b)
 
 
-def batch_groups(shapes: list[tuple[int, ...]], kwargs: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
-    """Consecutive samples that can share one block forward: same input shape, identical keyword arguments
-    (equal-length windows share their rotary embeddings and mask), at most `batch_size` per group."""
+def batch_groups(shapes: list[tuple[int, ...]], kwargs: list[Any], batch_size: int) -> list[list[int]]:
+    """Consecutive samples that can share one block forward: same input shape, identical keyword arguments (per
+    sample: one block's, or every block's as a list; equal-length windows share their rotary embeddings and masks),
+    at most `batch_size` per group."""
     groups: list[list[int]] = []
     for i, (shape, kw) in enumerate(zip(shapes, kwargs)):
         head = groups[-1][0] if groups else None
@@ -153,9 +216,11 @@ class SequentialPipeline(Pipeline):
         self.placement.prepare(model)
         blocks = walk.adapter.blocks(model)
         with inference_mode(model), IntermediatesStore(self.intermediates) as store:
-            kwargs = capture_block_inputs(model, walk.adapter, walk.samples, store)
-            groups = batch_groups([store.shape(i) for i in range(len(kwargs))], kwargs, walk.batch_size)
-            logger.debug("%d samples in %d block batches", len(kwargs), len(groups))
+            block_kwargs = capture_block_inputs(model, walk.adapter, walk.samples, store)
+            per_sample = [list(by_block) for by_block in zip(*block_kwargs)]  # every block's arguments, per sample
+            groups = batch_groups([store.shape(i) for i in range(len(per_sample))], per_sample, walk.batch_size)
+            logger.debug("%d samples in %d block batches", len(per_sample), len(groups))
+            kwargs: list[dict[str, Any]] = []  # the current block's arguments, per sample
 
             def forward(block: nn.Module, group: list[int]) -> torch.Tensor:
                 return _run_block(block, torch.cat([store.get(j) for j in group]), kwargs[group[0]])
@@ -165,6 +230,7 @@ class SequentialPipeline(Pipeline):
             if walk.refine is not None and walk.refine_target == "model":
                 dense_stream = [torch.cat([store.get(j) for j in group]) for group in groups]
             for index, block in enumerate(tqdm(blocks, desc=walk.desc, disable=not walk.progress)):
+                kwargs[:] = block_kwargs[index]
                 self.placement.onload(block)
                 block_targets = walk.targets[index]
                 if walk.refine is not None:  # the dense block's outputs, before its targets are pruned

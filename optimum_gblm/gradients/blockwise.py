@@ -1,0 +1,361 @@
+"""The block-wise gradient pass: the same per-sample sums, with one block's accumulators in memory at a time.
+
+The one-pass collection folds every sample's gradients into the sums of every target at once, so all of them are
+held for the whole pass: 4 bytes per targeted weight and per norm (0.8 GiB for gblm-obs on SmolLM2-135M, about
+50 GB on a 7B model), more than the model itself in bf16. Backpropagation runs block by block anyway, so this pass
+reorders it:
+
+1. forward: each block runs over every sample in turn (batch of one, the targets requiring grad, as in the one-pass
+   forward) and its inputs are written to disk; the last block's outputs too;
+2. head: per sample, the caller's own loss runs with the block stack replaced by a stand-in that returns the stored
+   last hidden state (a leaf), so its gradient is dL/d(last hidden state), whatever the model's head;
+3. backward, from the last block to the first: per sample, the block is re-run on its stored input and the stored
+   output gradient is propagated through it; the collector folds the block's weight gradients (samples in the same
+   order as one pass, so the same sums), and the input's gradient is the previous block's output gradient;
+4. each finished block's sums are written to a safetensors file, and the accumulation reads a module's sums back
+   when they are used (the allocation and the pruning of that block).
+
+The price is a second forward of every block (as with gradient checkpointing) and the disk traffic of the block
+inputs and the sums. The memory is one block's sums, one sample's activations of one block, and the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..configuration import GBLMConfig
+from ..pipelines.placement import IntermediatesStore
+from ..pipelines.sequential import _run_block, blocks_replaced, capture_block_inputs
+from ..targets import PruneTarget
+from ..utils import move_to
+from .accumulation import GradientAccumulation, NonFiniteGradientError
+from .collector import GradientCollector
+
+logger = logging.getLogger(__name__)
+
+
+class DiskSums(Mapping[str, torch.Tensor]):
+    """Accumulated sums kept in safetensors files (one per block), read back one module at a time. The folder is
+    removed when the mapping is garbage-collected."""
+
+    def __init__(self, prefix: str, device: torch.device | str = "cpu") -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+        self.device = str(device)
+        self._files: dict[str, Path] = {}
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
+
+    def write(self, block: int, sums: Mapping[str, torch.Tensor]) -> None:
+        path = self.folder / f"block{block}.safetensors"
+        save_file({name: t.detach().cpu().contiguous() for name, t in sums.items()}, str(path))
+        self._files.update(dict.fromkeys(sums, path))
+
+    def order(self, names: Sequence[str]) -> None:
+        """Iterate in `names`' order (the one-pass order), not in the order the blocks were written."""
+        self._files = {name: self._files[name] for name in names if name in self._files}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with safe_open(str(self._files[name]), framework="pt", device=self.device) as handle:
+            return handle.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+class _StoredLastHidden(nn.Module):
+    """Stands in for the whole block stack during the head step: returns the stored output of the last block (in
+    the form the real block returned it); any other attribute a model reads off a layer comes from the last block."""
+
+    def __init__(self, last_block: nn.Module, as_tuple: bool) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+        self.value: torch.Tensor | None = None
+        object.__setattr__(self, "_last_block", last_block)  # not a submodule
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.value,) if self.as_tuple else self.value
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_last_block"), name)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module, train_mode: bool) -> Iterator[None]:
+    """Nothing requires grad (the collectors turn their block's targets on) and the mode is set; all restored."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    training = model.training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train(train_mode)
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags.get(name, p.requires_grad))
+        model.train(training)
+
+
+def _parameter(target: nn.Module | PruneTarget) -> nn.Parameter:
+    return target.parameter if isinstance(target, PruneTarget) else target.weight
+
+
+def targets_by_block(blocks: Sequence[nn.Module], targets: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The targets of each block, in the targets' order; raises when a target lies outside every block."""
+    owner = {id(p): index for index, block in enumerate(blocks) for p in block.parameters()}
+    grouped: list[dict[str, Any]] = [{} for _ in blocks]
+    outside = []
+    for name, target in targets.items():
+        index = owner.get(id(_parameter(target)))
+        if index is None:
+            outside.append(name)
+        else:
+            grouped[index][name] = target
+    if outside:
+        raise ValueError(
+            f"blockwise_gradients=True needs every target inside the model's blocks; {outside[:3]} are not: "
+            "collect without blockwise_gradients"
+        )
+    return grouped
+
+
+def check_blockwise(model: nn.Module, **options: Any) -> None:
+    """Refuse the options the block-wise pass cannot honour, before any work."""
+    unsupported = [name for name, value in options.items() if value]
+    if unsupported:
+        raise ValueError(
+            f"blockwise_gradients=True cannot be combined with {', '.join(u.replace('_', ' ') for u in unsupported)}: the block-wise pass keeps "
+            "its sums on disk block by block, runs in one process and already keeps one block's activations; "
+            "leave those options out, or collect without blockwise_gradients"
+        )
+    if getattr(getattr(model, "config", None), "output_router_logits", False):
+        raise ValueError(
+            "blockwise_gradients=True needs a loss computed from the last hidden state only; this model adds a "
+            "router loss from every layer (config.output_router_logits): collect without blockwise_gradients"
+        )
+
+
+def blockwise_collection(
+    model: nn.Module,
+    targets: Mapping[str, Any],
+    samples: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    config: GBLMConfig,
+    norms: tuple[str, ...],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    *,
+    cache: bool,
+    checkpoint_every: int,
+    gradient_checkpointing: bool,
+    distributed: bool,
+    offload_accumulators: bool,
+    train_mode: bool,
+    progress: bool,
+) -> GradientAccumulation:
+    """`run_collection` with `config.blockwise_gradients`: refuse what the block-wise pass cannot do, then run it."""
+    from ..adapters import get_adapter
+
+    check_blockwise(
+        model,
+        a_gradient_cache=cache,
+        checkpoint_every=checkpoint_every,
+        gradient_checkpointing=gradient_checkpointing,
+        several_processes=distributed,
+    )
+    return run_blockwise(
+        model, get_adapter(model), targets, samples, loss_fn, config, norms, autocast,
+        accumulate_device="cpu" if offload_accumulators else None, train_mode=train_mode, progress=progress,
+    )  # fmt: skip
+
+
+def run_blockwise(
+    model: nn.Module,
+    adapter: Any,
+    targets: Mapping[str, Any],
+    samples: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    config: GBLMConfig,
+    norms: tuple[str, ...],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    accumulate_device: str | None = None,
+    train_mode: bool = False,
+    progress: bool = True,
+) -> GradientAccumulation:
+    """The block-wise pass (module docstring); returns an accumulation whose sums are read from disk."""
+    samples = list(samples)
+    if not samples:
+        raise ValueError("the calibration data yielded no samples: the dataloader is empty")
+    blocks = adapter.blocks(model)
+    grouped = targets_by_block(list(blocks), targets)
+    first = next(i for i, group in enumerate(grouped) if group) if any(grouped) else len(blocks)
+    device = next(model.parameters()).device
+    n, depth = len(samples), len(blocks)
+    sums = {norm: DiskSums(f"optimum-gblm-{norm}-sums-", accumulate_device or device) for norm in norms}
+    bar = tqdm(total=2 * depth + 1, desc="gradients (block-wise)", unit="step", disable=not progress)
+    start = time.perf_counter()
+    with (
+        _frozen(model, train_mode),
+        IntermediatesStore("disk") as inputs,
+        IntermediatesStore("disk") as grads,
+    ):
+        with torch.no_grad(), autocast():
+            kwargs = capture_block_inputs(model, adapter, samples, inputs, run=lambda s: loss_fn(model, s))
+        as_tuple = _forward_blocks(blocks, grouped, kwargs, inputs, autocast, n, bar)
+        _head(model, blocks, samples, loss_fn, inputs, grads, autocast, as_tuple, depth * n, bar)
+        for index in range(depth - 1, first - 1, -1):
+            block_sums = _backward_block(
+                model, blocks[index], grouped[index], kwargs[index], inputs, grads, index, index > first, config, norms,
+                autocast, accumulate_device, train_mode,
+            )  # fmt: skip
+            for norm, store in sums.items():
+                if block_sums is not None:
+                    store.write(index, block_sums[norm])
+            bar.update(1)
+        bar.update(first)
+    bar.close()
+    for store in sums.values():
+        store.order(list(targets))
+    logger.info("Gradients (block-wise): %d samples, %d blocks in %.1f s", n, depth, time.perf_counter() - start)
+    return GradientAccumulation(
+        scale=config.gradient_scale, nsamples=n, l1=sums.get("l1", {}), l2sq=sums.get("l2", {})
+    )
+
+
+def _forward_blocks(
+    blocks: Sequence[nn.Module],
+    grouped: list[dict[str, Any]],
+    kwargs: list[list[dict[str, Any]]],
+    inputs: IntermediatesStore,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    n: int,
+    bar: Any,
+) -> bool:
+    """Run every block over every sample, storing its outputs as the next block's inputs (index block * n + sample).
+    Grad mode mirrors the one-pass forward (the block's targets and a later block's input require grad), so the
+    stored states are the values that pass computes. Returns whether the blocks return tuples."""
+    as_tuple = False
+    for index, block in enumerate(blocks):
+        params = [_parameter(t) for t in grouped[index].values()]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            for s in range(n):
+                x = inputs.get(index * n + s).requires_grad_(index > 0 and any(grouped[:index]))
+                with autocast():
+                    raw = _call_block(block, x, kwargs[index][s])
+                as_tuple = isinstance(raw, (tuple, list))
+                out = raw[0] if as_tuple else raw
+                inputs.put((index + 1) * n + s, out.detach())
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+        bar.update(1)
+    return as_tuple
+
+
+def _call_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    """The block's raw output (a tensor or a tuple), with the captured keyword arguments on its device."""
+    device = next(block.parameters()).device
+    kwargs = move_to(dict(kwargs), device)
+    extra = kwargs.pop("__args__", ())
+    return block(states.to(device), *extra, **kwargs)
+
+
+def _head(
+    model: nn.Module,
+    blocks: nn.Module,
+    samples: Sequence[Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    inputs: IntermediatesStore,
+    grads: IntermediatesStore,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    as_tuple: bool,
+    offset: int,
+    bar: Any,
+) -> None:
+    """Per sample, the loss from the stored last hidden state; stores its gradient (the last block's output grad)."""
+    stand_in = _StoredLastHidden(blocks[len(blocks) - 1], as_tuple)
+    losses = []
+    with blocks_replaced(model, blocks, [stand_in]):
+        for s, sample in enumerate(samples):
+            stand_in.value = inputs.get(offset + s).requires_grad_(True)
+            with autocast():
+                loss = loss_fn(model, sample)
+            if loss is None or not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise ValueError("the calibration step returned no scalar loss: batches need 'labels'")
+            losses.append(loss.detach().float())
+            loss.backward()
+            grads.put(s, stand_in.value.grad)
+            stand_in.value = None
+    values = torch.stack(losses).cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        raise NonFiniteGradientError(
+            f"non-finite loss {float(values[int(bad[0])]):g} at calibration sample {int(bad[0])}"
+        )
+    bar.update(1)
+
+
+def _backward_block(
+    model: nn.Module,
+    block: nn.Module,
+    targets: dict[str, Any],
+    kwargs: list[dict[str, Any]],
+    inputs: IntermediatesStore,
+    grads: IntermediatesStore,
+    index: int,
+    input_grad: bool,
+    config: GBLMConfig,
+    norms: tuple[str, ...],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    accumulate_device: str | None,
+    train_mode: bool,
+) -> dict[str, Mapping[str, torch.Tensor]] | None:
+    """Re-run one block per sample and propagate the stored output gradient; fold its targets' weight gradients.
+    Returns the block's sums by norm (None for a block without targets)."""
+    n = len(kwargs)
+    collector = (
+        GradientCollector(
+            model,
+            targets,
+            norms=norms,
+            scale=config.gradient_scale,
+            accumulate_device=accumulate_device,
+            train_mode=train_mode,
+            finite_check_every=n,
+        )  # fmt: skip
+        if targets
+        else contextlib.nullcontext()
+    )
+    with collector:
+        for s in range(n):
+            x = inputs.get(index * n + s).requires_grad_(input_grad)
+            with autocast():
+                out = _run_block(block, x, kwargs[s])
+            torch.autograd.backward(out, grads.get(s).to(out.device))
+            if targets:
+                collector.end_sample(s)
+            if input_grad:
+                grads.put(s, x.grad)
+    if not targets:
+        return None
+    state = collector.state
+    return {"l1": state.l1, "l2": state.l2sq}
