@@ -244,10 +244,10 @@ def plan(
     shape = ModelShape.of(model, adapter, config)
     cpu = device_type == "cpu"
     # The config's own gradient options, and what checkpointing and two passes would save: offered when it does not fit.
-    variants = [config]
-    if not config.gradient_checkpointing:
+    variants = [config]  # (the block-wise pass excludes the other two options)
+    if not config.gradient_checkpointing and not config.blockwise_gradients:
         variants.append(replace(config, gradient_checkpointing=True))
-    if not config.two_pass_gradients and config.two_accumulations:
+    if not config.two_pass_gradients and config.two_accumulations and not config.blockwise_gradients:
         variants += [replace(v, two_pass_gradients=True) for v in variants]
     if not config.blockwise_gradients and config.gradient_dtype != "float16":
         variants.append(

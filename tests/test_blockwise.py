@@ -188,6 +188,21 @@ def test_planner_counts_one_block_of_sums():
     blockwise_phase = memory_plan.phase("gradients", "blockwise_gradients")
     assert blockwise_phase.terms["accumulators"] * 4 == one_pass.terms["accumulators"]
     assert blockwise_phase.host < one_pass.host
+    # A block-wise config is planned too (its own phase; pruning holds one block's selection sums).
+    config = GBLMConfig(method="gblm-obs", device="cpu", blockwise_gradients=True)
+    own = plan(model, adapter, config, device_type="cpu")
+    assert own.phase("gradients", "blockwise_gradients").host == blockwise_phase.host
+    held, all_sums = (p.phase("prune", "memory / device").terms["gradients"] for p in (own, memory_plan))
+    assert held * 4 == all_sums
+
+
+def test_from_pretrained_plans_and_prunes_a_blockwise_config(tmp_path, calib_ids):
+    """The memory check before loading plans a block-wise config (a local checkpoint, as a user would pass)."""
+    tiny_model("llama").save_pretrained(tmp_path / "dense")
+    config = GBLMConfig(method="gblm-obs", device="cpu", num_samples=4, seqlen=16, blockwise_gradients=True)
+    pruner = GBLMPruner.from_pretrained(str(tmp_path / "dense"), config, check_memory=True)
+    pruner.prune(calibration=calib_ids, progress=False)
+    assert isinstance(pruner.gradients.l1, blockwise.DiskSums)
 
 
 # -- the per-block arguments of the layer-by-layer passes ------------------------------------------------------------
