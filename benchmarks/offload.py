@@ -123,6 +123,7 @@ def reference_table() -> str:
         grads = plan(model, adapter, GBLMConfig(method="gblm", dtype="bfloat16"), device_type="cuda")
         prune = plan(model, adapter, GBLMConfig(method="sparsegpt", dtype="bfloat16"), device_type="cuda")
         on, off = grads.phase("gradients", "on device"), grads.phase("gradients", "offload_accumulators")
+        blockwise = grads.phase("gradients", "blockwise_gradients")
         memory, disk = prune.phase("prune", "memory / device"), prune.phase("prune", "disk / disk")
         rows.append(
             [
@@ -130,6 +131,7 @@ def reference_table() -> str:
                 f"{sum(p.numel() for p in model.parameters()) / 1e9:.1f}",
                 f"{on.device / GIB:.0f}",
                 f"{off.device / GIB:.0f} + {off.host / GIB:.0f}",
+                f"{blockwise.device / GIB:.0f}",
                 f"{on.seconds / 60:.0f}",
                 f"{memory.device / GIB:.0f} + {memory.host / GIB:.0f}",
                 f"{disk.device / GIB:.0f} + {disk.host / GIB:.0f}",
@@ -141,6 +143,7 @@ def reference_table() -> str:
         "params (B)",
         "gradients: device GiB",
         "gradients, accumulators offloaded: device + host GiB",
+        "gradients, block-wise: device GiB",
         "gradients: min",
         "sparsegpt in memory: device + host GiB",
         "sparsegpt placement=disk, intermediates=disk: device + host GiB",

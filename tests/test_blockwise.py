@@ -166,6 +166,13 @@ def test_blockwise_refuses_router_losses_and_targets_outside_the_blocks(calib_id
         collect_gradients(model, cfg, dataloader=_samples(calib_ids), targets=targets, progress=False)
 
 
+def test_the_trainer_callback_refuses_a_blockwise_config():
+    from optimum_gblm.gradients.trainer import GBLMGradientCallback
+
+    with pytest.raises(ValueError, match="use collect_gradients\\(trainer=...\\) for the block-wise pass"):
+        GBLMGradientCallback(GBLMConfig(method="gblm", blockwise_gradients=True))
+
+
 def test_disk_sums_read_back_what_was_written(tmp_path):
     sums = blockwise.DiskSums("optimum-gblm-test-")
     a, b = torch.randn(3, 4), torch.randn(2, 2)
@@ -240,3 +247,20 @@ def test_no_temporary_folders_are_left_behind(calib_ids):
     del sums
     gc.collect()
     assert set(temp.glob("optimum-gblm-*")) <= before
+
+
+def test_cli_offers_the_option_and_refuses_it_with_a_cache_before_loading(tmp_path):
+    from tests.test_cli import cli, help_text, tiny_options
+    from tests.tiny_models import write_text
+
+    empty, out = tmp_path / "not-a-model", tmp_path / "out"
+    empty.mkdir()
+    options = tiny_options({"text": write_text(tmp_path / "text.txt")}, model=False)
+    result = cli(
+        "prune", "--model", empty, *options, "--method", "gblm-obs", "--blockwise-gradients",
+        "--gradients", tmp_path / "g.safetensors", "--output", out,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--blockwise-gradients cannot use a --gradients cache" in result.stderr.strip().splitlines()[-1]
+    assert not out.exists() and not (tmp_path / "g.safetensors").exists()
+    assert "--blockwise-gradients" in help_text("prune") and "--blockwise-gradients" not in help_text("gradients")

@@ -293,10 +293,11 @@ def _head(
 ) -> None:
     """Per sample, the loss from the stored last hidden state; stores its gradient (the last block's output grad)."""
     stand_in = _StoredLastHidden(blocks[len(blocks) - 1], as_tuple)
+    device = next(blocks[len(blocks) - 1].parameters()).device
     losses = []
     with blocks_replaced(model, blocks, [stand_in]):
         for s, sample in enumerate(samples):
-            stand_in.value = inputs.get(offset + s).requires_grad_(True)
+            stand_in.value = inputs.get(offset + s).to(device).requires_grad_(True)  # a leaf where the head is
             with autocast():
                 loss = loss_fn(model, sample)
             if loss is None or not isinstance(loss, torch.Tensor) or loss.dim() != 0:

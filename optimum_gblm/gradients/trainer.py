@@ -72,6 +72,11 @@ class GBLMGradientCallback(TrainerCallback):
         trainer: Any | None = None,
     ) -> None:
         self.config = config or GBLMConfig()
+        if self.config.blockwise_gradients:
+            raise ValueError(
+                "blockwise_gradients=True runs its own block-by-block pass; the callback folds the gradients of the "
+                "Trainer's own backward passes: use collect_gradients(trainer=...) for the block-wise pass"
+            )
         self.targets = targets
         self.trainer = trainer
         self.collector: GradientCollector | None = None
