@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..configuration import GBLMConfig
 from ..pipelines.placement import IntermediatesStore
-from ..pipelines.sequential import _run_block, blocks_replaced, capture_block_inputs
+from ..pipelines.sequential import _run_block, as_output, capture_block_inputs, forwards_replaced
 from ..targets import PruneTarget
 from ..utils import move_to
 from .accumulation import GradientAccumulation, NonFiniteGradientError
@@ -52,23 +52,24 @@ class DiskSums(Mapping[str, torch.Tensor]):
     """Accumulated sums kept in safetensors files (one per block), read back one module at a time. The folder is
     removed when the mapping is garbage-collected."""
 
-    def __init__(self, prefix: str, device: torch.device | str = "cpu") -> None:
+    def __init__(self, prefix: str) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
-        self.device = str(device)
         self._files: dict[str, Path] = {}
+        self._devices: dict[str, str] = {}  # where each module's sums were accumulated, as in one pass
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
 
     def write(self, block: int, sums: Mapping[str, torch.Tensor]) -> None:
         path = self.folder / f"block{block}.safetensors"
         save_file({name: t.detach().cpu().contiguous() for name, t in sums.items()}, str(path))
         self._files.update(dict.fromkeys(sums, path))
+        self._devices.update({name: str(t.device) for name, t in sums.items()})
 
     def order(self, names: Sequence[str]) -> None:
         """Iterate in `names`' order (the one-pass order), not in the order the blocks were written."""
         self._files = {name: self._files[name] for name in names if name in self._files}
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        with safe_open(str(self._files[name]), framework="pt", device=self.device) as handle:
+        with safe_open(str(self._files[name]), framework="pt", device=self._devices[name]) as handle:
             return handle.get_tensor(name)
 
     def __iter__(self) -> Iterator[str]:
@@ -76,26 +77,6 @@ class DiskSums(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._files)
-
-
-class _StoredLastHidden(nn.Module):
-    """Stands in for the whole block stack during the head step: returns the stored output of the last block (in
-    the form the real block returned it); any other attribute a model reads off a layer comes from the last block."""
-
-    def __init__(self, last_block: nn.Module, as_tuple: bool) -> None:
-        super().__init__()
-        self.as_tuple = as_tuple
-        self.value: torch.Tensor | None = None
-        object.__setattr__(self, "_last_block", last_block)  # not a submodule
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return (self.value,) if self.as_tuple else self.value
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_last_block"), name)
 
 
 @contextlib.contextmanager
@@ -139,14 +120,17 @@ def targets_by_block(blocks: Sequence[nn.Module], targets: Mapping[str, Any]) ->
 
 def check_blockwise(model: nn.Module, **options: Any) -> None:
     """Refuse the options the block-wise pass cannot honour, before any work."""
-    unsupported = [name for name, value in options.items() if value]
+    unsupported = [name.replace("_", " ") for name, value in options.items() if value]
     if unsupported:
         raise ValueError(
-            f"blockwise_gradients=True cannot be combined with {', '.join(u.replace('_', ' ') for u in unsupported)}: the block-wise pass keeps "
-            "its sums on disk block by block, runs in one process and already keeps one block's activations; "
-            "leave those options out, or collect without blockwise_gradients"
+            f"blockwise_gradients=True cannot be combined with {', '.join(unsupported)}: the block-wise pass keeps "
+            "its sums on disk block by block, runs in one process, re-runs every block (dropout would draw other "
+            "masks) and already keeps one block's activations; leave those options out, or collect without "
+            "blockwise_gradients"
         )
-    if getattr(getattr(model, "config", None), "output_router_logits", False):
+    config = getattr(model, "config", None)
+    configs = [config, *(getattr(config, key, None) for key in ("text_config", "language_config"))]
+    if any(getattr(c, "output_router_logits", False) for c in configs if c is not None):
         raise ValueError(
             "blockwise_gradients=True needs a loss computed from the last hidden state only; this model adds a "
             "router loss from every layer (config.output_router_logits): collect without blockwise_gradients"
@@ -163,7 +147,6 @@ def blockwise_collection(
     autocast: Callable[[], contextlib.AbstractContextManager],
     *,
     cache: bool,
-    checkpoint_every: int,
     gradient_checkpointing: bool,
     distributed: bool,
     offload_accumulators: bool,
@@ -176,9 +159,9 @@ def blockwise_collection(
     check_blockwise(
         model,
         a_gradient_cache=cache,
-        checkpoint_every=checkpoint_every,
         gradient_checkpointing=gradient_checkpointing,
         several_processes=distributed,
+        train_mode=train_mode,
     )
     return run_blockwise(
         model, get_adapter(model), targets, samples, loss_fn, config, norms, autocast,
@@ -203,23 +186,24 @@ def run_blockwise(
     samples = list(samples)
     if not samples:
         raise ValueError("the calibration data yielded no samples: the dataloader is empty")
+    if not targets:
+        raise ValueError("no target modules to collect gradients for")
     blocks = adapter.blocks(model)
     grouped = targets_by_block(list(blocks), targets)
-    first = next(i for i, group in enumerate(grouped) if group) if any(grouped) else len(blocks)
-    device = next(model.parameters()).device
+    first = next(i for i, group in enumerate(grouped) if group)
     n, depth = len(samples), len(blocks)
-    sums = {norm: DiskSums(f"optimum-gblm-{norm}-sums-", accumulate_device or device) for norm in norms}
-    bar = tqdm(total=2 * depth + 1, desc="gradients (block-wise)", unit="step", disable=not progress)
+    sums = {norm: DiskSums(f"optimum-gblm-{norm}-sums-") for norm in norms}
     start = time.perf_counter()
     with (
+        tqdm(total=2 * depth + 1, desc="gradients (block-wise)", unit="step", disable=not progress) as bar,
         _frozen(model, train_mode),
         IntermediatesStore("disk") as inputs,
         IntermediatesStore("disk") as grads,
     ):
         with torch.no_grad(), autocast():
             kwargs = capture_block_inputs(model, adapter, samples, inputs, run=lambda s: loss_fn(model, s))
-        as_tuple = _forward_blocks(blocks, grouped, kwargs, inputs, autocast, n, bar)
-        _head(model, blocks, samples, loss_fn, inputs, grads, autocast, as_tuple, depth * n, bar)
+        form = _forward_blocks(blocks, grouped, kwargs, inputs, autocast, n, bar)
+        _head(blocks, samples, lambda s: loss_fn(model, s), inputs, grads, autocast, form, depth * n, bar)
         for index in range(depth - 1, first - 1, -1):
             block_sums = _backward_block(
                 model, blocks[index], grouped[index], kwargs[index], inputs, grads, index, index > first, config, norms,
@@ -228,9 +212,9 @@ def run_blockwise(
             for norm, store in sums.items():
                 if block_sums is not None:
                     store.write(index, block_sums[norm])
+            del block_sums  # one block's sums alive at a time: the next collector allocates its own
             bar.update(1)
         bar.update(first)
-    bar.close()
     for store in sums.values():
         store.order(list(targets))
     logger.info("Gradients (block-wise): %d samples, %d blocks in %.1f s", n, depth, time.perf_counter() - start)
@@ -247,11 +231,11 @@ def _forward_blocks(
     autocast: Callable[[], contextlib.AbstractContextManager],
     n: int,
     bar: Any,
-) -> bool:
+) -> int | None:
     """Run every block over every sample, storing its outputs as the next block's inputs (index block * n + sample).
     Grad mode mirrors the one-pass forward (the block's targets and a later block's input require grad), so the
-    stored states are the values that pass computes. Returns whether the blocks return tuples."""
-    as_tuple = False
+    stored states are the values that pass computes. Returns the form of the blocks' outputs (`output_form`)."""
+    form: int | None = None
     for index, block in enumerate(blocks):
         params = [_parameter(t) for t in grouped[index].values()]
         for p in params:
@@ -261,14 +245,14 @@ def _forward_blocks(
                 x = inputs.get(index * n + s).requires_grad_(index > 0 and any(grouped[:index]))
                 with autocast():
                     raw = _call_block(block, x, kwargs[index][s])
-                as_tuple = isinstance(raw, (tuple, list))
-                out = raw[0] if as_tuple else raw
+                form = len(raw) if isinstance(raw, (tuple, list)) else None
+                out = raw if form is None else raw[0]
                 inputs.put((index + 1) * n + s, out.detach())
         finally:
             for p in params:
                 p.requires_grad_(False)
         bar.update(1)
-    return as_tuple
+    return form
 
 
 def _call_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> Any:
@@ -280,32 +264,43 @@ def _call_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) 
 
 
 def _head(
-    model: nn.Module,
-    blocks: nn.Module,
+    blocks: Sequence[nn.Module],
     samples: Sequence[Any],
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    loss: Callable[[Any], torch.Tensor],
     inputs: IntermediatesStore,
     grads: IntermediatesStore,
     autocast: Callable[[], contextlib.AbstractContextManager],
-    as_tuple: bool,
+    form: int | None,
     offset: int,
     bar: Any,
 ) -> None:
-    """Per sample, the loss from the stored last hidden state; stores its gradient (the last block's output grad)."""
-    stand_in = _StoredLastHidden(blocks[len(blocks) - 1], as_tuple)
+    """Per sample, the loss from the stored last hidden state; stores its gradient (the last block's output grad).
+    The model's own forward runs with every block passing its input through and the last returning the stored
+    state as a leaf, so the stem, the masks and the head are the model's own."""
     device = next(blocks[len(blocks) - 1].parameters()).device
+    leaf: list[torch.Tensor] = []
+
+    def passthrough(*args: Any, **kwargs: Any) -> Any:
+        return as_output(args[0] if args else kwargs["hidden_states"], form)
+
+    forwards = [passthrough] * (len(blocks) - 1) + [lambda *args, **kwargs: as_output(leaf[0], form)]
     losses = []
-    with blocks_replaced(model, blocks, [stand_in]):
+    with forwards_replaced(blocks, forwards):
         for s, sample in enumerate(samples):
-            stand_in.value = inputs.get(offset + s).to(device).requires_grad_(True)  # a leaf where the head is
+            leaf[:] = [inputs.get(offset + s).to(device).requires_grad_(True)]  # a leaf where the head is
             with autocast():
-                loss = loss_fn(model, sample)
-            if loss is None or not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                value = loss(sample)
+            if value is None or not isinstance(value, torch.Tensor) or value.dim() != 0:
                 raise ValueError("the calibration step returned no scalar loss: batches need 'labels'")
-            losses.append(loss.detach().float())
-            loss.backward()
-            grads.put(s, stand_in.value.grad)
-            stand_in.value = None
+            losses.append(value.detach().float())
+            if value.requires_grad:
+                value.backward()
+            if leaf[0].grad is None:
+                raise ValueError(
+                    "the calibration step's loss does not depend on the last block's output, which the block-wise "
+                    "pass needs: collect without blockwise_gradients"
+                )
+            grads.put(s, leaf[0].grad)
     values = torch.stack(losses).cpu()
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad):

@@ -172,7 +172,7 @@ def run_collection(
 
         return blockwise_collection(
             model, targets, samples, loss_fn, config, norms, autocast, cache=cache_path is not None,
-            checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing=gradient_checkpointing,
             distributed=group.distributed, offload_accumulators=offload_accumulators, train_mode=train_mode,
             progress=progress,
         )  # fmt: skip

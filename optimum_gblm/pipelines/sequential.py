@@ -33,39 +33,37 @@ class _StopForward(Exception):
     """Raised by the last stand-in block once every block's arguments are recorded: the head never runs."""
 
 
-class _Recorder(nn.Module):
-    """Stands in for one block while the inputs are captured: records the keyword arguments the model's own loop
-    passes to that block (per-layer masks and rotary embeddings differ between sliding-window and global layers)
-    and returns the hidden states unchanged; other attributes the loop reads off a layer come from the real block."""
-
-    def __init__(self, block: nn.Module, record: Any) -> None:
-        super().__init__()
-        object.__setattr__(self, "_block", block)  # not a submodule
-        object.__setattr__(self, "_record", record)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return object.__getattribute__(self, "_record")(args, kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_block"), name)
-
-
 @contextlib.contextmanager
-def blocks_replaced(model: nn.Module, blocks: nn.Module, stand_ins: list[nn.Module]) -> Iterator[None]:
-    """Swap the model's block container for one holding `stand_ins` (same container type), then put it back."""
-    path = next((name for name, module in model.named_modules() if module is blocks), None)
-    if not path:
-        raise ValueError("the model's blocks are not a submodule of the model: they cannot be run one by one")
-    parent_name, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    setattr(parent, attr, nn.Sequential(*stand_ins) if isinstance(blocks, nn.Sequential) else nn.ModuleList(stand_ins))
+def forwards_replaced(blocks: Sequence[nn.Module], forwards: Sequence[Callable[..., Any]]) -> Iterator[None]:
+    """Give each block an instance `forward` for the duration, then restore what it had. The model's own loop still
+    calls the real modules, so their hooks (accelerate's, the model's output-capturing ones) and the attributes the
+    loop reads off a layer stay in place."""
+    saved = [vars(block).get("forward") for block in blocks]  # accelerate's hooks may have set one
+    for block, forward in zip(blocks, forwards):
+        block.forward = forward
     try:
         yield
     finally:
-        setattr(parent, attr, blocks)
+        for block, own in zip(blocks, saved):
+            if own is None:
+                del block.forward  # the class's forward again
+            else:
+                block.forward = own
+
+
+def output_form(block: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> int | None:
+    """How a block returns its hidden states: None for a bare tensor, else the length of the tuple it returns
+    (Falcon, Bloom, MPT and many remote-code decoders read `outputs[0]`). Runs the block's forward once; a block
+    whose weights are not loaded (placement="disk") runs on the meta device, which computes nothing."""
+    if any(p.is_meta for p in block.parameters()):
+        args, kwargs = move_to(args, torch.device("meta")), move_to(kwargs, torch.device("meta"))
+    out = forward(*args, **kwargs)
+    return len(out) if isinstance(out, (tuple, list)) else None
+
+
+def as_output(states: torch.Tensor, form: int | None) -> Any:
+    """`states` in the form a block returns its hidden states (`output_form`)."""
+    return states if form is None else (states,) + (None,) * (form - 1)
 
 
 def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -89,28 +87,34 @@ def capture_block_inputs(
     run: Callable[[Any], Any] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Store the hidden states entering block 0 per sample; return the keyword arguments every block receives, per
-    block and per sample (`kwargs[block][sample]`), from the model's own stem and loop (never re-implemented). No
-    block runs: each is replaced by a recorder for the capture. `run(sample)` runs the model on a sample (default:
+    block and per sample (`kwargs[block][sample]`), from the model's own stem and loop (never re-implemented). Each
+    block's forward is replaced by a recorder for the capture, so no block computes (block 0 runs once, to learn
+    the form its output takes). `run(sample)` runs the model on a sample (default:
     the adapter's forward; the gradient pass uses its loss step, which accepts what its dataloader yields)."""
     run = run or (lambda sample: adapter.forward(model, sample))
     blocks = adapter.blocks(model)
     depth = len(blocks)
     captured: list[list[dict[str, Any]]] = [[] for _ in range(depth)]
+    form: list[int | None] = []  # learnt from block 0 at the first sample
 
-    def recorder(index: int) -> Any:
-        def record(args: tuple, kwargs: dict) -> Any:
-            kwargs = _without_cache(kwargs)
-            states = args[0] if args else kwargs.pop("hidden_states")
+    def recorder(index: int, block: nn.Module) -> Callable[..., Any]:
+        real = block.forward
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            if index == 0 and not form and depth > 1:
+                form.append(output_form(block, real, args, kwargs))
+            clean = _without_cache(kwargs)
+            states = args[0] if args else clean.pop("hidden_states")
             if index == 0:
                 store.put(len(captured[0]), states)
-            captured[index].append({**kwargs, **({"__args__": args[1:]} if len(args) > 1 else {})})
+            captured[index].append({**clean, **({"__args__": args[1:]} if len(args) > 1 else {})})
             if index == depth - 1:
                 raise _StopForward
-            return states
+            return as_output(states, form[0])
 
         return record
 
-    with blocks_replaced(model, blocks, [_Recorder(block, recorder(i)) for i, block in enumerate(blocks)]):
+    with forwards_replaced(blocks, [recorder(i, block) for i, block in enumerate(blocks)]):
         for sample in samples:
             with contextlib.suppress(_StopForward):
                 run(sample)
