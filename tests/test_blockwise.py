@@ -10,7 +10,6 @@ import weakref
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
@@ -21,6 +20,7 @@ from optimum_gblm.pipelines.sequential import _same, capture_block_inputs
 from optimum_gblm.planning import plan
 from tests.conftest import tiny_model
 from tests.test_families import DECODER_FAMILIES, IDS, build
+from tests.tiny_models import image_classification_step, labelled_image_batches, tiny_vit
 
 
 def _samples(ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -50,21 +50,11 @@ def test_blockwise_sums_are_bit_identical_on_every_family(model_type):
 
 
 def test_blockwise_sums_on_a_timm_vit_with_a_custom_step():
-    def vit():
-        torch.manual_seed(0)
-        tiny = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 5}
-        return timm.create_model("vit_tiny_patch16_224", pretrained=False, **tiny).eval()
-
-    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    batches = [(images[i : i + 1], torch.tensor([i])) for i in range(4)]
-
-    def step(model, sample):
-        return torch.nn.functional.cross_entropy(model(sample[0]), sample[1])
-
+    batches, step = labelled_image_batches(), image_classification_step
     cfg = GBLMConfig(method="gblm-obs", device="cpu")
-    expected = collect_gradients(vit(), cfg, dataloader=batches, train_step=step, progress=False)
+    expected = collect_gradients(tiny_vit(depth=3), cfg, dataloader=batches, train_step=step, progress=False)
     cfg = GBLMConfig(method="gblm-obs", device="cpu", blockwise_gradients=True)
-    got = collect_gradients(vit(), cfg, dataloader=batches, train_step=step, progress=False)
+    got = collect_gradients(tiny_vit(depth=3), cfg, dataloader=batches, train_step=step, progress=False)
     _assert_identical(expected, got)
 
 
@@ -248,23 +238,6 @@ def test_no_temporary_folders_are_left_behind(calib_ids):
     del sums
     gc.collect()
     assert set(temp.glob("optimum-gblm-*")) <= before
-
-
-def test_cli_offers_the_option_and_refuses_it_with_a_cache_before_loading(tmp_path):
-    from tests.test_cli import cli, help_text, tiny_options
-    from tests.tiny_models import write_text
-
-    empty, out = tmp_path / "not-a-model", tmp_path / "out"
-    empty.mkdir()
-    options = tiny_options({"text": write_text(tmp_path / "text.txt")}, model=False)
-    result = cli(
-        "prune", "--model", empty, *options, "--method", "gblm-obs", "--blockwise-gradients",
-        "--gradients", tmp_path / "g.safetensors", "--output", out,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert "--blockwise-gradients cannot use a --gradients cache" in result.stderr.strip().splitlines()[-1]
-    assert not out.exists() and not (tmp_path / "g.safetensors").exists()
-    assert "--blockwise-gradients" in help_text("prune") and "--blockwise-gradients" not in help_text("gradients")
 
 
 # -- what the capture must leave as it was (review findings) ---------------------------------------------------------

@@ -4,12 +4,12 @@ checkpointing is inactive), gives the same accumulators, keeps dropout off and l
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
 from optimum_gblm.gradients.loop import checkpointed_blocks
 from tests.conftest import tiny_model
+from tests.tiny_models import image_classification_step, labelled_image_batches, tiny_vit
 
 
 def _count_calls(module: torch.nn.Module) -> list[int]:
@@ -58,20 +58,9 @@ def test_checkpointing_keeps_dropout_off_in_eval_mode(calib_ids):
 
 
 def test_checkpointing_a_timm_vit():
-    def vit():
-        torch.manual_seed(0)
-        tiny = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5}
-        return timm.create_model("vit_tiny_patch16_224", pretrained=False, **tiny).eval()
-
-    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    labels = torch.tensor([0, 1, 2, 3])
-    batches = [(images[i : i + 1], labels[i : i + 1]) for i in range(4)]
-
-    def step(model, sample):
-        return torch.nn.functional.cross_entropy(model(sample[0]), sample[1])
-
+    batches, step = labelled_image_batches(), image_classification_step
     cfg = GBLMConfig(method="gblm", device="cpu")
-    plain, checkpointed = vit(), vit()
+    plain, checkpointed = tiny_vit(), tiny_vit()
     calls = _count_calls(checkpointed.blocks[1].attn.qkv)
     expected = collect_gradients(plain, cfg, dataloader=batches, train_step=step, progress=False)
     got = collect_gradients(

@@ -535,3 +535,20 @@ def test_wheel_install_registers_the_command(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     assert "prune" in result.stdout and "usage: " in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["--two-pass-gradients", "--blockwise-gradients"])
+def test_prune_refuses_a_split_gradient_pass_with_a_cache_before_loading(tmp_path, flag):
+    """Two passes and the block-wise pass keep their sums where no cache holds them: the pair is refused before the
+    model is read (the model path is not even a model), and neither output nor cache is written."""
+    empty, out = tmp_path / "not-a-model", tmp_path / "out"
+    empty.mkdir()
+    options = tiny_options({"text": write_text(tmp_path / "text.txt")}, model=False)
+    result = cli(
+        "prune", "--model", empty, *options, "--method", "gblm-obs", flag,
+        "--gradients", tmp_path / "g.safetensors", "--output", out,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"{flag} cannot use a --gradients cache" in result.stderr.strip().splitlines()[-1]
+    assert not out.exists() and not (tmp_path / "g.safetensors").exists()
+    assert flag in help_text("prune") and flag not in help_text("gradients")

@@ -159,20 +159,3 @@ def test_the_plan_holds_one_accumulator_and_offers_two_passes():
     assert one.phase("gradients", "two_pass_gradients + gradient_checkpointing").host < split.host
     gblm = plan(model, adapter, GBLMConfig(method="gblm", device="cpu", num_samples=4, seqlen=16), device_type="cpu")
     assert not any("two_pass" in p.option for p in gblm.phases)  # nothing to split
-
-
-def test_cli_refuses_two_passes_with_a_cache_before_loading(tmp_path):
-    from tests.test_cli import cli, help_text, tiny_options
-    from tests.tiny_models import write_text
-
-    empty, out = tmp_path / "not-a-model", tmp_path / "out"
-    empty.mkdir()
-    options = tiny_options({"text": write_text(tmp_path / "text.txt")}, model=False)
-    result = cli(
-        "prune", "--model", empty, *options, "--method", "gblm-obs", "--two-pass-gradients",
-        "--gradients", tmp_path / "g.safetensors", "--output", out,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert "--two-pass-gradients cannot use a --gradients cache" in result.stderr.strip().splitlines()[-1]
-    assert not out.exists() and not (tmp_path / "g.safetensors").exists()
-    assert "--two-pass-gradients" in help_text("prune") and "--two-pass-gradients" not in help_text("gradients")

@@ -78,3 +78,28 @@ def save_tiny_llama(folder: str | Path, seed: int = 0, model_type: str = "llama"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_vit(depth: int = 2, seed: int = 0):
+    """A tiny random timm ViT (32 x 32 images, 8 x 8 patches, 5 classes), in eval mode."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    tiny = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": depth, "num_heads": 2, "num_classes": 5}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **tiny).eval()
+
+
+def labelled_image_batches(count: int = 4) -> list:
+    """`count` single-image (images, labels) batches for `tiny_vit`, with labels 0, 1, 2, ..."""
+    import torch
+
+    images = torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return [(images[i : i + 1], torch.tensor([i])) for i in range(count)]
+
+
+def image_classification_step(model, sample):
+    """A custom `train_step` for `labelled_image_batches`: cross-entropy of the model's logits."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(model(sample[0]), sample[1])

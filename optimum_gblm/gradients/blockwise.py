@@ -7,8 +7,9 @@ reorders it:
 
 1. forward: each block runs over every sample in turn (batch of one, the targets requiring grad, as in the one-pass
    forward) and its inputs are written to disk; the last block's outputs too;
-2. head: per sample, the caller's own loss runs with the block stack replaced by a stand-in that returns the stored
-   last hidden state (a leaf), so its gradient is dL/d(last hidden state), whatever the model's head;
+2. head: per sample, the caller's own loss runs with every block's forward replaced (each passes its input through,
+   the last returns the stored last hidden state as a leaf), so the leaf's gradient is dL/d(last hidden state),
+   whatever the model's head;
 3. backward, from the last block to the first: per sample, the block is re-run on its stored input and the stored
    output gradient is propagated through it; the collector folds the block's weight gradients (samples in the same
    order as one pass, so the same sums), and the input's gradient is the previous block's output gradient;
@@ -39,11 +40,11 @@ from tqdm.auto import tqdm
 
 from ..configuration import GBLMConfig
 from ..pipelines.placement import IntermediatesStore
-from ..pipelines.sequential import _run_block, as_output, capture_block_inputs, forwards_replaced
+from ..pipelines.sequential import as_output, call_block, capture_block_inputs, run_block
 from ..targets import PruneTarget
-from ..utils import move_to
-from .accumulation import GradientAccumulation, NonFiniteGradientError
-from .collector import GradientCollector
+from ..utils import forwards_replaced
+from .accumulation import GradientAccumulation
+from .collector import GradientCollector, check_losses
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,13 @@ class DiskSums(Mapping[str, torch.Tensor]):
 
 
 @contextlib.contextmanager
-def _frozen(model: nn.Module, train_mode: bool) -> Iterator[None]:
-    """Nothing requires grad (the collectors turn their block's targets on) and the mode is set; all restored."""
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Nothing requires grad (the collectors turn their block's targets on) and eval mode; both restored."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     training = model.training
     for p in model.parameters():
         p.requires_grad_(False)
-    model.train(train_mode)
+    model.eval()
     try:
         yield
     finally:
@@ -165,7 +166,7 @@ def blockwise_collection(
     )
     return run_blockwise(
         model, get_adapter(model), targets, samples, loss_fn, config, norms, autocast,
-        accumulate_device="cpu" if offload_accumulators else None, train_mode=train_mode, progress=progress,
+        accumulate_device="cpu" if offload_accumulators else None, progress=progress,
     )  # fmt: skip
 
 
@@ -179,10 +180,9 @@ def run_blockwise(
     norms: tuple[str, ...],
     autocast: Callable[[], contextlib.AbstractContextManager],
     accumulate_device: str | None = None,
-    train_mode: bool = False,
     progress: bool = True,
 ) -> GradientAccumulation:
-    """The block-wise pass (module docstring); returns an accumulation whose sums are read from disk."""
+    """The block-wise pass (module docstring), in eval mode; returns an accumulation whose sums are read from disk."""
     samples = list(samples)
     if not samples:
         raise ValueError("the calibration data yielded no samples: the dataloader is empty")
@@ -196,18 +196,18 @@ def run_blockwise(
     start = time.perf_counter()
     with (
         tqdm(total=2 * depth + 1, desc="gradients (block-wise)", unit="step", disable=not progress) as bar,
-        _frozen(model, train_mode),
+        _frozen(model),
         IntermediatesStore("disk") as inputs,
         IntermediatesStore("disk") as grads,
     ):
         with torch.no_grad(), autocast():
             kwargs = capture_block_inputs(model, adapter, samples, inputs, run=lambda s: loss_fn(model, s))
-        form = _forward_blocks(blocks, grouped, kwargs, inputs, autocast, n, bar)
+        form = _forward_blocks(blocks, grouped, first, kwargs, inputs, autocast, n, bar)
         _head(blocks, samples, lambda s: loss_fn(model, s), inputs, grads, autocast, form, depth * n, bar)
         for index in range(depth - 1, first - 1, -1):
             block_sums = _backward_block(
                 model, blocks[index], grouped[index], kwargs[index], inputs, grads, index, index > first, config, norms,
-                autocast, accumulate_device, train_mode,
+                autocast, accumulate_device,
             )  # fmt: skip
             for norm, store in sums.items():
                 if block_sums is not None:
@@ -226,6 +226,7 @@ def run_blockwise(
 def _forward_blocks(
     blocks: Sequence[nn.Module],
     grouped: list[dict[str, Any]],
+    first: int,
     kwargs: list[list[dict[str, Any]]],
     inputs: IntermediatesStore,
     autocast: Callable[[], contextlib.AbstractContextManager],
@@ -233,8 +234,8 @@ def _forward_blocks(
     bar: Any,
 ) -> int | None:
     """Run every block over every sample, storing its outputs as the next block's inputs (index block * n + sample).
-    Grad mode mirrors the one-pass forward (the block's targets and a later block's input require grad), so the
-    stored states are the values that pass computes. Returns the form of the blocks' outputs (`output_form`)."""
+    Grad mode mirrors the one-pass forward (the block's targets, and its input after the first target block, require
+    grad), so the stored states are the values that pass computes. Returns the form of the blocks' outputs."""
     form: int | None = None
     for index, block in enumerate(blocks):
         params = [_parameter(t) for t in grouped[index].values()]
@@ -242,9 +243,9 @@ def _forward_blocks(
             p.requires_grad_(True)
         try:
             for s in range(n):
-                x = inputs.get(index * n + s).requires_grad_(index > 0 and any(grouped[:index]))
+                x = inputs.get(index * n + s).requires_grad_(index > first)  # a target before it: as in backward
                 with autocast():
-                    raw = _call_block(block, x, kwargs[index][s])
+                    raw = call_block(block, x, kwargs[index][s])
                 form = len(raw) if isinstance(raw, (tuple, list)) else None
                 out = raw if form is None else raw[0]
                 inputs.put((index + 1) * n + s, out.detach())
@@ -253,14 +254,6 @@ def _forward_blocks(
                 p.requires_grad_(False)
         bar.update(1)
     return form
-
-
-def _call_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-    """The block's raw output (a tensor or a tuple), with the captured keyword arguments on its device."""
-    device = next(block.parameters()).device
-    kwargs = move_to(dict(kwargs), device)
-    extra = kwargs.pop("__args__", ())
-    return block(states.to(device), *extra, **kwargs)
 
 
 def _head(
@@ -292,7 +285,7 @@ def _head(
                 value = loss(sample)
             if value is None or not isinstance(value, torch.Tensor) or value.dim() != 0:
                 raise ValueError("the calibration step returned no scalar loss: batches need 'labels'")
-            losses.append(value.detach().float())
+            losses.append((s, value.detach()))
             if value.requires_grad:
                 value.backward()
             if leaf[0].grad is None:
@@ -301,12 +294,7 @@ def _head(
                     "pass needs: collect without blockwise_gradients"
                 )
             grads.put(s, leaf[0].grad)
-    values = torch.stack(losses).cpu()
-    bad = (~torch.isfinite(values)).nonzero()
-    if len(bad):
-        raise NonFiniteGradientError(
-            f"non-finite loss {float(values[int(bad[0])]):g} at calibration sample {int(bad[0])}"
-        )
+    check_losses(losses)
     bar.update(1)
 
 
@@ -323,7 +311,6 @@ def _backward_block(
     norms: tuple[str, ...],
     autocast: Callable[[], contextlib.AbstractContextManager],
     accumulate_device: str | None,
-    train_mode: bool,
 ) -> dict[str, Mapping[str, torch.Tensor]] | None:
     """Re-run one block per sample and propagate the stored output gradient; fold its targets' weight gradients.
     Returns the block's sums by norm (None for a block without targets)."""
@@ -335,7 +322,6 @@ def _backward_block(
             norms=norms,
             scale=config.gradient_scale,
             accumulate_device=accumulate_device,
-            train_mode=train_mode,
             finite_check_every=n,
         )  # fmt: skip
         if targets
@@ -345,7 +331,7 @@ def _backward_block(
         for s in range(n):
             x = inputs.get(index * n + s).requires_grad_(input_grad)
             with autocast():
-                out = _run_block(block, x, kwargs[s])
+                out = run_block(block, x, kwargs[s])
             torch.autograd.backward(out, grads.get(s).to(out.device))
             if targets:
                 collector.end_sample(s)

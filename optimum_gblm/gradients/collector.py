@@ -201,14 +201,7 @@ class GradientCollector:
         gradient stays non-finite in the sums, so checking them every few samples catches every one."""
         losses, samples = self._losses, self._unchecked
         self._losses, self._unchecked = [], []
-        if losses:
-            values = torch.stack([loss.float().reshape(()).cpu() for _, loss in losses])
-            bad = (~torch.isfinite(values)).nonzero()
-            if len(bad):
-                index = int(bad[0])
-                raise NonFiniteGradientError(
-                    f"non-finite loss {float(values[index]):g} at calibration sample {losses[index][0]}"
-                )
+        check_losses(losses)
         if not samples:
             return
         stores = [(name, acc) for store in (self.state.l1, self.state.l2sq) for name, acc in store.items()]
@@ -221,6 +214,20 @@ class GradientCollector:
                 f"non-finite (NaN or inf) gradient in module {bad_name!r} at calibration {where} (or their sum "
                 f"overflowed; the accumulators are checked every {self.finite_check_every} samples)"
             )
+
+
+def check_losses(losses: list[tuple[int, torch.Tensor]]) -> None:
+    """Raise `NonFiniteGradientError` naming the first (sample, loss) pair whose loss is NaN or inf; one host
+    synchronisation for all of them."""
+    if not losses:
+        return
+    values = torch.stack([loss.float().reshape(()).cpu() for _, loss in losses])
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        index = int(bad[0])
+        raise NonFiniteGradientError(
+            f"non-finite loss {float(values[index]):g} at calibration sample {losses[index][0]}"
+        )
 
 
 def per_sample_backward(

@@ -15,7 +15,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..configuration import GBLMConfig
-from ..utils import DTYPES, model_device, peak_rss_gib, sample_tensors, samples_fingerprint, tensor_fingerprint
+from ..utils import (
+    DTYPES,
+    forwards_replaced,
+    model_device,
+    peak_rss_gib,
+    sample_tensors,
+    samples_fingerprint,
+    tensor_fingerprint,
+)
 from .accumulation import GradientAccumulation, required_norms
 from .cache import (
     calibration_settings,
@@ -118,20 +126,12 @@ def _gradient_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
         return
     from torch.utils.checkpoint import checkpoint
 
-    wrapped = []  # (block, its own instance `forward` if it had one: accelerate's hooks set one)
-    for block in checkpointed_blocks(model):
-        if block.training and getattr(block, "gradient_checkpointing", False):
-            continue  # transformers already checkpoints it (a Trainer's model in train mode)
-        wrapped.append((block, vars(block).get("forward")))
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
-    try:
+    # Blocks transformers already checkpoints (a Trainer's model in train mode) are left alone.
+    blocks = [
+        b for b in checkpointed_blocks(model) if not (b.training and getattr(b, "gradient_checkpointing", False))
+    ]
+    with forwards_replaced(blocks, [functools.partial(checkpoint, b.forward, use_reentrant=False) for b in blocks]):
         yield
-    finally:
-        for block, own in wrapped:
-            if own is None:
-                del block.forward  # the class's forward again
-            else:
-                block.forward = own
 
 
 def run_collection(

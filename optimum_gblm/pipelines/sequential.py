@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..statistics import InputStatistics
 from ..targets import PruneTarget, group_by_site
-from ..utils import inference_mode, move_to
+from ..utils import forwards_replaced, inference_mode, move_to
 from .base import Pipeline, Walk
 from .placement import IntermediatesStore
 
@@ -30,25 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
-    """Raised by the last stand-in block once every block's arguments are recorded: the head never runs."""
-
-
-@contextlib.contextmanager
-def forwards_replaced(blocks: Sequence[nn.Module], forwards: Sequence[Callable[..., Any]]) -> Iterator[None]:
-    """Give each block an instance `forward` for the duration, then restore what it had. The model's own loop still
-    calls the real modules, so their hooks (accelerate's, the model's output-capturing ones) and the attributes the
-    loop reads off a layer stay in place."""
-    saved = [vars(block).get("forward") for block in blocks]  # accelerate's hooks may have set one
-    for block, forward in zip(blocks, forwards):
-        block.forward = forward
-    try:
-        yield
-    finally:
-        for block, own in zip(blocks, saved):
-            if own is None:
-                del block.forward  # the class's forward again
-            else:
-                block.forward = own
+    """Raised by the last block's recorder once every block's arguments are recorded: the head never runs."""
 
 
 def output_form(block: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> int | None:
@@ -161,11 +143,17 @@ def batch_groups(shapes: list[tuple[int, ...]], kwargs: list[Any], batch_size: i
     return groups
 
 
-def _run_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+def call_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    """The block's raw output (a tensor or a tuple), with the captured arguments moved to the block's device."""
     device = next(block.parameters()).device
     kwargs = move_to(dict(kwargs), device)
     extra = kwargs.pop("__args__", ())
-    out = block(states.to(device), *extra, **kwargs)
+    return block(states.to(device), *extra, **kwargs)
+
+
+def run_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The block's output hidden states."""
+    out = call_block(block, states, kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -227,7 +215,7 @@ class SequentialPipeline(Pipeline):
             kwargs: list[dict[str, Any]] = []  # the current block's arguments, per sample
 
             def forward(block: nn.Module, group: list[int]) -> torch.Tensor:
-                return _run_block(block, torch.cat([store.get(j) for j in group]), kwargs[group[0]])
+                return run_block(block, torch.cat([store.get(j) for j in group]), kwargs[group[0]])
 
             # The dense model's own stream, per group, when a refiner matches the dense model's states.
             dense_stream = None
@@ -241,7 +229,7 @@ class SequentialPipeline(Pipeline):
                     dense_out = [
                         forward(block, group)
                         if dense_stream is None
-                        else _run_block(block, dense_stream[k], kwargs[group[0]])
+                        else run_block(block, dense_stream[k], kwargs[group[0]])
                         for k, group in enumerate(groups)
                     ]
                     dense_stream = dense_out if dense_stream is not None else None
