@@ -6,7 +6,8 @@ hashes, so a redesign provably leaves behaviour unchanged. Only the public API (
 `list_methods`) is used, so the same script runs on both sides of a refactor.
 
 Cases: the tiny random LLaMA (GQA, tied embeddings), a tiny timm ViT, and the real SmolLM2-135M with a small
-calibration set (4 x 64 tokens) pruning blocks 0, 1 and 29 (the whole model still runs block by block).
+calibration set (4 x 64 tokens) pruning blocks 0, 1 and 29 (the whole model still runs block by block); the
+structured methods on the tiny LLaMA (every parameter and the kept indices hashed, since the matrices shrink).
 """
 
 from __future__ import annotations
@@ -171,6 +172,55 @@ def smollm2_perplexity(model: torch.nn.Module) -> float:
 
 SUITES = {"tiny-llama": tiny_llama_suite, "tiny-vit": tiny_vit_suite, "smollm2": smollm2_suite}
 
+# -- structured methods: the matrices shrink, so every parameter of the model and the kept indices are hashed ------
+STRUCTURED = "tiny-llama-structured"
+
+
+def structured_cases(methods: list[str]) -> list[dict[str, Any]]:
+    """Every structured method x mode x attention unit at 30% removed, and each without bias compensation."""
+    out: list[dict[str, Any]] = []
+    for method in methods:
+        for mode in ("adaptive", "uniform"):
+            for unit in ("group", "head"):
+                out.append({"method": method, "method_args": {"mode": mode, "attention_unit": unit}})
+        out.append({"method": method, "method_args": {"bias_compensation": False}})
+    return out
+
+
+def structured_key(case: dict[str, Any]) -> str:
+    return json.dumps(case, sort_keys=True)
+
+
+def compute_structured(case: dict[str, Any]) -> dict[str, Any]:
+    from optimum_gblm import GBLMConfig, GBLMPruner
+
+    make, base, calibration = tiny_llama_suite()
+    with fixed_threads():
+        model = make()
+        config = GBLMConfig(sparsity=0.3, device="cpu", **base, **case)
+        pruner = GBLMPruner(model, config)
+        pruner.prune(calibration=calibration, progress=False)
+        state = model.state_dict()
+        kept = {name: record.kept for name, record in sorted(pruner.pruning_map.targets.items())}
+    return {
+        "weights": digest(state),
+        "shapes": {name: list(t.shape) for name, t in sorted(state.items())},
+        "kept": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:24],
+    }
+
+
+def record_structured() -> dict[str, Any]:
+    from optimum_gblm import list_methods
+    from optimum_gblm.methods import get_method
+
+    data = json.loads(GOLDEN.read_text())
+    data[STRUCTURED] = {}
+    for case in structured_cases([m for m in list_methods() if get_method(m).structured]):
+        data[STRUCTURED][structured_key(case)] = {"case": case, **compute_structured(case)}
+        print(f"{STRUCTURED} {structured_key(case)}: {data[STRUCTURED][structured_key(case)]['weights']}", flush=True)
+    GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
 
 def compute(suite: str, case: dict[str, Any]) -> dict[str, Any]:
     make, base, calibration = SUITES[suite]()
@@ -203,4 +253,8 @@ def record(suites: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    record(sys.argv[1:] or list(SUITES))
+    chosen = sys.argv[1:] or [*SUITES, STRUCTURED]
+    if any(suite != STRUCTURED for suite in chosen):
+        record([suite for suite in chosen if suite != STRUCTURED])
+    if STRUCTURED in chosen:
+        record_structured()

@@ -13,9 +13,20 @@ import torch
 
 from optimum_gblm import list_methods
 from optimum_gblm.methods import get_method
-from tests.golden_parity import GOLDEN, SUITES, case_key, cases, compute
+from tests.golden_parity import (
+    GOLDEN,
+    STRUCTURED,
+    SUITES,
+    case_key,
+    cases,
+    compute,
+    compute_structured,
+    structured_cases,
+    structured_key,
+)
 
-UNSTRUCTURED = [m for m in list_methods() if not get_method(m).structured]  # structured: tests/test_structured.py
+UNSTRUCTURED = [m for m in list_methods() if not get_method(m).structured]
+STRUCTURED_METHODS = [m for m in list_methods() if get_method(m).structured]
 
 DATA = json.loads(GOLDEN.read_text())
 RECORDED_TORCH = DATA["torch"].split("+")[0].rsplit(".", 1)[0]
@@ -48,3 +59,26 @@ def test_masks_and_weights_match_the_recording(suite, case):
     assert not differing, f"masks changed in {differing[:5]}"
     assert got["masks"] == expected["masks"]
     assert got["weights"] == expected["weights"], "same masks, but the kept weights changed"
+
+
+@pytest.mark.skipif(
+    torch.__version__.split("+")[0].rsplit(".", 1)[0] != RECORDED_TORCH,
+    reason=f"hashes were recorded with torch {DATA['torch']}; float kernels may differ in torch {torch.__version__}",
+)
+@pytest.mark.parametrize(
+    "case",
+    [c for c in structured_cases(STRUCTURED_METHODS) if structured_key(c) in DATA.get(STRUCTURED, {})],
+    ids=structured_key,
+)
+def test_structured_weights_and_shapes_match_the_recording(case):
+    expected = DATA[STRUCTURED][structured_key(case)]
+    got = compute_structured(case)
+    assert got["shapes"] == expected["shapes"], "other widths were kept"
+    assert got["kept"] == expected["kept"], "other heads / channels were kept"
+    assert got["weights"] == expected["weights"], "same structure, but the weights changed"
+
+
+def test_every_structured_method_was_recorded():
+    """Every structured method known when the hashes were recorded is still registered (and recorded)."""
+    recorded = {entry["case"]["method"] for entry in DATA[STRUCTURED].values()}
+    assert recorded and recorded <= set(list_methods())
