@@ -18,17 +18,15 @@ from torch import nn
 
 from .adapters import ModelAdapter, get_adapter, load_model
 from .configuration import GBLMConfig
-from .decisions import BlockPruner
 from .evaluation import DEFAULT_EVAL_WINDOWS, DEFAULT_IMAGE_BATCH, Evaluation, Evaluator, make_evaluator
 from .evaluation.harness import TaskEvaluator
-from .gradient_steps import GradientStepsMixin
+from .gradient_phase import GradientSubject, allocate, collect, run_gradient_phase, without_allocation_sums
 from .gradients import GradientAccumulation
-from .methods import get_method
-from .pipelines import Placement, Walk, pipeline_for
+from .pipelines import Placement, PruneRequest, pipeline_class, prune_model
 from .pipelines.offload import offloaded_model, placement_for
 from .planning import check_memory_plan
-from .pruning_map import PruningMap, Stage, prune_settings
-from .publishing.mixin import PublishingMixin, check_base_model_option
+from .pruning_map import PruningMap
+from .publishing.provenance import check_base_model_option
 from .targets import PruneTarget
 from .utils import check_calibration_source, resolve_device, suggest_keywords
 
@@ -39,7 +37,7 @@ def _is_default(value: Any, default: Any) -> bool:
     return value is default or (isinstance(value, (str, int, float)) and value == default)
 
 
-class GBLMPruner(GradientStepsMixin, PublishingMixin):
+class GBLMPruner:
     """Prune a decoder LLM or a timm ViT with GBLM, Wanda, SparseGPT, magnitude, gblm-obs or a registered method.
 
     >>> pruner = GBLMPruner.from_pretrained("path/or/id", GBLMConfig(method="gblm", sparsity=0.5))
@@ -71,14 +69,14 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
         self.gradients: GradientAccumulation | None = None
         self.pruning_map: PruningMap | None = None
         self.sparsities: dict[str, float] = {}
-        self._pass_allocation: dict[str, float] | None = None  # computed between two gradient passes
         self.results: dict[str, float] = {}
         self.timings: dict[str, float] = {}
         self.evaluation: dict[str, dict[str, Any]] = {}  # label -> evaluation settings, for the model card
         self.task_results: dict[str, dict[str, Any]] = {}  # label -> lm-eval task -> metrics and settings
         self._evaluator: Evaluator | None = None
         self.recovery: dict[str, Any] | None = None  # the last recover() stage's settings
-        self._check_targets()
+        self._placement: Placement | None = None
+        pipeline_class(self.config).check(self.model, self.adapter, self.config)  # before any heavy work
 
     @classmethod
     def from_pretrained(
@@ -119,21 +117,12 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
             raise AttributeError("GBLMPruner.report is now GBLMPruner.pruning_map (print it for a summary)")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    # -- checks before heavy work ---------------------------------------------------------------------------------
     def targets(self) -> list[PruneTarget]:
         return self.adapter.select_targets(self.model, self.config)
 
-    def _check_targets(self) -> None:
-        if get_method(self.config.method).structured:  # the family and the fraction, before any heavy work
-            from .structured import check_structured
-
-            check_structured(self.model, self.adapter, self.config, self.config.args)
-            return
-        self.adapter.check_targets(self.model, self.config)
-
     @property
     def placement(self) -> Placement:
-        if getattr(self, "_placement", None) is None:  # one per pruner: a disk placement records what it wrote
+        if self._placement is None:  # one per pruner: a disk placement records what it wrote
             self._placement = placement_for(self.config, self.model, self.adapter.block_path)
         return self._placement
 
@@ -147,6 +136,34 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
             self.calibration = self.adapter.build_calibration(self.config, self.tokenizer, self.preprocessing)
             self._calibration_from_config = True
         return self.calibration
+
+    def gradient_subject(self) -> GradientSubject:
+        """The dense model and its calibration set, as the gradient phase reads them."""
+        calibration = self.calibration_data()
+        return GradientSubject(
+            self.model, self.adapter, self.config, self.placement, calibration, self._calibration_from_config
+        )
+
+    def collect_gradients(
+        self,
+        cache_path: str | Path | None = None,
+        checkpoint_every: int = 0,
+        progress: bool = True,
+        overwrite: bool = False,
+        norms: tuple[str, ...] | None = None,
+        **kwargs: Any,
+    ) -> GradientAccumulation:
+        """Per-sample gradient pass of the dense model over the pruner's own calibration set. `cache_path`: a
+        matching complete cache is reused, a partial one resumed, one made for anything else refused (the error
+        names what differs; the file is left untouched) unless `overwrite`. `norms`: the accumulations to keep
+        (default: every one the config needs)."""
+        if self.pruning_map is not None:
+            raise RuntimeError("the model is already pruned: gradients must come from the dense model")
+        subject = self.gradient_subject()
+        self.gradients, self.timings["gradients_s"] = collect(
+            subject, cache_path, checkpoint_every, progress, overwrite, norms, **kwargs
+        )
+        return self.gradients
 
     def prune(
         self,
@@ -165,56 +182,40 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
         if self.pruning_map is not None:
             raise RuntimeError("this pruner has already pruned its model")
         cfg = self.config
-        method = get_method(cfg.method)
-        pipeline = pipeline_for(cfg, self.placement)
-        if pipeline.needs_data or cfg.needs_gradients or calibration is not None:
+        needs_data = pipeline_class(cfg).needs_data
+        if needs_data or cfg.needs_gradients or calibration is not None:
             self.calibration_data(calibration)
+        allocation = None  # made between two gradient passes
         if cfg.needs_gradients:
             if isinstance(gradients, GradientAccumulation):
                 self.gradients = gradients
             elif gradients is not None or self.gradients is None:
-                self._gradient_passes(gradients, progress)
+                phase = run_gradient_phase(self.gradient_subject(), gradients, progress)
+                self.gradients, allocation = phase.accumulation, phase.allocation
+                self.timings.update(phase.timings)
         start = time.perf_counter()
-        if method.structured:  # whole heads and channels removed (docs/structured.md)
-            from .structured import prune_structured
-
-            self.placement.prepare(self.model)
-            grads = self.gradients.get(cfg.gradient_norm) if cfg.selection_uses_gradients else None
-            self.pruning_map = prune_structured(self.model, self.adapter, cfg, self.calibration, grads, progress)
-            self.timings["prune_s"] = time.perf_counter() - start
-            return self.model
-        per_block = self.adapter.targets_by_block(self.model, cfg.targets, cfg.ignore)
-        if cfg.effective_allocation == "gradient":  # unless allocated between two gradient passes
-            two_pass = self._pass_allocation is not None and "l2" not in self.gradients.norms
-            self.sparsities = self._pass_allocation if two_pass else self._allocate()  # _allocate: a share of prune_s
-            self._release_allocation_sums()
-        pruning_map = PruningMap(pattern=cfg.pattern)
-        grads = self.gradients.get(cfg.gradient_norm) if cfg.selection_uses_gradients else None
-        refine, refine_target = method.refiner(cfg) or (None, "block")
-        pipeline.run(
-            Walk(
-                self.model,
-                self.adapter,
-                per_block,
-                BlockPruner(cfg, pruning_map, grads, self.sparsities),
-                statistic=method.statistic,
-                samples=self.calibration if pipeline.needs_data else (),
-                batch_size=cfg.batch_size,
-                progress=progress,
-                desc=f"{cfg.method}: blocks",
-                refine=refine,
-                refine_target=refine_target,
-            )
+        if cfg.effective_allocation == "gradient":  # a share of prune_s, unless made between two passes
+            if allocation is None:
+                allocation, self.timings["allocation_s"] = allocate(self.gradient_subject(), self.gradients)
+            self.sparsities = allocation
+            self.gradients = without_allocation_sums(cfg, self.gradients)
+        request = PruneRequest(
+            self.model,
+            self.adapter,
+            cfg,
+            calibration=self.calibration if needs_data else (),
+            gradients=self.gradients.get(cfg.gradient_norm) if cfg.selection_uses_gradients else None,
+            sparsities=self.sparsities,
+            progress=progress,
         )
-        pruning_map.stages.append(Stage("prune", cfg.method, prune_settings(cfg.to_dict())))
-        self.pruning_map = pruning_map
+        self.pruning_map = prune_model(request, self.placement)
         self.timings["prune_s"] = time.perf_counter() - start
         logger.info(
             "Pruned %d targets with %s (%s): overall sparsity %.4f in %.1f s",
-            len(pruning_map.targets),
+            len(self.pruning_map.targets),
             cfg.method,
-            cfg.pattern,
-            pruning_map.overall_sparsity,
+            self.pruning_map.pattern,
+            self.pruning_map.overall_sparsity,
             self.timings["prune_s"],
         )
         return self.model
@@ -237,6 +238,83 @@ class GBLMPruner(GradientStepsMixin, PublishingMixin):
         config = config or RecoveryConfig()
         return run_recovery(self, config, teacher, evaluate, callbacks, progress)
 
+    # -- publishing -------------------------------------------------------------------------------------------------
+    def sidecar(self, repo_id: str | None = None, base_model: str | None = None) -> dict[str, Any]:
+        """The `gblm_config.json` content (format 2): config, provenance, pruning map, calibration, results."""
+        from .publishing.sidecar import build_sidecar
+
+        return build_sidecar(
+            config=self.config,
+            model=self.model,
+            model_id=self.model_id,
+            adapter=self.adapter,
+            base_model=base_model or self.base_model,
+            pruning_map=self.pruning_map,
+            calibration=None if self.calibration is None else self.adapter.describe_calibration(self.calibration),
+            results=self.results,
+            timings=self.timings,
+            evaluation=self.evaluation,
+            repo_id=repo_id,
+            tasks=self.task_results,
+        )
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        overwrite: bool = False,
+        model_card: bool = True,
+        repo_id: str | None = None,
+        allow_dense: bool = False,
+        base_model: str | None = None,
+    ) -> Path:
+        """Write weights (the family's native format, exact zeros), tokenizer / preprocessing, side-car and card,
+        atomically. `repo_id` (set by `push_to_hub`) makes the card's snippets name the repo the folder goes to;
+        `base_model` names the base model's Hub id for this save. A model that was not pruned is refused unless
+        `allow_dense=True`, which saves it labelled dense (no pruning map, a card that claims no sparsity)."""
+        from .publishing.checkpoint import check_pruned, save_checkpoint
+
+        check_pruned(self.pruning_map, allow_dense)
+        return save_checkpoint(
+            save_directory,
+            lambda folder: self.placement.save_model(self.model, folder, self.adapter, self.tokenizer),
+            self.sidecar(repo_id, check_base_model_option(base_model)),
+            overwrite=overwrite,
+            model_card=model_card,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        save_directory: str | Path | None = None,
+        overwrite: bool = False,
+        allow_dense: bool = False,
+    ) -> str:
+        """Save with `save_pretrained` (to a temporary folder unless `save_directory`) and upload that exact folder,
+        generated card included. Returns the commit URL (a str with `.oid`). A model that was not pruned is refused
+        unless `allow_dense=True` (then published labelled dense)."""
+        from .publishing.checkpoint import check_pruned
+        from .publishing.hub import push_saved
+
+        check_pruned(self.pruning_map, allow_dense)
+        options = dict(private=private, token=token, commit_message=commit_message, revision=revision)
+        return push_saved(
+            lambda folder, overwrite: self.save_pretrained(
+                folder, overwrite, repo_id=repo_id, allow_dense=allow_dense
+            ),
+            repo_id,
+            **options,
+            endpoint=endpoint,
+            save_directory=save_directory,
+            overwrite=overwrite,
+            allow_dense=allow_dense,
+        )
+
+    # -- evaluation -------------------------------------------------------------------------------------------------
     @property
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:

@@ -64,7 +64,7 @@ def test_compare_methods_example(tiny):
 
 def test_demo_example_shares_one_gradient_pass(tiny, tmp_path, monkeypatch):
     """`make demo` on the tiny model: every method of the table, and gblm + gblm-obs from ONE gradient pass."""
-    import optimum_gblm.gradient_steps as steps_module
+    import optimum_gblm.gradient_phase as steps_module
 
     passes = []
     real = steps_module.run_collection

@@ -281,7 +281,7 @@ def test_an_expert_with_too_few_routed_tokens_is_pruned_by_magnitude(caplog, pat
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     pruner = GBLMPruner(model, _cfg("sparsegpt", pattern))
     pruner.adapter.min_expert_tokens = 10**6
-    with caplog.at_level(logging.WARNING, logger="optimum_gblm.decisions"):
+    with caplog.at_level(logging.WARNING, logger="optimum_gblm.pipelines.masking"):
         pruner.prune(calibration=IDS, progress=False)
     warned = [r.getMessage() for r in caplog.records if "calibration tokens" in r.getMessage()]
     assert len(warned) == 8 and all("(< 1000000): pruned by |W| instead of sparsegpt" in m for m in warned)

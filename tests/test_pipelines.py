@@ -13,9 +13,16 @@ from torch import nn
 from optimum_gblm import GBLMConfig, GBLMPruner, list_methods
 from optimum_gblm.adapters import DecoderAdapter, get_adapter
 from optimum_gblm.adapters.decoder import LLAMA_SHARED_INPUTS
-from optimum_gblm.decisions import BlockPruner
 from optimum_gblm.methods import get_method
-from optimum_gblm.pipelines import BlockByBlock, Walk, WholeModel, list_pipelines, pipeline_for, register_pipeline
+from optimum_gblm.pipelines import (
+    BlockByBlock,
+    BlockPruner,
+    Walk,
+    WholeModel,
+    list_pipelines,
+    pipeline_for,
+    register_pipeline,
+)
 from optimum_gblm.pipelines.datafree import DataFreePipeline
 from optimum_gblm.pipelines.sequential import SequentialPipeline
 from optimum_gblm.pruning_map import PruningMap
@@ -224,11 +231,17 @@ def test_block_by_block_keeps_the_model_on_the_cpu(calib_ids):
 
 
 # -- the pipeline registry --------------------------------------------------------------------------------------------
-def test_pipeline_for_picks_by_the_methods_statistic():
-    assert list_pipelines() == ["datafree", "sequential"]
+def test_pipeline_for_picks_the_declared_pipeline_or_by_the_methods_statistic():
+    assert list_pipelines() == ["datafree", "sequential", "structured"]
     for method in list_methods():
+        declared = get_method(method).pipeline
         expected = SequentialPipeline if get_method(method).statistic else DataFreePipeline
+        if declared is not None:
+            expected = type(pipeline_for(GBLMConfig(method=method)))
+            assert expected.name == declared, method
         assert type(pipeline_for(GBLMConfig(method=method))) is expected, method
+    structured = [m for m in list_methods() if get_method(m).structured]
+    assert structured and all(pipeline_for(GBLMConfig(method=m)).name == "structured" for m in structured)
     for method in ("magnitude", "gradient"):
         assert isinstance(pipeline_for(GBLMConfig(method=method)), DataFreePipeline)
     for method in ("wanda", "sparsegpt"):
@@ -250,3 +263,57 @@ def test_a_data_free_method_on_the_sequential_pipeline_gives_the_same_masks(cali
     sequential = _pruned_state(_cfg("magnitude", pipeline="sequential"), calib_ids)
     _assert_same_state(datafree, sequential)
     assert sum(int((v == 0).sum()) for v in datafree.values()) > 0
+
+
+def test_a_new_kind_of_method_is_one_more_registered_pipeline(calib_ids):
+    """A method that declares its own pipeline is checked and pruned by it: the pruner has no branch per kind."""
+    import optimum_gblm.pipelines as pipelines
+    from optimum_gblm import PruningMethod, register_method
+    from optimum_gblm.methods import registry
+    from optimum_gblm.pipelines import Pipeline
+    from optimum_gblm.pruning_map import Stage
+
+    calls = []
+
+    class HalveEveryWeight(Pipeline):
+        name = "toy-halve"
+        description = "halves every target weight (a test)"
+        needs_data = True
+
+        @classmethod
+        def check(cls, model, adapter, config):
+            calls.append("check")
+
+        def prune(self, request):
+            calls.append(("prune", len(request.calibration)))
+            pruning_map = PruningMap(pattern=request.config.pattern)
+            for block in request.adapter.targets_by_block(request.model, [], []):
+                for target in block:
+                    target.weight().mul_(0.5)
+                    pruning_map.record(target.name, target.weight(), 0.0, target.input_site)
+            pruning_map.stages.append(Stage("prune", request.config.method, {}))
+            return pruning_map
+
+    methods_before, pipelines_before = dict(registry._REGISTRY), dict(pipelines._PIPELINES)
+    try:
+        register_pipeline(HalveEveryWeight)
+
+        @register_method
+        class Halve(PruningMethod):
+            name = "toy-halve"
+            pipeline = "toy-halve"
+            description = card_description = "halves every weight (a test)"
+
+        model = tiny_model()
+        weight = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+        pruner = GBLMPruner(model, GBLMConfig(method="toy-halve", num_samples=4, seqlen=16, device="cpu"))
+        assert calls == ["check"]
+        pruner.prune(calib_ids, progress=False)
+        assert calls == ["check", ("prune", 4)]
+        torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight, weight * 0.5, rtol=0, atol=0)
+        assert pruner.pruning_map.stages[-1].method == "toy-halve"
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(methods_before)
+        pipelines._PIPELINES.clear()
+        pipelines._PIPELINES.update(pipelines_before)

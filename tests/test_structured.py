@@ -227,3 +227,47 @@ def test_cli_prunes_structured_and_plain_transformers_reloads(tmp_path):
     assert model.config.intermediate_size == config["intermediate_size"] < 128
     bad = cli("prune", *tiny_options(assets), "--method", "flap", "--sparsity", "0.99", "--output", tmp_path / "x")
     assert bad.returncode != 0 and "would empty blocks" in bad.stderr and not (tmp_path / "x").exists()
+
+
+# -- a structured method registered from outside the package --------------------------------------------------------
+def test_a_structured_method_registered_outside_the_package_prunes_end_to_end(tmp_path):
+    """A new structured method is one class: it declares nothing but its scores (the structured pipeline is picked
+    from its declarations), prunes, saves and reloads like the built-in ones."""
+    from optimum_gblm import register_method
+    from optimum_gblm.methods import registry
+    from optimum_gblm.methods.structured import StructuredMethod
+
+    before = dict(registry._REGISTRY)
+    try:
+
+        @register_method
+        class WeightNormSP(StructuredMethod):
+            name = "toy-weight-norm-sp"
+            description = "structured: the L2 norm of each head's query rows and each channel's gate rows (a test)"
+            card_description = "a test method that removes the heads and channels of smallest weight norm"
+
+            def unit_scores(self, layer, args):
+                q = layer.weights["self_attn.q_proj"].double()
+                heads = q.reshape(-1, layer.head_dim * q.shape[1]).norm(dim=1)
+                return heads, layer.weights["mlp.gate_proj"].double().norm(dim=1)
+
+        model = tiny_model("llama", **GQA)
+        dense = copy.deepcopy(model)
+        pruner = GBLMPruner(model, _cfg(WeightNormSP.name, mode="uniform"))
+        pruner.prune(CALIB, progress=False)
+        assert pruner.pruning_map.pattern == "structured"
+        assert pruner.pruning_map.stages[-1].method == WeightNormSP.name
+        kept_channels = model.model.layers[0].mlp.gate_proj.out_features
+        assert kept_channels < dense.model.layers[0].mlp.gate_proj.out_features
+        # the kept channels are those of largest gate-row norm, in order
+        norms = dense.model.layers[0].mlp.gate_proj.weight.double().norm(dim=1)
+        expected = sorted(torch.argsort(norms, descending=True)[:kept_channels].tolist())
+        assert pruner.pruning_map.targets["model.layers.0.mlp.gate_proj"].kept["channels"] == expected
+        folder = pruner.save_pretrained(tmp_path / "toy")
+        reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(CALIB).logits, model(CALIB).logits, rtol=0, atol=1e-5)
+        assert WeightNormSP.card_description in (folder / "README.md").read_text()
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(before)

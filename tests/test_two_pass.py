@@ -3,12 +3,15 @@ accumulator held at a time, with the same sparsities, masks and weights as the s
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import replace
 
 import pytest
 import torch
 
-import optimum_gblm.gradient_steps as steps
+import optimum_gblm.gradient_phase as phase
+import optimum_gblm.pruner as pruner_module
 from optimum_gblm import GBLMConfig, GBLMPruner
 from optimum_gblm.adapters import get_adapter
 from optimum_gblm.gradients import gradient_passes, required_norms
@@ -43,17 +46,21 @@ def test_two_passes_give_the_same_sparsities_masks_and_weights(calib_ids):
 
 def test_one_accumulator_is_held_at_a_time(calib_ids, monkeypatch):
     pruner = GBLMPruner(tiny_model("llama"), _config(two_pass_gradients=True))
-    seen = []
-    collect = steps.run_collection
+    seen, results = [], []
+    collect = phase.run_collection
 
     def spy(*args, **kwargs):
-        seen.append((kwargs["norms"], pruner.gradients))  # what the pruner still holds when a pass starts
-        return collect(*args, **kwargs)
+        gc.collect()  # what is still referenced when a pass starts: the pruner's or an earlier pass's sums
+        seen.append((kwargs["norms"], pruner.gradients, [alive() for alive in results]))
+        accumulation = collect(*args, **kwargs)
+        results.append(weakref.ref(accumulation))
+        return accumulation
 
-    monkeypatch.setattr(steps, "run_collection", spy)
+    monkeypatch.setattr(phase, "run_collection", spy)
     pruner.prune(calib_ids, progress=False)
-    assert [norms for norms, _ in seen] == [("l2",), ("l1",)]
-    assert all(held is None for _, held in seen)  # the l2 accumulators were let go before the l1 pass
+    assert [norms for norms, _, _ in seen] == [("l2",), ("l1",)]
+    assert all(held is None for _, held, _ in seen)
+    assert seen[1][2] == [None]  # the l2 accumulation was let go before the l1 pass started
 
 
 def test_gradient_passes_of_each_config():
@@ -81,7 +88,7 @@ def test_two_passes_are_refused_where_one_accumulator_is_all_there_is(overrides)
 
 def test_two_passes_with_a_gradient_cache_are_refused_before_any_pass(calib_ids, tmp_path, monkeypatch):
     pruner = GBLMPruner(tiny_model("llama"), _config(two_pass_gradients=True))
-    monkeypatch.setattr(steps, "run_collection", lambda *a, **k: pytest.fail("a gradient pass ran"))
+    monkeypatch.setattr(phase, "run_collection", lambda *a, **k: pytest.fail("a gradient pass ran"))
     with pytest.raises(ValueError, match="two_pass_gradients=True cannot use a gradient cache"):
         pruner.prune(calib_ids, gradients=tmp_path / "grads.safetensors", progress=False)
     assert not (tmp_path / "grads.safetensors").exists() and pruner.pruning_map is None
@@ -102,13 +109,13 @@ def test_a_gradient_allocation_alone_collects_only_the_l2_sums(method, calib_ids
 def test_pruning_lets_go_of_the_allocation_sums_but_not_of_a_callers(calib_ids, monkeypatch):
     pruner = GBLMPruner(tiny_model("llama"), _config())
     seen = []
-    real = steps.GradientStepsMixin._allocate
+    real = pruner_module.allocate
 
-    def spy(self):
-        seen.append(self.gradients.norms)  # both sums when the allocation is made
-        return real(self)
+    def spy(subject, accumulation):
+        seen.append(accumulation.norms)  # both sums when the allocation is made
+        return real(subject, accumulation)
 
-    monkeypatch.setattr(steps.GradientStepsMixin, "_allocate", spy)
+    monkeypatch.setattr(pruner_module, "allocate", spy)
     pruner.prune(calib_ids, progress=False)
     assert seen == [("l1", "l2")] and pruner.gradients.norms == ("l1",)
     # An accumulation passed in by the caller is not changed: the pruner only stops holding its l2 sums.

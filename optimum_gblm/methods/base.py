@@ -62,6 +62,9 @@ class PruningMethod:
     statistic: ClassVar[str | None] = None
     groups: ClassVar[tuple[str, ...]] = ("row", "layer")  # the first one is the default
     default_allocation: ClassVar[str] = "uniform"
+    # The registered pipeline that prunes with this method (optimum_gblm/pipelines); None: datafree or sequential,
+    # from `statistic` and the config's choice. Structured methods run on "structured".
+    pipeline: ClassVar[str | None] = None
     # Structured methods remove whole heads / channels (optimum_gblm/structured); `sparsity` is then the fraction of
     # the targeted blocks' parameters removed.
     structured: ClassVar[bool] = False

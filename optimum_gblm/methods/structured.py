@@ -76,6 +76,7 @@ class LayerEvidence:
 
 class StructuredMethod(PruningMethod):
     structured = True
+    pipeline = "structured"
     statistic = "fluctuation"
     groups = ("structure",)
     args = StructuredArgs

@@ -1,17 +1,24 @@
-"""Calibration pipelines: a registry of ways to walk a model (data-free, sequential), with placement and
-intermediates as hook points (see placement.py)."""
+"""Pipelines: a registry of ways to prune a model (data-free and sequential for mask-based methods, structured for
+methods that remove heads and channels), with placement and intermediates as hook points (see placement.py).
+
+A method names its pipeline (`PruningMethod.pipeline`) or leaves it to its statistic: datafree for a score that needs
+no forward pass, sequential otherwise (`GBLMConfig.pipeline` chooses between those two). `prune_model` is the one
+route every prune takes."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import BlockHandler, Pipeline, Walk
+from .base import BlockHandler, Pipeline, PruneRequest, Walk
 from .datafree import DataFreePipeline
+from .masking import BlockPruner, MaskPipeline
 from .placement import BlockByBlock, IntermediatesStore, Placement, WholeModel, place_model
 from .sequential import SequentialPipeline
+from .structured import StructuredPipeline
 
 if TYPE_CHECKING:
     from ..configuration import GBLMConfig
+    from ..pruning_map import PruningMap
 
 _PIPELINES: dict[str, type[Pipeline]] = {}
 
@@ -27,31 +34,48 @@ def list_pipelines() -> list[str]:
     return list(_PIPELINES)
 
 
-def pipeline_for(config: GBLMConfig, placement: Placement | None = None) -> Pipeline:
-    """The config's pipeline; `auto` picks datafree for methods without input statistics, else sequential."""
+def pipeline_class(config: GBLMConfig) -> type[Pipeline]:
+    """The pipeline the config's method declares; for a method that declares none, the config's choice, where
+    `auto` picks datafree for methods without input statistics, else sequential."""
     from ..methods import get_method
 
-    name = config.pipeline
+    method = get_method(config.method)
+    name = method.pipeline or config.pipeline
     if name == "auto":
-        name = "datafree" if get_method(config.method).statistic is None else "sequential"
+        name = "datafree" if method.statistic is None else "sequential"
     if name not in _PIPELINES:
         raise ValueError(f"pipeline={name!r} is unknown: choose one of {', '.join(list_pipelines())}")
-    return _PIPELINES[name](placement, config.intermediates)
+    return _PIPELINES[name]
 
 
-for _cls in (DataFreePipeline, SequentialPipeline):
+def pipeline_for(config: GBLMConfig, placement: Placement | None = None) -> Pipeline:
+    """The config's pipeline (`pipeline_class`), with its placement and intermediates."""
+    return pipeline_class(config)(placement, config.intermediates)
+
+
+def prune_model(request: PruneRequest, placement: Placement | None = None) -> PruningMap:
+    """Prune `request.model` in place with the pipeline its config's method runs on; returns the pruning map."""
+    return pipeline_for(request.config, placement).prune(request)
+
+
+for _cls in (DataFreePipeline, SequentialPipeline, StructuredPipeline):
     register_pipeline(_cls)
 
 __all__ = [
     "BlockByBlock",
     "BlockHandler",
+    "BlockPruner",
     "IntermediatesStore",
+    "MaskPipeline",
     "Pipeline",
     "Placement",
+    "PruneRequest",
     "Walk",
     "WholeModel",
     "list_pipelines",
+    "pipeline_class",
     "pipeline_for",
     "place_model",
+    "prune_model",
     "register_pipeline",
 ]

@@ -1,11 +1,15 @@
-"""The pipeline interface: a pipeline walks the blocks of a model, owns placement and the intermediates, and hands
-each block's targets (with their input statistics, when the method needs them) to a block handler that decides and
-applies the pruning."""
+"""The pipeline interface: a pipeline prunes a model for one method kind (`prune(request) -> PruningMap`), owns the
+placement and the intermediates, and checks before any heavy work that it can prune the model (`check`).
+
+The mask-based pipelines (masking.py) walk the blocks and hand each block's targets (with their input statistics,
+when the method needs them) to a block handler that decides and applies the pruning; the structured pipeline
+(structured.py) scores and removes whole heads and channels. A method declares its pipeline (`PruningMethod.pipeline`),
+or gets datafree / sequential from its statistic."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..statistics import InputStatistics
@@ -13,9 +17,12 @@ from ..targets import PruneTarget
 from .placement import Placement, WholeModel
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from ..adapters import ModelAdapter
+    from ..configuration import GBLMConfig
+    from ..pruning_map import PruningMap
 
 # (block index, the block's targets, statistics by target name; the targets of one input site share one object)
 BlockHandler = Callable[[int, list[PruneTarget], dict[str, InputStatistics]], None]
@@ -44,6 +51,21 @@ class Walk:
     refine_target: str = "block"
 
 
+@dataclass
+class PruneRequest:
+    """Everything one prune reads: the model and its adapter, the config, the calibration samples (empty for a
+    pipeline that needs no data), the selection's gradient sums by target name (None when the method reads none)
+    and the allocated sparsity of each target (empty: `config.sparsity` everywhere)."""
+
+    model: nn.Module
+    adapter: ModelAdapter
+    config: GBLMConfig
+    calibration: Sequence[Any] = ()
+    gradients: Mapping[str, torch.Tensor] | None = None
+    sparsities: dict[str, float] = field(default_factory=dict)
+    progress: bool = True
+
+
 class Pipeline:
     name: ClassVar[str]
     description: ClassVar[str]
@@ -53,6 +75,11 @@ class Pipeline:
         self.placement = placement or WholeModel("cpu")
         self.intermediates = intermediates
 
-    def run(self, walk: Walk) -> None:
-        """Walk every block of `walk.model`, handing each block's targets (and statistics) to `walk.handler`."""
+    @classmethod
+    def check(cls, model: nn.Module, adapter: ModelAdapter, config: GBLMConfig) -> None:
+        """Refuse, before any heavy work, a model this pipeline cannot prune with `config` (`ValueError`)."""
+        adapter.check_targets(model, config)
+
+    def prune(self, request: PruneRequest) -> PruningMap:
+        """Prune `request.model` in place and return what was pruned."""
         raise NotImplementedError

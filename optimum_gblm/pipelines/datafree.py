@@ -5,10 +5,11 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 from ..utils import inference_mode
-from .base import Pipeline, Walk
+from .base import Walk
+from .masking import MaskPipeline
 
 
-class DataFreePipeline(Pipeline):
+class DataFreePipeline(MaskPipeline):
     name = "datafree"
     description = "no calibration forward pass: every block's targets are pruned from their weights (and gradients)"
     needs_data = False

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from ..statistics import InputStatistics
 from ..targets import PruneTarget, group_by_site
 from ..utils import forwards_replaced, inference_mode, move_to
-from .base import Pipeline, Walk
+from .base import Walk
+from .masking import MaskPipeline
 from .placement import IntermediatesStore
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def observe_sites(sites: dict[str, list[PruneTarget]], stats: dict[str, InputSta
             handle.remove()
 
 
-class SequentialPipeline(Pipeline):
+class SequentialPipeline(MaskPipeline):
     name = "sequential"
     description = "block by block: statistics from the dense block, prune, re-run the pruned block for the next"
     needs_data = True

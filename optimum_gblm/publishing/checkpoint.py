@@ -103,6 +103,15 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_pruned(pruning_map: PruningMap | None, allow_dense: bool) -> None:
+    """Refuse, before anything is written or sent, to save or publish a model that was never pruned."""
+    if pruning_map is None and not allow_dense:
+        raise RuntimeError(
+            "this model was not pruned: call prune() before saving or pushing it, or pass allow_dense=True to "
+            "save it as a dense checkpoint (labelled dense, no pruning map)"
+        )
+
+
 def save_checkpoint(
     save_directory: str | Path,
     write_weights: Callable[[Path], None],

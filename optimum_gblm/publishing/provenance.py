@@ -115,3 +115,8 @@ def library_versions() -> dict[str, str]:
         with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
     return versions
+
+
+def check_base_model_option(base_model: str | None) -> str | None:
+    """The Hub id the user names as the base model (None: not named), checked before anything is loaded or written."""
+    return check_base_model(base_model) if base_model else None

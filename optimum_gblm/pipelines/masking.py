@@ -1,4 +1,6 @@
-"""The block handler of a prune run: build each target's job, let the method decide, apply, record in the map."""
+"""Mask-based pruning (every method that zeroes weights in place): the block handler that builds each target's job,
+lets the method decide, applies the mask and records it in the map, and the base of the pipelines that walk the
+blocks for it (datafree, sequential)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .masks import NonFiniteScoresError, check_finite, select_mask
-from .methods import TargetJob, get_method
-from .pruning_map import PruningMap
+from ..masks import NonFiniteScoresError, check_finite, select_mask
+from ..methods import TargetJob, get_method
+from ..pruning_map import PruningMap, Stage, prune_settings
+from .base import Pipeline, PruneRequest, Walk
 
 if TYPE_CHECKING:
-    from .configuration import GBLMConfig
-    from .statistics import InputStatistics
-    from .targets import PruneTarget
+    from ..configuration import GBLMConfig
+    from ..statistics import InputStatistics
+    from ..targets import PruneTarget
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +85,35 @@ class BlockPruner:
                 raise NonFiniteScoresError(f"{target.name} (method {self.method.name!r}): {err}") from None
             self.pruning_map.record(target.name, job.weight, sparsity, target.input_site)
         logger.debug("block %d: %d targets pruned", index, len(targets))
+
+
+class MaskPipeline(Pipeline):
+    """A pipeline for mask-based methods: it walks the blocks (`run`), and `BlockPruner` prunes each block's targets
+    with the method, in place, recording each one in the pruning map."""
+
+    def run(self, walk: Walk) -> None:
+        """Walk every block of `walk.model`, handing each block's targets (and statistics) to `walk.handler`."""
+        raise NotImplementedError
+
+    def prune(self, request: PruneRequest) -> PruningMap:
+        cfg, model, adapter = request.config, request.model, request.adapter
+        method = get_method(cfg.method)
+        pruning_map = PruningMap(pattern=cfg.pattern)
+        refine, refine_target = method.refiner(cfg) or (None, "block")
+        self.run(
+            Walk(
+                model,
+                adapter,
+                adapter.targets_by_block(model, cfg.targets, cfg.ignore),
+                BlockPruner(cfg, pruning_map, request.gradients, request.sparsities),
+                statistic=method.statistic,
+                samples=request.calibration if self.needs_data else (),
+                batch_size=cfg.batch_size,
+                progress=request.progress,
+                desc=f"{cfg.method}: blocks",
+                refine=refine,
+                refine_target=refine_target,
+            )
+        )
+        pruning_map.stages.append(Stage("prune", cfg.method, prune_settings(cfg.to_dict())))
+        return pruning_map
