@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -60,14 +61,19 @@ def resolve_device(device: str) -> torch.device:
 FILE_SUFFIXES = frozenset(
     {".txt", ".md", ".json", ".jsonl", ".csv", ".parquet", ".arrow", ".safetensors", ".bin", ".pth", ".gguf"}
 )
+_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\x, C:/x (a Hub id has no colon)
 
 
 def looks_like_local_path(name: str) -> bool:
-    """Only a local path can look like this: Hub ids (models, datasets) are `name` or `org/name`."""
+    """Only a local path can look like this: Hub ids (models, datasets) are `name` or `org/name`, without a
+    backslash, a drive letter or a file suffix. Decided from the name alone: whether the path exists is the
+    caller's question (a missing one is an error before `transformers` / `datasets` try the Hub with it)."""
     return (
-        name.startswith(("/", "./", "../", "~", ".\\"))
+        name in (".", "..")
+        or name.startswith(("/", "./", "../", "~", ".\\"))
         or name.count("/") > 1
         or "\\" in name
+        or _DRIVE.match(name) is not None
         or Path(name).suffix.lower() in FILE_SUFFIXES
     )
 
@@ -167,20 +173,62 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def requires_grad_flags(model: nn.Module) -> dict[str, bool]:
+    """Each parameter's `requires_grad`, by name: what `restore_requires_grad` puts back."""
+    return {name: p.requires_grad for name, p in model.named_parameters()}
+
+
+def restore_requires_grad(model: nn.Module, flags: dict[str, bool], missing: bool | None = None) -> None:
+    """Put back the `requires_grad_flags` of `model`; a parameter they do not name gets `missing` (None: keeps its
+    own)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(flags.get(name, p.requires_grad if missing is None else missing))
+
+
+@contextlib.contextmanager
+def model_state(
+    model: nn.Module,
+    trainable: Iterable[nn.Parameter] | None = None,
+    train: bool | None = None,
+    clear_grads: bool = False,
+) -> Iterator[None]:
+    """For the duration, only `trainable` require grad (None: the flags are left alone), the model is in train
+    mode `train` (None: left alone), and with `clear_grads` no parameter holds a `.grad` (dropped on entry and on
+    exit). What was changed is restored on exit, also on errors: the flags by name, the mode by `model.train`."""
+    flags = requires_grad_flags(model) if trainable is not None else None
+    training = model.training
+    try:
+        for p in model.parameters():
+            if flags is not None:
+                p.requires_grad_(False)
+            if clear_grads:
+                p.grad = None
+        for p in trainable or ():
+            p.requires_grad_(True)
+        if train is not None:
+            model.train(train)
+        yield
+    finally:
+        if clear_grads:
+            for p in model.parameters():
+                p.grad = None
+        if flags is not None:
+            restore_requires_grad(model, flags)
+        if train is not None:
+            model.train(training)
+
+
 @contextlib.contextmanager
 def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode, no autograd and no KV cache for the duration; the previous state is restored, also on errors."""
-    was_training = model.training
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
-    model.eval()
     if use_cache is not None:
         config.use_cache = False
     try:
-        with torch.no_grad():
+        with model_state(model, train=False), torch.no_grad():
             yield model
     finally:
-        model.train(was_training)
         if use_cache is not None:
             config.use_cache = use_cache
 

@@ -7,6 +7,7 @@ under `if TYPE_CHECKING:`), so a lazy import inside a function cannot hide a cyc
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,4 +174,57 @@ def test_no_method_names_outside_the_registry():
             spelled = isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
             if spelled and id(node) not in docstrings and (where, node.value) not in allowed:
                 offenders.append(f"{where}:{node.lineno} {node.value!r}")
-    assert not offenders, offenders
+    assert not offenders, "\n".join(offenders)
+
+
+# Names that are also ordinary words or the command's own name: prose may use them without listing methods.
+PROSE_WORDS = {"gradient", "magnitude", "gblm"}
+PROSE_ROOTS = (PACKAGE / "commands", PACKAGE.parent / "optimum")
+
+
+def listed_names(text: str, names: set[str]) -> set[str]:
+    """The registered names `text` spells as whole words (case-insensitive; '-' and '_' belong to a word, so
+    'wanda-sp' is not 'wanda' and './my-llama' is no family). A command line's `--method NAME` is an example,
+    not a list: it does not count."""
+    text = re.sub(r"--method[ =]\S+", " ", text.lower())
+    return {word for word in re.findall(r"[\w-]+", text) if word in names}
+
+
+def hand_written_lists(paths: list[Path], names: set[str]) -> list[str]:
+    """Every string literal (docstrings, help texts and the literal parts of f-strings) that spells two or more
+    of `names`: a list that the next registered method or family would make wrong."""
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                spelled = listed_names(node.value, names)
+                if len(spelled) >= 2:
+                    where = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path.name
+                    found.append(f"{where}:{node.lineno} {sorted(spelled)}")
+    return found
+
+
+def test_hand_written_lists_are_found(tmp_path):
+    source = tmp_path / "help.py"
+    source.write_text(
+        'HELP = "Prune with GBLM-Pruner, Wanda, SparseGPT or magnitude"\n'
+        'EXAMPLES = "  cli --method wanda --pattern 2:4 --model ./my-llama\\n  cli --method=sparsegpt"\n'
+        'ONE = f"--method {1}: wanda-sp scores whole heads"\n'
+        'def f():\n    """Qwen2 and LLaMA models."""\n'
+    )
+    methods = {"gblm", "wanda", "sparsegpt", "wanda-sp", "magnitude"} - PROSE_WORDS
+    assert hand_written_lists([source], methods) == ["help.py:1 ['sparsegpt', 'wanda']"]
+    assert hand_written_lists([source], {"llama", "qwen2"}) == ["help.py:5 ['llama', 'qwen2']"]
+
+
+def test_no_hand_written_method_or_family_lists_in_the_cli_prose():
+    """The CLI's help texts and docstrings take their lists of methods and model families from the registries
+    (commands/overview.py); spelling two names in one text is a list that goes stale when one is registered."""
+    from optimum_gblm import list_methods
+    from optimum_gblm.adapters.families import DECODER_FAMILIES
+
+    paths = sorted(p for root in PROSE_ROOTS for p in root.rglob("*.py"))
+    assert any(p.name == "register_gblm.py" for p in paths) and any(p.name == "prune.py" for p in paths)
+    offenders = hand_written_lists(paths, set(list_methods()) - PROSE_WORDS)
+    offenders += hand_written_lists(paths, set(DECODER_FAMILIES))
+    assert not offenders, "\n".join(offenders)

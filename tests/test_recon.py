@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_model
 
 from optimum_gblm import GBLMConfig, GBLMPruner
+from optimum_gblm.blocks import run_block
 from optimum_gblm.methods import get_method
 from optimum_gblm.methods import recon as recon_module
 from optimum_gblm.methods.recon import reconstruct_block, reconstruction_error
@@ -55,7 +56,7 @@ def test_reconstruction_keeps_zeros_changes_kept_weights_and_lowers_the_error():
     kwargs = {"position_embeddings": model.model.rotary_emb(states[0], position)}
     inputs = [(x, kwargs) for x in states]
     with torch.no_grad():
-        dense_out = [recon_module._run(block, x, kw, torch.float32) for x, kw in inputs]
+        dense_out = [run_block(block, x, kw, torch.float32) for x, kw in inputs]
     weights = [block.self_attn.o_proj.weight, block.mlp.down_proj.weight]
     with torch.no_grad():
         for w in weights:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,3 +308,21 @@ def test_public_api_exports_the_extension_points():
     )
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
         optimum_gblm.NoSuchName  # noqa: B018
+
+
+def test_the_cli_help_lists_what_is_registered(random_method, toy_adapter):
+    """The help's lists of methods and models come from the registries: a method or adapter registered later is
+    named without editing any help text, and every built-in method and decoder family is named."""
+    from optimum_gblm.adapters.families import DECODER_FAMILIES
+    from optimum_gblm.commands.overview import cli_description, model_help, prune_help
+
+    description, flat = cli_description(), " ".join(cli_description().split())
+    assert "GBLM-Pruner" in description and "\nmethods:" in description and "\nmodels:" in description
+    for name in list_methods():
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flat), name
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", prune_help()), name
+    assert "structured, whole heads / channels removed" in flat
+    for family in DECODER_FAMILIES:
+        assert family in flat and family in model_help(), family
+    assert "ToyNet (tests)" in flat and "ToyNet (tests)" in model_help()
+    assert f"one of {len(list_methods())} methods" in prune_help()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..targets import PruneTarget
-from ..utils import DTYPES
+from ..utils import DTYPES, looks_like_local_path
 from .base import LoadedModel, ModelAdapter
 from .discovery import check_causal_decoder, decoder_block_targets, find_decoder_layers, layer_has_targets
 from .experts import MIN_EXPERT_TOKENS
@@ -44,12 +44,8 @@ LLAMA_SHARED_INPUTS = {
 }
 
 
-def _looks_local(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or Path(name).suffix in (".safetensors", ".bin", ".pth")
-
-
 def _check_path(source: str) -> None:
-    if not Path(source).expanduser().exists() and _looks_local(source):
+    if looks_like_local_path(source) and not Path(source).expanduser().exists():
         raise FileNotFoundError(f"model path {source!r} does not exist")
 
 

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from optimum.commands.base import BaseOptimumCLICommand
 
+from ..utils import looks_like_local_path
 from .errors import CommandFailed, UsageError
 from .options import EVAL_SOURCES, add_logging_arguments
 
@@ -89,14 +90,8 @@ def setup_logging(level: str, debug: bool = False) -> None:
 
 
 # -- checks that run before loading anything ---------------------------------------------------------------------
-def _path_like(name: str) -> bool:
-    from ..utils import looks_like_local_path
-
-    return looks_like_local_path(name)
-
-
 def check_model_path(model: str | None) -> None:
-    if model is not None and _path_like(model) and not Path(model).expanduser().exists():
+    if model is not None and looks_like_local_path(model) and not Path(model).expanduser().exists():
         raise UsageError(
             f"model path {model!r} does not exist: pass a model folder, a Hub id (org/name), "
             "or omit --model for the embedded SmolLM2-135M"
@@ -160,7 +155,7 @@ def check_eval_source(source: str | None, model: str | None = None) -> None:
     if (
         source is not None
         and source not in EVAL_SOURCES
-        and _path_like(source)
+        and looks_like_local_path(source)
         and not Path(source).expanduser().exists()
     ):
         raise UsageError(

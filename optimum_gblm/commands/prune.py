@@ -32,6 +32,7 @@ from .options import (
     max_windows_kwargs,
     methods_epilog,
 )
+from .overview import model_help, prune_help
 from .push import hub_kwargs, load_push_folder
 from .tasks import add_task_arguments, check_task_arguments, summary_table, task_options
 
@@ -42,9 +43,7 @@ def add_model_argument(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--model",
         metavar="PATH_OR_ID",
-        help="Model folder or Hub id: a transformers causal LM (LLaMA, Mistral, Qwen, Gemma, Phi-3, MoE, ...; "
-        "docs/families.md) or a timm ViT "
-        "(default: the embedded SmolLM2-135M-Instruct, with the embedded offline corpus).",
+        help=model_help(),
     )
 
 
@@ -71,9 +70,7 @@ def eval_kwargs(pruner: Any, args: argparse.Namespace, seqlen: int) -> dict[str,
 
 
 class PruneCommand(GBLMSubcommand):
-    COMMAND = CommandInfo(
-        name="prune", help="Prune a model with GBLM-Pruner, Wanda, SparseGPT, magnitude or gblm-obs."
-    )
+    COMMAND = CommandInfo(name="prune", help=prune_help())
     DESCRIPTION = (
         "Load a model, build the calibration set, collect per-sample gradients when the method needs them,\n"
         "prune every targeted linear layer-by-layer, optionally measure dense and pruned perplexity, and save\n"

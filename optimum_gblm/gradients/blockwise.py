@@ -38,11 +38,12 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..blocks import call_block, run_block
 from ..configuration import GBLMConfig
 from ..pipelines.placement import IntermediatesStore
-from ..pipelines.sequential import as_output, call_block, capture_block_inputs, run_block
+from ..pipelines.sequential import as_output, capture_block_inputs
 from ..targets import PruneTarget
-from ..utils import forwards_replaced
+from ..utils import forwards_replaced, model_state
 from .accumulation import GradientAccumulation
 from .collector import GradientCollector, check_losses
 
@@ -78,22 +79,6 @@ class DiskSums(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._files)
-
-
-@contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Nothing requires grad (the collectors turn their block's targets on) and eval mode; both restored."""
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    training = model.training
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield
-    finally:
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags.get(name, p.requires_grad))
-        model.train(training)
 
 
 def _parameter(target: nn.Module | PruneTarget) -> nn.Parameter:
@@ -196,7 +181,7 @@ def run_blockwise(
     start = time.perf_counter()
     with (
         tqdm(total=2 * depth + 1, desc="gradients (block-wise)", unit="step", disable=not progress) as bar,
-        _frozen(model),
+        model_state(model, trainable=(), train=False),  # the collectors turn their block's targets on
         IntermediatesStore("disk") as inputs,
         IntermediatesStore("disk") as grads,
     ):
@@ -238,10 +223,7 @@ def _forward_blocks(
     grad), so the stored states are the values that pass computes. Returns the form of the blocks' outputs."""
     form: int | None = None
     for index, block in enumerate(blocks):
-        params = [_parameter(t) for t in grouped[index].values()]
-        for p in params:
-            p.requires_grad_(True)
-        try:
+        with model_state(block, trainable=[_parameter(t) for t in grouped[index].values()]):
             for s in range(n):
                 x = inputs.get(index * n + s).requires_grad_(index > first)  # a target before it: as in backward
                 with autocast():
@@ -249,9 +231,6 @@ def _forward_blocks(
                 form = len(raw) if isinstance(raw, (tuple, list)) else None
                 out = raw if form is None else raw[0]
                 inputs.put((index + 1) * n + s, out.detach())
-        finally:
-            for p in params:
-                p.requires_grad_(False)
         bar.update(1)
     return form
 

@@ -9,6 +9,7 @@ gradient stays non-finite in them), so a sample costs no extra pass per weight a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..targets import PruneTarget, target_weight
+from ..utils import model_state
 from .accumulation import NORMS, GradientAccumulation, NonFiniteGradientError
 
 logger = logging.getLogger(__name__)
@@ -78,16 +80,10 @@ class GradientCollector:
         self._losses: list[tuple[int, torch.Tensor]] = []  # (sample, detached loss) since the last check
         self._unchecked: list[int] = []  # samples folded since the last check of the accumulators
         self._handles: list[Any] = []
-        self._saved_flags: dict[str, bool] = {}
-        self._saved_training = model.training
+        self._state = contextlib.ExitStack()  # the model's flags, mode and grads while the collector is active
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def __enter__(self) -> GradientCollector:
-        self._saved_flags = {name: p.requires_grad for name, p in self.model.named_parameters()}
-        self._saved_training = self.model.training
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
         # One hook per parameter; a 3-D parameter (stacked experts) folds each targeted slice under its own name.
         by_param: dict[int, tuple[nn.Parameter, list[tuple[str, int | None]]]] = {}
         for name, target in self.targets.items():
@@ -99,10 +95,10 @@ class GradientCollector:
             for norm, store in (("l1", self.state.l1), ("l2", self.state.l2sq)):
                 if norm in self.norms and name not in store:
                     store[name] = torch.zeros(shape, dtype=torch.float32, device=device)
-        for param, slices in by_param.values():
-            param.requires_grad_(True)
+        trainable = [param for param, _ in by_param.values()]
+        self._state.enter_context(model_state(self.model, trainable, train=self.train_mode, clear_grads=True))
+        for param, slices in by_param.values():  # a hook needs its tensor to require grad
             self._handles.append(param.register_post_accumulate_grad_hook(lambda p, s=slices: self._on_grad(s, p)))
-        self.model.train(self.train_mode)
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
@@ -110,10 +106,7 @@ class GradientCollector:
             handle.remove()
         self._handles.clear()
         self._pending.clear()
-        for name, p in self.model.named_parameters():
-            p.grad = None
-            p.requires_grad_(self._saved_flags.get(name, p.requires_grad))
-        self.model.train(self._saved_training)
+        self._state.close()
         if exc_type is None:
             self.check_finite()  # the samples since the last check, before the accumulation is used
         self._losses.clear()

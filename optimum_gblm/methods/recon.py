@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..blocks import run_block
 from ..masks import check_finite
-from ..utils import move_to
+from ..utils import model_state
 from .registry import register_method
 from .sparsegpt import SparseGPTArgs, SparseGPTPruning
 
@@ -54,14 +55,6 @@ class SparseGPTReconArgs(SparseGPTArgs):
             raise ValueError(f"recon_lr={self.recon_lr!r} is invalid: it must be a number > 0 (finite)")
 
 
-def _run(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
-    device = next(block.parameters()).device
-    kwargs = move_to(dict(kwargs), device)
-    extra = kwargs.pop("__args__", ())
-    out = block(states.to(device, dtype), *extra, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def reconstruction_error(
     block: nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]], dense_out: list[torch.Tensor]
 ) -> float:
@@ -69,7 +62,7 @@ def reconstruction_error(
     dtype = next(block.parameters()).dtype
     with torch.no_grad():
         total = sum(
-            float(torch.nn.functional.mse_loss(_run(block, x, kw, dtype).float(), y.float(), reduction="sum"))
+            float(torch.nn.functional.mse_loss(run_block(block, x, kw, dtype).float(), y.float(), reduction="sum"))
             for (x, kw), y in zip(inputs, dense_out)
         )
     return total / sum(y.numel() for y in dense_out)
@@ -88,24 +81,19 @@ def reconstruct_block(
     `dense_out`; every zero stays zero. Steps take `batch` calibration groups in order, cycling. The weights are
     optimised in float32 (and written back in their own dtype)."""
     dtype = next(block.parameters()).dtype
-    flags = [p.requires_grad for p in block.parameters()]
     if dtype != torch.float32:
         block.float()  # Adam in half precision would lose the small updates
-    for p in block.parameters():
-        p.requires_grad_(False)
-    keep = [p.detach() != 0 for p in weights]
-    for p in weights:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(weights, lr=lr)
     try:
-        with torch.enable_grad():
+        keep = [p.detach() != 0 for p in weights]
+        with model_state(block, trainable=weights, clear_grads=True), torch.enable_grad():
+            optimizer = torch.optim.Adam(weights, lr=lr)
             for step in range(steps):
                 optimizer.zero_grad(set_to_none=False)
                 chosen = [(step * batch + k) % len(inputs) for k in range(min(batch, len(inputs)))]
                 count = sum(dense_out[i].numel() for i in chosen)
                 for i in chosen:
                     x, kw = inputs[i]
-                    out = _run(block, x, kw, torch.float32)
+                    out = run_block(block, x, kw, torch.float32)
                     loss = torch.nn.functional.mse_loss(out, dense_out[i].to(out), reduction="sum") / count
                     loss.backward()
                 for p, k in zip(weights, keep):
@@ -115,9 +103,6 @@ def reconstruct_block(
                     for p, k in zip(weights, keep):
                         p.mul_(k)
     finally:
-        for p, flag in zip(block.parameters(), flags):
-            p.grad = None
-            p.requires_grad_(flag)
         if dtype != torch.float32:
             block.to(dtype)
     for p in weights:

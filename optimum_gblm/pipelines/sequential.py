@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..blocks import run_block
 from ..statistics import InputStatistics
 from ..targets import PruneTarget, group_by_site
 from ..utils import forwards_replaced, inference_mode, move_to
@@ -142,20 +143,6 @@ def batch_groups(shapes: list[tuple[int, ...]], kwargs: list[Any], batch_size: i
         else:
             groups.append([i])
     return groups
-
-
-def call_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-    """The block's raw output (a tensor or a tuple), with the captured arguments moved to the block's device."""
-    device = next(block.parameters()).device
-    kwargs = move_to(dict(kwargs), device)
-    extra = kwargs.pop("__args__", ())
-    return block(states.to(device), *extra, **kwargs)
-
-
-def run_block(block: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    """The block's output hidden states."""
-    out = call_block(block, states, kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @contextlib.contextmanager

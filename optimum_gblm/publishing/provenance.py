@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..utils import looks_like_local_path
 from ..version import __version__
 
 _SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\]")
@@ -23,7 +24,7 @@ def hub_base_model(model_id: str | None) -> str | None:
     if match:
         return f"{match['org']}/{match['name']}"
     model_id = model_id.removeprefix("hf-hub:")
-    if model_id.startswith(("/", ".", "~")) or "\\" in model_id:
+    if looks_like_local_path(model_id):
         return None
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -45,8 +46,9 @@ def check_base_model(base_model: str) -> str:
     return hub_id
 
 
-def _is_local_folder(model_id: str) -> bool:
-    """A folder on disk that is not a Hub cache snapshot: loaders read it first, so its name is no Hub id."""
+def _exists_outside_hub_cache(model_id: str) -> bool:
+    """A file or folder on disk that is not a Hub cache snapshot: loaders read it first, so its name is no Hub id
+    even when it looks like one (a folder `org/name` in the working directory)."""
     return not _SNAPSHOT.search(model_id) and Path(model_id).expanduser().exists()
 
 
@@ -56,10 +58,10 @@ def resolve_base_model(
     """(Hub id or None, display name) of the base model: the user's `base_model`, else `model_id` when it is a Hub
     id and no local folder; the name falls back to the folder's name, then a timm model's architecture."""
     hub_id = check_base_model(base_model) if base_model else None
-    if hub_id is None and model_id and not _is_local_folder(model_id):
+    if hub_id is None and model_id and not _exists_outside_hub_cache(model_id):
         hub_id = hub_base_model(model_id)
     if hub_id or model_id:
-        local = hub_id is None and _is_local_folder(model_id)
+        local = hub_id is None and _exists_outside_hub_cache(model_id)
         return hub_id, Path(model_id).expanduser().resolve().name if local else short_name(hub_id or model_id)
     pretrained_cfg = getattr(model, "pretrained_cfg", None)
     architecture = pretrained_cfg.get("architecture") if isinstance(pretrained_cfg, dict) else None

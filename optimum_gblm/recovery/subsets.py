@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..targets import PruneTarget
+from ..utils import requires_grad_flags, restore_requires_grad
 from .config import RecoveryConfig
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def make_trainable(
     model: nn.Module, cfg: RecoveryConfig, targets: list[PruneTarget], masks: dict[str, torch.Tensor]
 ) -> TrainableSubset:
     """Freeze everything, then unfreeze the configured subset (adding LoRA parametrizations where asked)."""
-    subset = TrainableSubset(requires_grad={n: p.requires_grad for n, p in model.named_parameters()})
+    subset = TrainableSubset(requires_grad=requires_grad_flags(model))  # put back by merge, after the Trainer run
     subset.total = sum(p.numel() for p in model.parameters())
     model.requires_grad_(False)
     chosen: dict[str, nn.Parameter] = {}
@@ -168,8 +169,7 @@ def merge(model: nn.Module, subset: TrainableSubset) -> None:
             if mask is not None:
                 module.weight.masked_fill_(mask.to(module.weight.device), 0)
         apply_masks(subset)
-    for name, param in model.named_parameters():
-        param.requires_grad_(subset.requires_grad.get(name, False))
+    restore_requires_grad(model, subset.requires_grad, missing=False)
 
 
 def check_masks(model: nn.Module, targets: list[PruneTarget], masks: dict[str, torch.Tensor]) -> None:

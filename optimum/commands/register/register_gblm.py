@@ -16,10 +16,8 @@ from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 if TYPE_CHECKING:
     from argparse import Namespace, _SubParsersAction
 
-DESCRIPTION = """\
-Prune LLaMA-family LLMs (llama, mistral, qwen2, qwen3) and timm ViTs with GBLM-Pruner (gradients + activations),
-Wanda, SparseGPT, gblm-obs or magnitude, unstructured or N:M, and save checkpoints that plain transformers / timm
-reload. Without --model, the embedded SmolLM2-135M-Instruct and offline corpus are used (no network)."""
+# The full description (every registered method and model kind) comes from the registries when `gblm` runs.
+DESCRIPTION = "Prune LLMs and ViTs with GBLM-Pruner and the other registered methods."
 
 EPILOG = """\
 examples:
@@ -39,7 +37,7 @@ def _invoked(name: str) -> bool:
 
 
 class GBLMCommand(BaseOptimumCLICommand):
-    COMMAND = CommandInfo(name="gblm", help="Prune LLMs and ViTs with GBLM-Pruner, Wanda, SparseGPT, magnitude.")
+    COMMAND = CommandInfo(name="gblm", help=DESCRIPTION)
 
     def __init__(
         self,
@@ -58,7 +56,12 @@ class GBLMCommand(BaseOptimumCLICommand):
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.description = DESCRIPTION
+        if _invoked(GBLMCommand.COMMAND.name):  # only then may the registries (torch) be imported
+            from optimum_gblm.commands.overview import cli_description
+
+            parser.description = cli_description()
+        else:
+            parser.description = DESCRIPTION
         parser.epilog = EPILOG
         parser.formatter_class = RawDescriptionHelpFormatter
 
