@@ -59,15 +59,19 @@ def timed(steps: dict[str, float], step: str) -> Iterator[None]:
 
 
 def eval_kwargs(pruner: Any, args: argparse.Namespace, seqlen: int) -> dict[str, Any]:
-    if pruner.adapter.metric_name != "perplexity":  # image models: the text presets mean nothing there
-        check_image_eval_source(args.eval_source, pruner.adapter.metric_name)
-        return {"source": args.eval_source, "progress": not args.no_progress}
-    return {
+    """GBLMPruner.evaluate keyword arguments from the --eval-* options: those the model's metric takes."""
+    from ..evaluation import get_metric
+
+    metric = get_metric(pruner.adapter.metric_name)
+    if metric.inputs != "text":  # image models: the text presets mean nothing there
+        check_image_eval_source(args.eval_source, metric.metric_name)
+    options = {
         "seqlen": args.eval_seqlen or seqlen,
         **max_windows_kwargs(args),
         "source": args.eval_source,
         "progress": not args.no_progress,
     }
+    return {k: v for k, v in options.items() if k in metric.keywords}
 
 
 class PruneCommand(GBLMSubcommand):
