@@ -532,3 +532,21 @@ def test_bad_metric_registrations_are_refused(attributes, message, metric_regist
     with pytest.raises(ValueError, match=message):
         register_metric(_metric(**attributes))
     assert list_metrics() == before
+
+
+def test_evaluators_declare_the_keywords_their_evaluate_takes():
+    """The declared keywords are what GBLMPruner.evaluate checks misplaced arguments against, so they must be the
+    evaluate signatures; and the defaults it treats as "not given" must be its own signature's."""
+    import inspect
+
+    from optimum_gblm.evaluation import get_metric, list_metrics
+    from optimum_gblm.evaluation.harness import TaskEvaluator
+    from optimum_gblm.evaluation.verbs import METRIC_DEFAULTS, TASK_DEFAULTS
+
+    for evaluator in [*(get_metric(n) for n in list_metrics()), TaskEvaluator]:
+        params = [p for p in inspect.signature(evaluator.evaluate).parameters if p not in ("self", "model")]
+        assert tuple(params) == evaluator.keywords, evaluator.__name__
+        assert set(evaluator.keywords) - {"tasks"} <= set(METRIC_DEFAULTS) | set(TASK_DEFAULTS), evaluator.__name__
+    signature = inspect.signature(GBLMPruner.evaluate).parameters
+    for name, default in {**METRIC_DEFAULTS, **TASK_DEFAULTS}.items():
+        assert signature[name].default == default, name

@@ -177,7 +177,7 @@ class PruneCommand(GBLMSubcommand):
                 pruner.evaluate("dense", **eval_kwargs(pruner, args, config.seqlen))
         if args.tasks:
             with timed(steps, "tasks"):
-                pruner.evaluate("dense", tasks=args.tasks, progress=self.progress, **task_options(args))
+                pruner.evaluate_tasks(args.tasks, "dense", progress=self.progress, **task_options(args))
         try:  # a cache for another model is only known once the model is loaded (still before the gradient pass)
             pruner.prune(gradients=gradients, progress=self.progress)
         except GradientCacheError as err:
@@ -187,7 +187,7 @@ class PruneCommand(GBLMSubcommand):
                 pruner.evaluate("pruned", **eval_kwargs(pruner, args, config.seqlen))
         if args.tasks:
             with timed(steps, "tasks"):
-                pruner.evaluate("pruned", tasks=args.tasks, progress=self.progress, **task_options(args))
+                pruner.evaluate_tasks(args.tasks, "pruned", progress=self.progress, **task_options(args))
         with timed(steps, "save"):
             # the repo id, when pushing: the local card's snippets then name the repo it is published to
             saved = pruner.save_pretrained(output, overwrite=args.overwrite, repo_id=args.push_to_hub)
