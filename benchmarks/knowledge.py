@@ -33,7 +33,7 @@ def binomial_se(p: float, n: int) -> float:
 def probe(pruner: Any, limit: int | None) -> dict[str, float]:
     label = "dense" if pruner.pruning_map is None else "pruned"
     pruner.model.eval()
-    values = pruner.evaluate(label, tasks=[PROBE], limit=limit, progress=False)[PROBE]
+    values = pruner.evaluate_tasks([PROBE], label, limit=limit, progress=False)[PROBE]
     n = pruner.task_results[label][PROBE]["samples"]
     return {"acc": values["acc"], "acc_norm": values["acc_norm"], "n": n}
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .configuration import INTERMEDIATES, PLACEMENTS, GBLMConfig
+from .evaluation.metrics import find_metric
 from .gradients.accumulation import gradient_passes
 from .methods import get_method
 from .utils import DTYPES
@@ -255,7 +256,9 @@ def plan(
         )
     phases = [plan_gradients(shape, v, tflops, offload, cpu) for v in variants for offload in (False, True)]
     phases += [plan_pruning(shape, config, p, i, tflops, cpu) for p in PLACEMENTS for i in INTERMEDIATES]
-    calibration = CALIBRATION_HOST_BYTES.get(config.calibration, 0) if adapter.metric_name == "perplexity" else 0
+    metric = find_metric(adapter.metric_name)  # text models hold their calibration text on the host
+    text = metric is not None and metric.inputs == "text"
+    calibration = CALIBRATION_HOST_BYTES.get(config.calibration, 0) if text else 0
     for phase in phases:
         phase.host += RUNTIME_HOST_BYTES + calibration
         phase.device += 0 if cpu else CUDA_CONTEXT_BYTES

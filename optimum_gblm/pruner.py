@@ -6,9 +6,9 @@ owns the walk over the blocks and the placement of the model; the pruner only wi
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ from torch import nn
 from .adapters import ModelAdapter, get_adapter, load_model
 from .configuration import GBLMConfig
 from .evaluation import DEFAULT_EVAL_WINDOWS, DEFAULT_IMAGE_BATCH, Evaluation, Evaluator, make_evaluator
-from .evaluation.harness import TaskEvaluator
+from .evaluation.harness import DEFAULT_TASK_BATCH, TaskEvaluator
+from .evaluation.verbs import TASKS_DEPRECATED, chosen_options
 from .gradient_phase import GradientSubject, allocate, collect, run_gradient_phase, without_allocation_sums
 from .gradients import GradientAccumulation
 from .pipelines import Placement, PruneRequest, pipeline_class, prune_model
@@ -31,10 +32,6 @@ from .targets import PruneTarget
 from .utils import check_calibration_source, resolve_device, suggest_keywords
 
 logger = logging.getLogger(__name__)
-
-
-def _is_default(value: Any, default: Any) -> bool:
-    return value is default or (isinstance(value, (str, int, float)) and value == default)
 
 
 class GBLMPruner:
@@ -349,34 +346,49 @@ class GBLMPruner:
         Top-1 accuracy (ViTs): `images` and `labels` tensors, or an image folder / dataset `source` and its `split`,
         in batches of `batch_size`; later calls reuse the set of the first one.
 
-        lm-eval tasks (`tasks`: lm-eval names, task YAML files, "knowledge_probe"; docs/evaluation.md) instead, with
-        `limit`, `num_fewshot`, `max_gen_toks`, `batch_size` (default 8): returns {task: {metric: value}}, kept in
-        `task_results[label]`.
+        Deprecated: `tasks` (with `limit`, `num_fewshot`, `max_gen_toks`) runs lm-eval tasks, as
+        `evaluate_tasks(tasks, label, ...)` does (a FutureWarning; removed in the next release).
         """
         given = {"source": source, "seqlen": seqlen, "max_windows": max_windows, "images": images}
-        given.update(labels=labels, split=split, batch_size=batch_size, progress=progress, tasks=tasks, limit=limit)
-        given.update(num_fewshot=num_fewshot, max_gen_toks=max_gen_toks)
-        # The evaluator (of the adapter's metric, or of lm-eval tasks) declares which of these it takes; the others
-        # must stay unset.
-        evaluator = self.evaluator if tasks is None else TaskEvaluator(self.tokenizer, seed=self.config.seed)
-        accepted = inspect.signature(evaluator.evaluate).parameters
-        defaults = inspect.signature(GBLMPruner.evaluate).parameters
-        misplaced = [k for k, v in given.items() if k not in accepted and not _is_default(v, defaults[k].default)]
-        if misplaced:
-            names, verb = ", ".join(f"{k}=" for k in misplaced), "does" if len(misplaced) == 1 else "do"
-            raise TypeError(
-                f"{names} {verb} not apply to this model: it is evaluated by {evaluator.metric_name}, which takes "
-                + ", ".join(k for k in accepted if k != "model")
-            )
-        self.placement.prepare_whole(self.model, "an evaluation")
-        # unset options keep the evaluator's own defaults (lm-eval batches are smaller than image batches)
-        chosen = {k: v for k, v in given.items() if k in accepted and not _is_default(v, defaults[k].default)}
-        measured = evaluator.evaluate(self.model, **chosen)
-        label = label or ("pruned" if self.pruning_map is not None else "dense")
+        given.update(labels=labels, split=split, batch_size=batch_size, progress=progress)
+        given.update(limit=limit, num_fewshot=num_fewshot, max_gen_toks=max_gen_toks)
         if tasks is not None:
-            self.task_results[label] = {**self.task_results.get(label, {}), **measured.settings}
-            return measured.value
-        self.add_evaluation(label, measured)
+            warnings.warn(TASKS_DEPRECATED, FutureWarning, stacklevel=3)  # 3: past suggest_keywords' wrapper
+            return self.evaluate_tasks(tasks, label, **chosen_options(TaskEvaluator, given))
+        chosen = chosen_options(self.evaluator, given)  # refused before the model is prepared
+        self.placement.prepare_whole(self.model, "an evaluation")
+        measured = self.evaluator.evaluate(self.model, **chosen)
+        self.add_evaluation(label or ("pruned" if self.pruning_map is not None else "dense"), measured)
+        return measured.value
+
+    def evaluate_tasks(
+        self,
+        tasks: Sequence[str] | str,
+        label: str | None = None,
+        *,
+        limit: int | float | None = None,
+        num_fewshot: int | None = None,
+        max_gen_toks: int | None = None,
+        batch_size: int = DEFAULT_TASK_BATCH,
+        progress: bool = True,
+    ) -> dict[str, dict[str, float]]:
+        """Run lm-eval tasks (lm-eval names, task YAML files, "knowledge_probe"; docs/evaluation.md) with `limit`
+        examples per task, `num_fewshot`, the `max_gen_toks` cap of generation tasks and `batch_size` requests per
+        batch: returns {task: {metric: value}}, kept with everything recorded per task in `task_results[label]`
+        (default label: "dense" before pruning, else "pruned")."""
+        evaluator = TaskEvaluator(self.tokenizer, seed=self.config.seed)
+        self.placement.prepare_whole(self.model, "an evaluation")
+        measured = evaluator.evaluate(
+            self.model,
+            tasks,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            max_gen_toks=max_gen_toks,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        label = label or ("pruned" if self.pruning_map is not None else "dense")
+        self.task_results[label] = {**self.task_results.get(label, {}), **measured.settings}
         return measured.value
 
     def add_evaluation(self, label: str, measured: Evaluation) -> None:

@@ -228,3 +228,25 @@ def test_no_hand_written_method_or_family_lists_in_the_cli_prose():
     offenders = hand_written_lists(paths, set(list_methods()) - PROSE_WORDS)
     offenders += hand_written_lists(paths, set(DECODER_FAMILIES))
     assert not offenders, "\n".join(offenders)
+
+
+def test_no_metric_names_outside_the_registry():
+    """Cards, the CLI, planning and recovery read a metric's registered metadata (label, direction, formatting,
+    inputs); only evaluation/ may spell a metric's name, and an adapter only to declare its `metric_name`."""
+    from optimum_gblm.evaluation import list_metrics
+
+    names = set(list_metrics())
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "evaluation" in path.relative_to(PACKAGE).parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        declared = {
+            id(node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["metric_name"]
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in names and id(node) not in declared:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not offenders, offenders

@@ -1,4 +1,4 @@
-"""lm-eval tasks through `GBLMPruner.evaluate(tasks=...)`: numbers a hand computation gives, side-car, model-index,
+"""lm-eval tasks through `GBLMPruner.evaluate_tasks(tasks)`: numbers a hand computation gives, side-car, model-index,
 the card, no network, and the errors raised before any evaluation runs. A tiny random LLaMA with a word-level
 tokenizer built locally; local task YAMLs over JSONL files."""
 
@@ -126,7 +126,7 @@ def test_local_tasks_give_the_hand_computed_numbers_and_reach_sidecar_and_card(
     mc, gen, counts = local_tasks
     # a copy: prune() works in place and the module's other tests need the dense model the tasks were built from
     pruner = GBLMPruner(copy.deepcopy(model), GBLMConfig(method="magnitude", sparsity=0.5), tokenizer=tokenizer)
-    values = pruner.evaluate(tasks=[mc, gen], progress=False)
+    values = pruner.evaluate_tasks([mc, gen], progress=False)
     assert values["tiny_mc"]["acc"] == pytest.approx(0.5)
     assert values["tiny_gen"]["exact_match"] == pytest.approx(0.5)
     assert values["tiny_mc"]["acc_stderr"] == pytest.approx((0.25 * 12 / 11 / 12) ** 0.5)  # sample std / sqrt(n)
@@ -136,7 +136,7 @@ def test_local_tasks_give_the_hand_computed_numbers_and_reach_sidecar_and_card(
     assert generation["policy"]["until"] == ["."] and generation["policy"]["max_gen_toks"] == MAX_GEN
 
     pruner.prune(progress=False)
-    pruned = pruner.evaluate(tasks=[mc], progress=False)
+    pruned = pruner.evaluate_tasks([mc], progress=False)
     assert set(pruner.task_results) == {"dense", "pruned"} and 0 <= pruned["tiny_mc"]["acc"] <= 1
 
     folder = pruner.save_pretrained(tmp_path / "out")
@@ -155,15 +155,34 @@ def test_local_tasks_give_the_hand_computed_numbers_and_reach_sidecar_and_card(
 def test_bad_input_is_refused_before_evaluation(tiny, tmp_path, monkeypatch):
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="tokenizer"):
-        GBLMPruner(model, GBLMConfig(), tokenizer=None).evaluate(tasks=["knowledge_probe"])
-    with pytest.raises(TypeError, match="max_windows= does not apply"):
-        GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate(tasks=["knowledge_probe"], max_windows=3)
+        GBLMPruner(model, GBLMConfig(), tokenizer=None).evaluate_tasks(["knowledge_probe"])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_windows'"):
+        GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate_tasks(["knowledge_probe"], max_windows=3)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate(tasks=["knowledge_probe"], batch_size=0)
+        GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate_tasks(["knowledge_probe"], batch_size=0)
+    with pytest.raises(TypeError, match="limit= does not apply .* perplexity, .* evaluate_tasks"):
+        GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate(limit=3)  # a task option on the metric
+    # the deprecated form refuses the metric's options as it did
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="max_windows= does not apply"):
+        GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer).evaluate(tasks=["knowledge_probe"], max_windows=3)
     with pytest.raises(ValueError, match="does not exist"):
         resolve_tasks([str(tmp_path / "missing.yaml")], tmp_path)
     with pytest.raises(ValueError, match="non-empty"):
         resolve_tasks([], tmp_path)
+
+
+def test_evaluate_with_tasks_still_works_for_one_release(tiny, local_tasks, no_network):
+    """The former spelling, evaluate(tasks=...), warns (pointing at the caller) and does what evaluate_tasks does."""
+    model, tokenizer = tiny
+    mc, _, _ = local_tasks
+    old, new = (GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer) for _ in range(2))
+    with pytest.warns(FutureWarning, match=r"use evaluate_tasks\(tasks") as caught:
+        values = old.evaluate("base", tasks=[mc], limit=4, progress=False)
+    assert caught[0].filename == __file__  # the warning names the line that calls evaluate
+    assert values == new.evaluate_tasks([mc], "base", limit=4, progress=False)
+    assert old.task_results == new.task_results and set(old.task_results) == {"base"}
+    assert old.task_results["base"]["tiny_mc"]["settings"]["batch_size"] == 8  # lm-eval's default, not the images'
+    assert old.results == {} == new.results
 
 
 def test_unknown_and_hub_tasks_are_clear_errors_offline(tmp_path, monkeypatch, no_network):
@@ -262,7 +281,7 @@ def test_knowledge_probe_is_built_from_the_heldout_slice_only(tmp_path):
 def test_knowledge_probe_runs_through_lm_eval(tiny, no_network):
     model, tokenizer = tiny
     pruner = GBLMPruner(model, GBLMConfig(), tokenizer=tokenizer)
-    values = pruner.evaluate(tasks=["knowledge_probe"], limit=6, progress=False)["knowledge_probe"]
+    values = pruner.evaluate_tasks(["knowledge_probe"], limit=6, progress=False)["knowledge_probe"]
     entry = pruner.task_results["dense"]["knowledge_probe"]
     assert entry["samples"] == 6 and entry["source"] == "generated" and 0 <= values["acc"] <= 1
     assert {"acc", "acc_norm", "acc_stderr", "acc_norm_stderr"} <= set(values)

@@ -4,6 +4,7 @@ pruner, CLI, model card), bad registrations are refused, and the public API expo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -326,3 +327,245 @@ def test_the_cli_help_lists_what_is_registered(random_method, toy_adapter):
         assert family in flat and family in model_help(), family
     assert "ToyNet (tests)" in flat and "ToyNet (tests)" in model_help()
     assert f"one of {len(list_methods())} methods" in prune_help()
+
+
+# -- recovery subsets -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def subset_registry():
+    """The recovery-subset registry as it was before the test, restored afterwards (also when the test fails)."""
+    from optimum_gblm.recovery import registry
+
+    before = dict(registry._REGISTRY)
+    try:
+        yield registry._REGISTRY
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(before)
+
+
+@pytest.fixture
+def down_proj_subset(subset_registry):
+    """A subset that trains pruned weights directly: the MLP output projections (their zeros are put back after
+    every optimizer step), registered for one test."""
+    from optimum_gblm import RecoverySubset, register_recovery_subset
+
+    @register_recovery_subset
+    class DownProjections(RecoverySubset):
+        name = "down_proj"
+        help = "the MLP output projections, trained directly with their pruned weights kept at zero"
+        card_text = "MLP output projections (trained directly, pruned weights kept at zero)"
+
+        def parameters(self, model, targets):
+            return {t.name: t.parameter for t in targets if t.name.endswith("mlp.down_proj")}
+
+        def settings(self, model):
+            return {"down_proj_layers": sum(name.endswith("mlp.down_proj") for name, _ in model.named_modules())}
+
+        def card_note(self, settings):
+            return f"{settings['down_proj_layers']} layers"
+
+    return DownProjections
+
+
+def test_a_registered_recovery_subset_recovers_end_to_end(down_proj_subset, tmp_path):
+    from optimum_gblm import RecoveryConfig
+    from optimum_gblm.commands.recover import add_recovery_arguments, recovery_config_from_args
+    from tests.tiny_models import save_tiny_llama, write_text
+
+    text = write_text(tmp_path / "text.txt", 400)
+    folder = save_tiny_llama(tmp_path / "llama", tie_word_embeddings=False)
+    config = GBLMConfig(method="magnitude", sparsity=0.5, calibration=str(text), seqlen=16, device="cpu")
+    pruner = GBLMPruner.from_pretrained(folder, config)
+    pruner.prune(progress=False)
+    masks = {name: pruner.pruning_map.mask(name) for name in pruner.pruning_map.targets}
+    before = {n: t.clone() for n, t in pruner.model.state_dict().items()}
+    settings = dict(source=str(text), max_steps=3, batch_size=2, seqlen=16, num_windows=8, heldout_windows=1)
+    pruner.recover(RecoveryConfig(subset=["down_proj"], learning_rate=1e-2, **settings), progress=False)
+    after = pruner.model.state_dict()
+    changed = {n for n in after if not torch.equal(before[n], after[n])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in range(2)}  # only its parameters moved
+    for name, mask in masks.items():  # every pruned zero is still exactly zero, the trained ones included
+        assert mask.any() and torch.count_nonzero(after[f"{name}.weight"][mask]) == 0, name
+    stage = pruner.pruning_map.stages[-1]
+    assert stage.settings["subset"] == ["down_proj"] and stage.settings["parameters"] == {"down_proj": 2}
+    assert stage.settings["down_proj_layers"] == 2 and stage.settings["tied_head"] is False
+    card = render_model_card(json.loads(json.dumps(pruner.sidecar(), default=str)))
+    assert f"| Trained parameters | {down_proj_subset.card_text} (2 tensors); 2 layers |" in card
+    # the config's help and the CLI offer it too
+    subset_field = next(f for f in dataclasses.fields(RecoveryConfig) if f.name == "subset")
+    assert f"down_proj ({down_proj_subset.help})" in subset_field.metadata["help"]
+    assert "down_proj" in subset_field.metadata["choices"]
+    parser = argparse.ArgumentParser()
+    add_recovery_arguments(parser)
+    assert "down_proj" in next(a for a in parser._actions if a.dest == "recovery_subset").choices
+    args = parser.parse_args(["--subset", "norm", "down_proj"])
+    assert recovery_config_from_args(args).subset == ["norm", "down_proj"]
+
+
+def test_a_second_lora_subset_is_a_lora_subset_without_naming_it(subset_registry):
+    """A LoRA subset is one with a parametrization: the config allows only one per run, whatever their names."""
+    from optimum_gblm import RecoveryConfig, RecoverySubset, recovery, register_recovery_subset
+    from optimum_gblm.recovery import lora_subsets
+    from optimum_gblm.recovery.lora import MaskLoRA
+
+    @register_recovery_subset
+    class OtherLoRA(RecoverySubset):
+        name = "otherlora"
+        help = "another masked low-rank update"
+        card_text = "another LoRA"
+        parametrization = MaskLoRA
+
+    assert lora_subsets() == ["masklora", "scalelora", "otherlora"]
+    assert recovery.LORA_SUBSETS == ("masklora", "scalelora", "otherlora")  # the former constant, read now
+    assert RecoveryConfig(subset=["norm", "otherlora"]).lora == "otherlora"
+    with pytest.raises(ValueError, match="masklora and otherlora both update the same layers; choose one"):
+        RecoveryConfig(subset=["masklora", "otherlora"])
+
+
+def _subset(**attributes):
+    from optimum_gblm import RecoverySubset
+
+    defaults = {"name": "scratch", "help": "h", "card_text": "c", "parameters": lambda self, model, targets: {}}
+    return type("Scratch", (RecoverySubset,), {**defaults, **attributes})
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"name": "norm"}, "A recovery subset named 'norm' is already registered"),
+        ({"name": ""}, "Scratch needs a `name`"),
+        ({"help": ""}, "recovery subset 'scratch' needs a `help`"),
+        ({"card_text": ""}, "recovery subset 'scratch' needs a `card_text`"),
+        ({"parametrization": dict}, "`parametrization` must be an nn.Module class"),
+    ],
+)
+def test_bad_recovery_subset_registrations_are_refused(attributes, message, subset_registry):
+    from optimum_gblm import register_recovery_subset
+    from optimum_gblm.recovery import RecoverySubset, list_recovery_subsets
+
+    before = list_recovery_subsets()
+    with pytest.raises(ValueError, match=message):
+        register_recovery_subset(_subset(**attributes))
+    with pytest.raises(ValueError, match="'nothing' trains nothing: override `parameters`"):
+        register_recovery_subset(
+            type("Nothing", (RecoverySubset,), {"name": "nothing", "help": "h", "card_text": "c"})
+        )
+    with pytest.raises(ValueError, match="is not a RecoverySubset subclass"):
+        register_recovery_subset(type("NotASubset", (), {"name": "x", "help": "h", "card_text": "c"}))
+    assert list_recovery_subsets() == before
+
+
+# -- evaluation metrics ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def metric_registry():
+    """The metric registry as it was before the test, restored afterwards (also when the test fails)."""
+    from optimum_gblm.evaluation import metrics
+
+    before = dict(metrics._REGISTRY)
+    try:
+        yield metrics._REGISTRY
+    finally:
+        metrics._REGISTRY.clear()
+        metrics._REGISTRY.update(before)
+
+
+@pytest.fixture
+def mse_metric(metric_registry):
+    """The toy adapter's metric "mse": how far the residual ToyNet moves fixed random inputs, registered for one
+    test."""
+    from optimum_gblm import Evaluation, Evaluator, register_metric
+
+    @register_metric
+    class ResidualMSE(Evaluator):
+        metric_name = "mse"
+        label = "Residual MSE"
+        higher_is_better = False
+        inputs = "vectors"
+        keywords = ("batch_size", "progress")
+
+        @classmethod
+        def for_model(cls, adapter, tokenizer, preprocessing, seqlen):
+            return cls()
+
+        def evaluate(self, model, batch_size=256, progress=True):
+            x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                value = float(torch.cat([(model(b) - b).pow(2) for b in x.split(batch_size)]).mean())
+            return Evaluation(value, {"inputs": 64, "batch_size": batch_size})
+
+        @classmethod
+        def format_value(cls, value):
+            return f"{value:.4f}"
+
+    return ResidualMSE
+
+
+def test_a_registered_metric_evaluates_and_renders_on_the_card(toy_adapter, mse_metric):
+    model = ToyNet()
+    pruner = GBLMPruner(model, _cfg("wanda"))
+    assert isinstance(pruner.evaluator, mse_metric)
+    dense = pruner.evaluate(batch_size=16)
+    with pytest.raises(TypeError, match="max_windows= does not apply .* mse, which takes batch_size, progress"):
+        pruner.evaluate(max_windows=3)
+    pruner.prune(calibration=torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0)), progress=False)
+    pruned = pruner.evaluate(batch_size=16)
+    assert pruner.results == {"dense_mse": dense, "pruned_mse": pruned} and dense != pruned
+    pruner.calibration = None  # the toy adapter's calibration is a plain list, which it cannot describe
+    sidecar = json.loads(json.dumps(pruner.sidecar(), default=str))
+    card = render_model_card(sidecar)
+    change = f"{(pruned - dense) / dense:+.2%}"
+    assert "| Residual MSE (" in card and f"| {dense:.4f} | {pruned:.4f} | {change} |" in card
+    assert "Residual MSE: lower is better. Evaluation settings: batch_size=16, inputs=64." in card
+    (entry,) = [e for e in card_metadata(sidecar)["model-index"][0]["results"] if e["metrics"][0]["type"] == "mse"]
+    assert [m["name"] for m in entry["metrics"]] == ["Residual MSE (dense)", "Residual MSE (pruned)"]
+
+
+def _metric(**attributes):
+    from optimum_gblm import Evaluator
+
+    defaults = {"metric_name": "scratch", "label": "Scratch", "higher_is_better": True, "inputs": "text"}
+    defaults.update(keywords=("progress",), for_model=classmethod(lambda cls, *args: cls()))
+    namespace = {**defaults, **attributes}
+    if namespace["for_model"] is None:  # inherits Evaluator's, which builds nothing
+        del namespace["for_model"]
+    return type("Scratch", (Evaluator,), namespace)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"metric_name": "perplexity"}, "A metric named 'perplexity' is already registered"),
+        ({"metric_name": ""}, "Scratch needs a `metric_name`"),
+        ({"label": ""}, "metric 'scratch' needs a `label`"),
+        ({"higher_is_better": None}, "`higher_is_better` must be True or False"),
+        ({"inputs": ""}, "metric 'scratch' needs `inputs`"),
+        ({"keywords": ()}, "metric 'scratch' needs `keywords`"),
+        ({"for_model": None}, "needs a `for_model` classmethod"),
+    ],
+)
+def test_bad_metric_registrations_are_refused(attributes, message, metric_registry):
+    from optimum_gblm import register_metric
+    from optimum_gblm.evaluation import list_metrics
+
+    before = list_metrics()
+    with pytest.raises(ValueError, match=message):
+        register_metric(_metric(**attributes))
+    assert list_metrics() == before
+
+
+def test_evaluators_declare_the_keywords_their_evaluate_takes():
+    """The declared keywords are what GBLMPruner.evaluate checks misplaced arguments against, so they must be the
+    evaluate signatures; and the defaults it treats as "not given" must be its own signature's."""
+    import inspect
+
+    from optimum_gblm.evaluation import get_metric, list_metrics
+    from optimum_gblm.evaluation.harness import TaskEvaluator
+    from optimum_gblm.evaluation.verbs import METRIC_DEFAULTS, TASK_DEFAULTS
+
+    for evaluator in [*(get_metric(n) for n in list_metrics()), TaskEvaluator]:
+        params = [p for p in inspect.signature(evaluator.evaluate).parameters if p not in ("self", "model")]
+        assert tuple(params) == evaluator.keywords, evaluator.__name__
+        assert set(evaluator.keywords) - {"tasks"} <= set(METRIC_DEFAULTS) | set(TASK_DEFAULTS), evaluator.__name__
+    signature = inspect.signature(GBLMPruner.evaluate).parameters
+    for name, default in {**METRIC_DEFAULTS, **TASK_DEFAULTS}.items():
+        assert signature[name].default == default, name

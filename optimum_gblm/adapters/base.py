@@ -34,7 +34,7 @@ class ModelAdapter:
 
     name: ClassVar[str]
     library: ClassVar[str]  # "transformers" or "timm": how checkpoints are saved and reloaded
-    metric_name: ClassVar[str]  # the evaluation metric: "perplexity" or "accuracy"
+    metric_name: ClassVar[str]  # a registered metric (evaluation/metrics.py): "perplexity", "accuracy", ...
     claims_any_source: ClassVar[bool] = False  # the fallback loader for names no adapter claims
     block_path: ClassVar[str]  # dotted path of the ModuleList of blocks
     block_linears: ClassVar[tuple[str, ...]]  # targeted linears, relative to a block

@@ -131,13 +131,22 @@ def check_device(device: str) -> None:
         raise UsageError(str(err).replace("device=", "--device ")) from None
 
 
+def image_metric(model: str | None) -> str | None:
+    """The metric of --model when it is not measured on text (an image model), else None; told from its name or
+    local config.json alone, nothing loaded."""
+    if model is None:
+        return None  # the embedded SmolLM2
+    from ..adapters.registry import adapter_for_source
+    from ..evaluation import find_metric
+
+    name = adapter_for_source(model).metric_name
+    metric = find_metric(name)
+    return None if metric is not None and metric.inputs == "text" else name
+
+
 def image_model(model: str | None) -> bool:
     """Whether --model names an image model (told from its name or local config.json alone, nothing loaded)."""
-    if model is None:
-        return False  # the embedded SmolLM2
-    from ..adapters.registry import adapter_for_source
-
-    return adapter_for_source(model).metric_name != "perplexity"
+    return image_metric(model) is not None
 
 
 def check_base_model(base_model: str | None) -> str | None:
@@ -162,8 +171,9 @@ def check_eval_source(source: str | None, model: str | None = None) -> None:
             f"--eval-source {source!r} does not exist: use {', '.join(EVAL_SOURCES)}, a text file, "
             "or (image models) an image folder or dataset"
         )
-    if image_model(model):
-        check_image_eval_source(source, "accuracy")
+    metric = image_metric(model)
+    if metric is not None:
+        check_image_eval_source(source, metric)
 
 
 def check_image_eval_source(source: str | None, metric: str) -> None:

@@ -58,15 +58,19 @@ def timed(steps: dict[str, float], step: str) -> Iterator[None]:
 
 
 def eval_kwargs(pruner: Any, args: argparse.Namespace, seqlen: int) -> dict[str, Any]:
-    if pruner.adapter.metric_name != "perplexity":  # image models: the text presets mean nothing there
-        check_image_eval_source(args.eval_source, pruner.adapter.metric_name)
-        return {"source": args.eval_source, "progress": not args.no_progress}
-    return {
+    """GBLMPruner.evaluate keyword arguments from the --eval-* options: those the model's metric takes."""
+    from ..evaluation import get_metric
+
+    metric = get_metric(pruner.adapter.metric_name)
+    if metric.inputs != "text":  # image models: the text presets mean nothing there
+        check_image_eval_source(args.eval_source, metric.metric_name)
+    options = {
         "seqlen": args.eval_seqlen or seqlen,
         **max_windows_kwargs(args),
         "source": args.eval_source,
         "progress": not args.no_progress,
     }
+    return {k: v for k, v in options.items() if k in metric.keywords}
 
 
 class PruneCommand(GBLMSubcommand):
@@ -170,7 +174,7 @@ class PruneCommand(GBLMSubcommand):
                 pruner.evaluate("dense", **eval_kwargs(pruner, args, config.seqlen))
         if args.tasks:
             with timed(steps, "tasks"):
-                pruner.evaluate("dense", tasks=args.tasks, progress=self.progress, **task_options(args))
+                pruner.evaluate_tasks(args.tasks, "dense", progress=self.progress, **task_options(args))
         try:  # a cache for another model is only known once the model is loaded (still before the gradient pass)
             pruner.prune(gradients=gradients, progress=self.progress)
         except GradientCacheError as err:
@@ -180,7 +184,7 @@ class PruneCommand(GBLMSubcommand):
                 pruner.evaluate("pruned", **eval_kwargs(pruner, args, config.seqlen))
         if args.tasks:
             with timed(steps, "tasks"):
-                pruner.evaluate("pruned", tasks=args.tasks, progress=self.progress, **task_options(args))
+                pruner.evaluate_tasks(args.tasks, "pruned", progress=self.progress, **task_options(args))
         with timed(steps, "save"):
             # the repo id, when pushing: the local card's snippets then name the repo it is published to
             saved = pruner.save_pretrained(output, overwrite=args.overwrite, repo_id=args.push_to_hub)

@@ -23,7 +23,7 @@ RECOVERY_PREFIX = "recovery_"
 
 def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per `RecoveryConfig` field (same names, defaults and help as the Python API)."""
-    from ..recovery import RecoveryConfig
+    from ..recovery import RecoveryConfig, list_recovery_subsets
 
     group = parser.add_argument_group("recovery (RecoveryConfig fields)")
     hints = typing.get_type_hints(RecoveryConfig)
@@ -31,8 +31,8 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
         _add_field(group, f, hints[f.name])
         action = group._group_actions[-1]
         action.dest = RECOVERY_PREFIX + f.name  # apart from GBLMConfig's seed / seqlen / batch_size
-        if f.name == "subset":
-            action.metavar = "SUBSET"
+        if f.name == "subset":  # the registered subsets, read now: ones registered after import are offered
+            action.metavar, action.choices = "SUBSET", list_recovery_subsets()
 
 
 def recovery_config_from_args(args: argparse.Namespace) -> Any:

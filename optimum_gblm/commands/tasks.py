@@ -78,7 +78,7 @@ def run_task_evaluation(args: argparse.Namespace, config: Any, pruned: bool, pro
         models.insert(0, ("dense" if pruned else "compared", args.compare))
     for name, model in models:
         pruner = GBLMPruner.from_pretrained(model, config)
-        pruner.evaluate(name, tasks=args.tasks, progress=progress, **options)
+        pruner.evaluate_tasks(args.tasks, name, progress=progress, **options)
         runs[name] = pruner.task_results[name]
         del pruner
     lines = [summary_table(runs)]
@@ -92,7 +92,7 @@ def run_task_evaluation(args: argparse.Namespace, config: Any, pruned: bool, pro
 
 
 def task_options(args: argparse.Namespace) -> dict[str, Any]:
-    """GBLMPruner.evaluate keyword arguments from the task options."""
+    """GBLMPruner.evaluate_tasks keyword arguments from the task options."""
     options = {"limit": args.limit, "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks}
     return {**options, "batch_size": args.task_batch_size}
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from ..data.images import load_images
 from .classification import top1_accuracy
+from .metrics import Evaluation, Evaluator, get_metric, list_metrics, register_metric
 from .perplexity import evaluation_stream, perplexity
 
 logger = logging.getLogger(__name__)
@@ -22,25 +22,24 @@ DEFAULT_EVAL_WINDOWS = 40
 DEFAULT_IMAGE_BATCH = 256
 
 
-@dataclass
-class Evaluation:
-    """A measured value and every setting it depends on, resolved (what the side-car and the card record)."""
-
-    value: float
-    settings: dict[str, Any]
+__all__ = ["AccuracyEvaluator", "Evaluation", "Evaluator", "PerplexityEvaluator", "make_evaluator"]
 
 
-class Evaluator:
-    metric_name: str
-
-    def evaluate(self, model: nn.Module, **kwargs: Any) -> Evaluation:
-        raise NotImplementedError
-
-
+@register_metric
 class PerplexityEvaluator(Evaluator):
     """Perplexity over non-overlapping windows of held-out text; token streams cached per source."""
 
     metric_name = "perplexity"
+    label = "Perplexity"
+    higher_is_better = False
+    inputs = "text"
+    keywords = ("source", "seqlen", "max_windows", "progress")
+
+    @classmethod
+    def for_model(
+        cls, adapter: Any, tokenizer: Any, preprocessing: dict[str, Any] | None, seqlen: int
+    ) -> PerplexityEvaluator:
+        return cls(tokenizer, seqlen)
 
     def __init__(self, tokenizer: Any, default_seqlen: int) -> None:
         self.tokenizer = tokenizer
@@ -80,10 +79,29 @@ class PerplexityEvaluator(Evaluator):
         return Evaluation(value, {"source": source, "seqlen": seqlen, "max_windows": max_windows, "windows": windows})
 
 
+@register_metric
 class AccuracyEvaluator(Evaluator):
     """Top-1 accuracy on a labelled image set; the set of the first call is reused by later calls."""
 
     metric_name = "accuracy"
+    label = "Top-1 accuracy"
+    higher_is_better = True
+    inputs = "images"
+    keywords = ("images", "labels", "source", "split", "batch_size", "progress")
+
+    @classmethod
+    def for_model(
+        cls, adapter: Any, tokenizer: Any, preprocessing: dict[str, Any] | None, seqlen: int
+    ) -> AccuracyEvaluator:
+        return cls(adapter, preprocessing)
+
+    @classmethod
+    def format_value(cls, value: float) -> str:
+        return f"{value:.2%}"
+
+    @classmethod
+    def format_change(cls, value: float, reference: float) -> str:
+        return f"{(value - reference) * 100:+.2f} points"  # a relative change of a share reads ambiguously
 
     def __init__(self, adapter: Any, preprocessing: dict[str, Any] | None = None) -> None:
         self.adapter = adapter  # checks sizes and labels against the model
@@ -129,9 +147,12 @@ class AccuracyEvaluator(Evaluator):
 def make_evaluator(
     adapter: Any, tokenizer: Any = None, preprocessing: dict[str, Any] | None = None, seqlen: int = 2048
 ) -> Evaluator:
-    """The evaluator of the adapter's declared metric."""
-    if adapter.metric_name == "perplexity":
-        return PerplexityEvaluator(tokenizer, seqlen)
-    if adapter.metric_name == "accuracy":
-        return AccuracyEvaluator(adapter, preprocessing)
-    raise ValueError(f"no evaluator for metric {adapter.metric_name!r} (adapter {adapter.name!r})")
+    """The evaluator of the adapter's declared metric (the registered `Evaluator` of that name)."""
+    try:
+        metric = get_metric(adapter.metric_name)
+    except ValueError:
+        raise ValueError(
+            f"no evaluator for metric {adapter.metric_name!r} (adapter {adapter.name!r}): registered metrics are "
+            f"{', '.join(list_metrics())}; register one with optimum_gblm.register_metric"
+        ) from None
+    return metric.for_model(adapter, tokenizer, preprocessing, seqlen)

@@ -288,9 +288,10 @@ class TaskEvaluation:
 
 
 class TaskEvaluator:
-    """lm-eval tasks for `GBLMPruner.evaluate(tasks=...)`: a text model with its tokenizer."""
+    """lm-eval tasks for `GBLMPruner.evaluate_tasks(tasks)`: a text model with its tokenizer."""
 
     metric_name = "lm-eval tasks"
+    keywords = ("tasks", "limit", "num_fewshot", "max_gen_toks", "batch_size", "progress")
 
     def __init__(self, tokenizer: Any, seed: int = 0) -> None:
         self.tokenizer = tokenizer

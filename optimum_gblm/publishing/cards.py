@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..evaluation import find_metric, get_metric, list_metrics
 from ..methods import get_method, list_methods
 from .plot import PLOT_NAME, ordered_layers
 from .provenance import hub_base_model, short_name
@@ -31,7 +32,6 @@ _TASKS = {
     "transformers": ("text-generation", "Text Generation"),
     "timm": ("image-classification", "Image Classification"),
 }
-_METRICS = {"perplexity": "Perplexity", "accuracy": "Top-1 accuracy"}
 
 
 # -- names ---------------------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def repo_safe(name: str) -> str:
 def metric_values(sidecar: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """The evaluated metric and its values by label (`dense`, `pruned`, ...)."""
     results = sidecar.get("results") or {}
-    for metric in _METRICS:
+    for metric in list_metrics():
         values = {k[: -len(metric) - 1]: float(v) for k, v in results.items() if k.endswith(f"_{metric}")}
         if values:
             return metric, values
@@ -89,7 +89,7 @@ def model_index(sidecar: dict[str, Any], name: str) -> list[dict[str, Any]] | No
     task_type, task_name = _TASKS.get(sidecar.get("library", "transformers"), _TASKS["transformers"])
     dataset = _evaluation_dataset(sidecar)
     results = [
-        eval_result(task_type, task_name, dataset, metric, f"{_METRICS[metric]} ({label})", value)
+        eval_result(task_type, task_name, dataset, metric, f"{get_metric(metric).label} ({label})", value)
         for label, value in sorted(values.items(), key=lambda kv: (kv[0] != "dense", kv[0]))
     ]
     results += task_eval_results(sidecar, task_type, task_name)  # lm-eval tasks (docs/evaluation.md)
@@ -253,16 +253,16 @@ def _metric_section(sidecar: dict[str, Any]) -> str:
     dataset = _evaluation_dataset(sidecar)
     dense = values.get("dense")
     labels = sorted(values, key=lambda k: (k != "dense", k))
+    evaluator = get_metric(metric)
     header = ("Metric", *(label.capitalize() for label in labels))
-    row = [f"{_METRICS[metric]} ({dataset['name']})", *(_fmt(metric, values[k]) for k in labels)]
+    row = [f"{evaluator.label} ({dataset['name']})", *(_fmt(metric, values[k]) for k in labels)]
     if dense is not None and "pruned" in values:
         header = (*header, "Change")
-        change = values["pruned"] - dense
-        row.append(f"{change * 100:+.2f} points" if metric == "accuracy" else f"{change / dense:+.2%}")
+        row.append(evaluator.format_change(values["pruned"], dense))
     settings = (sidecar.get("evaluation") or {}).get("pruned") or {}
     details = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k != "source")
-    lower = "lower" if metric == "perplexity" else "higher"
-    note = f"\n\n{_METRICS[metric]}: {lower} is better." + (f" Evaluation settings: {details}." if details else "")
+    better = "higher" if evaluator.higher_is_better else "lower"
+    note = f"\n\n{evaluator.label}: {better} is better." + (f" Evaluation settings: {details}." if details else "")
     return _table(header, [tuple(row)]) + note
 
 
@@ -368,9 +368,11 @@ def render_model_card(sidecar: dict[str, Any]) -> str:
 
 # -- formatting -----------------------------------------------------------------------------------------------------
 def _fmt(metric: str, value: float | None) -> str:
+    """A value as its metric formats it ("-" for none; two decimals for a metric this installation lacks)."""
     if value is None:
         return "-"
-    return f"{value:.2%}" if metric == "accuracy" else f"{value:.2f}"
+    evaluator = find_metric(metric)
+    return evaluator.format_value(value) if evaluator else f"{value:.2f}"
 
 
 # -- files ----------------------------------------------------------------------------------------------------------

@@ -5,20 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SUBSET_NAMES = {
-    "norm": "normalisation weights and biases",
-    "bias": "linear biases",
-    "head": "output head",
-    "masklora": "MaskLoRA (low-rank update of the kept weights, merged)",
-    "scalelora": "ScaleLoRA (multiplicative low-rank update, merged)",
-}
+from ..evaluation import find_metric, list_metrics
+from ..recovery import RecoverySubset, get_recovery_subset, list_recovery_subsets
+
+
+def _subsets(settings: dict[str, Any]) -> list[tuple[str, RecoverySubset | None]]:
+    """The stage's subsets with their registered definitions (None: a subset this installation does not know)."""
+    known = list_recovery_subsets()
+    return [(k, get_recovery_subset(k) if k in known else None) for k in settings.get("subset", [])]
 
 
 def _rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
     counts = settings.get("parameters") or {}
-    parts = [f"{SUBSET_NAMES.get(k, k)} ({counts.get(k, 0)} tensors)" for k in settings.get("subset", [])]
-    if "head" in settings.get("subset", []) and settings.get("tied_head"):
-        parts.append("the head is tied to the input embeddings: the shared matrix was trained")
+    subsets = _subsets(settings)
+    parts = [f"{s.card_text if s else k} ({counts.get(k, 0)} tensors)" for k, s in subsets]
+    parts += [note for _, s in subsets if s and (note := s.card_note(settings))]
     rows = [
         ("Trained parameters", "; ".join(parts)),
         (
@@ -34,7 +35,7 @@ def _rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("Training text", f"`{Path(str(settings.get('source'))).name}` (seed {settings.get('seed')})"),
     ]
-    if any(s.endswith("lora") for s in settings.get("subset", [])):
+    if any(s.lora if s else k.endswith("lora") for k, s in subsets):
         rows.append(("LoRA", f"rank {settings.get('lora_rank')}, alpha {settings.get('lora_alpha'):g}"))
     if settings.get("distill_weight"):
         rows.append(
@@ -44,10 +45,10 @@ def _rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
                 f"temperature {settings.get('temperature'):g}",
             )
         )
-    if "perplexity_before" in settings:
-        rows.append(
-            ("Perplexity", f"{settings['perplexity_before']:.2f} before, {settings['perplexity_after']:.2f} after")
-        )
+    for metric in (find_metric(name) for name in list_metrics()):
+        if f"{metric.metric_name}_before" in settings:
+            before, after = settings[f"{metric.metric_name}_before"], settings[f"{metric.metric_name}_after"]
+            rows.append((metric.label, f"{metric.format_value(before)} before, {metric.format_value(after)} after"))
     return rows
 
 

@@ -2,30 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-SUBSETS = ("norm", "bias", "head", "masklora", "scalelora")
-LORA_SUBSETS = ("masklora", "scalelora")
+from .registry import list_recovery_subsets, lora_subsets, subset_help
+
+
+def __getattr__(name: str) -> Any:
+    # the former constant tuples, now read from the registry (subsets registered later included)
+    if name == "SUBSETS":
+        return tuple(list_recovery_subsets())
+    if name == "LORA_SUBSETS":
+        return tuple(lora_subsets())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"metadata": {"help": text, **extra}}
 
 
+class _SubsetMetadata(Mapping):
+    """The subset field's help and choices, read from the registry on each access (the CLI builds `--subset` from
+    them), so a subset registered after import is offered and described too."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "help":
+            return subset_help()
+        if key == "choices":
+            return tuple(list_recovery_subsets())
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("help", "choices"))
+
+    def __len__(self) -> int:
+        return 2
+
+
 @dataclass
 class RecoveryConfig:
     """What to retrain, on which text, for how long. Validated on creation; `to_dict` is what the map records."""
 
-    subset: list[str] = field(
-        default_factory=lambda: ["norm", "masklora"],
-        **_help(
-            "Parameters to retrain: norm (normalisation weights and biases), bias (linear biases), head (output "
-            "head; tied to the input embeddings in SmolLM2, then both are trained as one matrix), masklora (low-rank "
-            "update masked to the kept weights), scalelora (multiplicative low-rank update: zeros stay zero).",
-            choices=SUBSETS,
-        ),
-    )
+    subset: list[str] = field(default_factory=lambda: ["norm", "masklora"], metadata=_SubsetMetadata())
     learning_rate: float = field(default=5e-4, **_help("Peak learning rate (AdamW, linear decay after warm-up)."))
     max_steps: int = field(default=100, **_help("Optimizer steps."))
     batch_size: int = field(default=4, **_help("Windows per optimizer step."))
@@ -67,11 +86,15 @@ class RecoveryConfig:
 
     def validate(self) -> None:
         subset = [self.subset] if isinstance(self.subset, str) else list(self.subset)
-        unknown = [s for s in subset if s not in SUBSETS]
+        known = list_recovery_subsets()
+        unknown = [s for s in subset if s not in known]
         if not subset or unknown:
-            raise ValueError(f"subset={subset!r} is invalid: choose one or more of {', '.join(SUBSETS)}")
-        if all(s in subset for s in LORA_SUBSETS):
-            raise ValueError("subset: masklora and scalelora both update the same layers; choose one")
+            raise ValueError(f"subset={subset!r} is invalid: choose one or more of {', '.join(known)}")
+        lora = [s for s in lora_subsets() if s in subset]
+        if len(lora) > 1:
+            raise ValueError(
+                f"subset: {' and '.join(lora)} {'both' if len(lora) == 2 else 'all'} update the same layers; choose one"
+            )
         self.subset = list(dict.fromkeys(subset))
         for name in ("learning_rate", "temperature", "lora_alpha"):
             value = getattr(self, name)
@@ -98,7 +121,9 @@ class RecoveryConfig:
 
     @property
     def lora(self) -> str | None:
-        return next((s for s in self.subset if s in LORA_SUBSETS), None)
+        """The low-rank subset of the run, if any (at most one)."""
+        lora = lora_subsets()
+        return next((s for s in self.subset if s in lora), None)
 
     @property
     def distill(self) -> bool:

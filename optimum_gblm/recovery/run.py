@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..evaluation.metrics import find_metric
 from ..pruning_map import PruningMap, Stage
 from ..targets import PruneTarget
 from .config import RecoveryConfig
-from .subsets import check_masks, lora_targets, make_trainable, merge
+from .lora import lora_targets
+from .subsets import check_masks, make_trainable, merge
 from .train import build_windows, check_output_dir, train
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ def run_recovery(
 ) -> nn.Module:
     cfg.validate()
     model = pruner.model
-    if getattr(pruner.adapter, "metric_name", None) != "perplexity" or model.get_output_embeddings() is None:
+    metric = find_metric(getattr(pruner.adapter, "metric_name", ""))
+    if metric is None or metric.inputs != "text" or model.get_output_embeddings() is None:
         raise ValueError("recovery retrains decoder LLMs (causal language models); this model is not one")
     targets = pruner.targets()
     masks = target_masks(targets, pruner.pruning_map)

@@ -1,18 +1,11 @@
-"""The trainable subsets of a recovery run, and merging them back so that every pruned weight stays exactly zero.
-
-The low-rank updates are `torch.nn.utils.parametrize` parametrizations of the pruned weights, so the function the
-Trainer optimises is exactly the function that is merged: MaskLoRA computes `W + s * (B @ A) * keep` (the update
-only reaches kept weights), ScaleLoRA `W * (1 + s * B @ A)` (zeros stay zero by construction). peft's LoRA layers
-add `x @ A.T @ B.T` beside the frozen weight, which cannot be masked: masking only at merge would change the trained
-function, so peft is not used here.
-"""
+"""The built-in recovery subsets (norm, bias, head; masklora and scalelora, whose low-rank updates are in lora.py),
+making a run's subsets trainable, and merging them back so that every pruned weight stays exactly zero."""
 
 from __future__ import annotations
 
 import logging
-import math
-import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,49 +14,89 @@ from torch.nn.utils import parametrize
 from ..targets import PruneTarget
 from ..utils import requires_grad_flags, restore_requires_grad
 from .config import RecoveryConfig
+from .lora import MaskLoRA, ScaleLoRA, attach_lora
+from .registry import RecoverySubset, get_recovery_subset, list_recovery_subsets, register_recovery_subset
 
 logger = logging.getLogger(__name__)
 
 
-class _LowRank(nn.Module):
-    """A rank-r product `B @ A` scaled by alpha / r; B starts at zero, so training starts from the pruned model."""
+@register_recovery_subset
+class NormSubset(RecoverySubset):
+    name = "norm"
+    help = "normalisation weights and biases"
+    card_text = "normalisation weights and biases"
 
-    def __init__(self, shape: tuple[int, int], rank: int, alpha: float, keep: torch.Tensor | None, seed: int) -> None:
-        super().__init__()
-        rows, cols = shape
-        generator = torch.Generator().manual_seed(seed)
-        bound = 1 / math.sqrt(cols)  # kaiming-uniform(a=sqrt(5)) bound, as nn.Linear and LoRA initialise A
-        self.A = nn.Parameter((torch.rand(rank, cols, generator=generator) * 2 - 1) * bound)
-        self.B = nn.Parameter(torch.zeros(rows, rank))
-        self.scale = alpha / rank
-        self.register_buffer("keep", keep, persistent=False)
-
-    def delta(self, weight: torch.Tensor) -> torch.Tensor:
-        return (self.B @ self.A * self.scale).to(weight.dtype)
+    def parameters(self, model: nn.Module, targets: list[PruneTarget]) -> dict[str, nn.Parameter]:
+        return {
+            f"{name}.{pname}": param
+            for name, module in model.named_modules()
+            if "norm" in type(module).__name__.lower()
+            for pname, param in module.named_parameters(recurse=False)
+        }
 
 
-class MaskLoRA(_LowRank):
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.delta(weight) * self.keep  # bool keep: 1 byte per weight saved for backward
+@register_recovery_subset
+class BiasSubset(RecoverySubset):
+    name = "bias"
+    help = "linear biases"
+    card_text = "linear biases"
+
+    def parameters(self, model: nn.Module, targets: list[PruneTarget]) -> dict[str, nn.Parameter]:
+        return {
+            f"{name}.bias": module.bias
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and module.bias is not None
+        }
 
 
-class ScaleLoRA(_LowRank):
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * (1 + self.delta(weight))
+@register_recovery_subset
+class HeadSubset(RecoverySubset):
+    name = "head"
+    help = "output head; tied to the input embeddings in SmolLM2, then both are trained as one matrix"
+    card_text = "output head"
+
+    def parameters(self, model: nn.Module, targets: list[PruneTarget]) -> dict[str, nn.Parameter]:
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError("subset 'head': this model has no output head (get_output_embeddings() is None)")
+        return {f"head.{pname}": param for pname, param in head.named_parameters(recurse=False)}
+
+    def settings(self, model: nn.Module) -> dict[str, Any]:
+        head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+        return {"tied_head": embeddings is not None and head.weight is embeddings.weight}
+
+    def card_note(self, settings: dict[str, Any]) -> str | None:
+        if settings.get("tied_head"):
+            return "the head is tied to the input embeddings: the shared matrix was trained"
+        return None
 
 
-LORA_CLASSES = {"masklora": MaskLoRA, "scalelora": ScaleLoRA}
+@register_recovery_subset
+class MaskLoRASubset(RecoverySubset):
+    name = "masklora"
+    help = "low-rank update masked to the kept weights"
+    card_text = "MaskLoRA (low-rank update of the kept weights, merged)"
+    parametrization = MaskLoRA
+
+
+@register_recovery_subset
+class ScaleLoRASubset(RecoverySubset):
+    name = "scalelora"
+    help = "multiplicative low-rank update: zeros stay zero"
+    card_text = "ScaleLoRA (multiplicative low-rank update, merged)"
+    parametrization = ScaleLoRA
 
 
 @dataclass
 class TrainableSubset:
-    """What was made trainable: names by kind, LoRA'd modules with their masks, and directly trained pruned weights
-    (their masks are re-applied after every optimizer step)."""
+    """What was made trainable: names by kind, LoRA'd modules with their masks, directly trained pruned weights
+    (their masks are re-applied after every optimizer step) and the subsets' own recorded facts."""
 
     names: dict[str, list[str]] = field(default_factory=dict)
     lora_modules: dict[str, tuple[nn.Module, torch.Tensor]] = field(default_factory=dict)
     masked_params: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
-    tied_head: bool = False
+    # every recover stage has recorded tied_head (False unless the head subset found a tied head)
+    settings: dict[str, Any] = field(default_factory=lambda: {"tied_head": False})
     trainable: int = 0
     total: int = 0
     requires_grad: dict[str, bool] = field(default_factory=dict)
@@ -74,55 +107,27 @@ class TrainableSubset:
             "trainable_params": self.trainable,
             "total_params": self.total,
             "trainable_share": self.trainable / self.total if self.total else 0.0,
-            "tied_head": self.tied_head,
+            **self.settings,
         }
-
-
-def lora_targets(targets: list[PruneTarget], cfg: RecoveryConfig) -> list[PruneTarget]:
-    """Whole-weight targets that get a low-rank update, checked before training: the rank must fit the layer."""
-    chosen = [t for t in targets if t.index is None and isinstance(t.module, nn.Linear)]
-    if cfg.lora_targets:
-        patterns = [re.compile(p) for p in cfg.lora_targets]
-        chosen = [t for t in chosen if any(p.search(t.name) for p in patterns)]
-    if not chosen:
-        raise ValueError(f"lora_targets={cfg.lora_targets!r} matches no prunable linear layer of this model")
-    too_small = [f"{t.name} {t.shape}" for t in chosen if cfg.lora_rank > min(t.shape)]
-    if too_small:
-        raise ValueError(
-            f"lora_rank={cfg.lora_rank} is larger than the layer: {', '.join(too_small[:3])}; the rank must be at "
-            f"most min(out, in) = {min(min(t.shape) for t in chosen)}"
-        )
-    return chosen
 
 
 def make_trainable(
     model: nn.Module, cfg: RecoveryConfig, targets: list[PruneTarget], masks: dict[str, torch.Tensor]
 ) -> TrainableSubset:
-    """Freeze everything, then unfreeze the configured subset (adding LoRA parametrizations where asked)."""
+    """Freeze everything, then unfreeze the configured subsets (adding the LoRA parametrization where asked)."""
     subset = TrainableSubset(requires_grad=requires_grad_flags(model))  # put back by merge, after the Trainer run
     subset.total = sum(p.numel() for p in model.parameters())
     model.requires_grad_(False)
     chosen: dict[str, nn.Parameter] = {}
-    if "norm" in cfg.subset:
-        for name, module in model.named_modules():
-            if "norm" in type(module).__name__.lower():
-                for pname, param in module.named_parameters(recurse=False):
-                    chosen[f"{name}.{pname}"] = param
-                    subset.names.setdefault("norm", []).append(f"{name}.{pname}")
-    if "bias" in cfg.subset:
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                chosen[f"{name}.bias"] = module.bias
-                subset.names.setdefault("bias", []).append(f"{name}.bias")
-    if "head" in cfg.subset:
-        head = model.get_output_embeddings()
-        if head is None:
-            raise ValueError("subset 'head': this model has no output head (get_output_embeddings() is None)")
-        embeddings = model.get_input_embeddings()
-        subset.tied_head = embeddings is not None and head.weight is embeddings.weight
-        for pname, param in head.named_parameters(recurse=False):
-            chosen[f"head.{pname}"] = param
-            subset.names.setdefault("head", []).append(f"head.{pname}")
+    # registry order, the low-rank update last: the recorded names do not depend on the order the user gave
+    for kind in (get_recovery_subset(n) for n in list_recovery_subsets() if n in cfg.subset):
+        if kind.lora:
+            continue
+        params = kind.parameters(model, targets)
+        chosen.update(params)
+        if params:
+            subset.names.setdefault(kind.name, []).extend(params)
+        subset.settings.update(kind.settings(model))
     if not subset.names and not cfg.lora:
         raise ValueError(f"subset={cfg.subset} selects no parameter of this model (e.g. it has no biases)")
     by_param = {id(t.parameter): t.name for t in targets if t.index is None}
@@ -131,17 +136,9 @@ def make_trainable(
         if id(param) in by_param and by_param[id(param)] in masks:  # a pruned weight trained directly (a head)
             subset.masked_params.append((param, masks[by_param[id(param)]]))
     if cfg.lora:
-        cls = LORA_CLASSES[cfg.lora]
-        for i, target in enumerate(lora_targets(targets, cfg)):
-            weight = target.module.weight
-            keep = (
-                ~masks[target.name].to(weight.device) if target.name in masks else torch.ones_like(weight, dtype=bool)
-            )
-            keep = keep.bool() if cls is MaskLoRA else None  # ScaleLoRA keeps zeros without a mask
-            lora = cls(target.shape, cfg.lora_rank, cfg.lora_alpha, keep, cfg.seed * 100003 + i)
-            parametrize.register_parametrization(target.module, "weight", lora.to(weight.device))
-            subset.lora_modules[target.name] = (target.module, masks.get(target.name))
-            subset.names.setdefault(cfg.lora, []).append(target.name)
+        lowrank = get_recovery_subset(cfg.lora).parametrization
+        subset.lora_modules = attach_lora(lowrank, targets, cfg, masks)
+        subset.names[cfg.lora] = list(subset.lora_modules)
     subset.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "Recovery trains %d of %d parameters (%.3f%%): %s",
