@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import ModelAdapter, get_adapter, load_model
+from .adapters import ModelAdapter, get_adapter
 from .configuration import GBLMConfig
 from .evaluation import DEFAULT_EVAL_WINDOWS, DEFAULT_IMAGE_BATCH, Evaluation, Evaluator, make_evaluator
 from .evaluation.harness import DEFAULT_TASK_BATCH, TaskEvaluator
@@ -24,12 +24,11 @@ from .evaluation.verbs import TASKS_DEPRECATED, chosen_options
 from .gradient_phase import GradientSubject, allocate, collect, run_gradient_phase, without_allocation_sums
 from .gradients import GradientAccumulation
 from .pipelines import Placement, PruneRequest, pipeline_class, prune_model
-from .pipelines.offload import offloaded_model, placement_for
-from .planning import check_memory_plan
+from .pipelines.offload import placement_for
 from .pruning_map import PruningMap
 from .publishing.provenance import check_base_model_option
 from .targets import PruneTarget
-from .utils import check_calibration_source, resolve_device, suggest_keywords
+from .utils import resolve_device, suggest_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +88,10 @@ class GBLMPruner:
         `base_model` is the Hub id the model is published under, for the card's metadata and link when `model` is a
         local folder or an instance (without it, a local model is named in plain text, never linked).
         `check_memory`: plan the peak memory first (planning.py) and refuse a run that cannot fit, with the numbers."""
+        from .loading import load_for_pruning
+
         config = config or GBLMConfig()
-        config.validate()
-        check_base_model_option(base_model)
-        resolve_device(config.device)  # a missing device or calibration file is refused before loading anything
-        check_calibration_source(config.calibration)
-        if check_memory and not isinstance(model, nn.Module):
-            check_memory_plan(model, config)
-        if config.placement == "disk":  # built on the meta device; each block is read when the pipeline reaches it
-            model, load_kwargs = offloaded_model(model, config, **load_kwargs)
-        loaded = load_model(model, config, **load_kwargs)
+        loaded = load_for_pruning(model, config, base_model, check_memory, **load_kwargs)
         return cls(
             loaded.model,
             config,
@@ -207,14 +200,11 @@ class GBLMPruner:
         )
         self.pruning_map = prune_model(request, self.placement)
         self.timings["prune_s"] = time.perf_counter() - start
-        logger.info(
-            "Pruned %d targets with %s (%s): overall sparsity %.4f in %.1f s",
-            len(self.pruning_map.targets),
-            cfg.method,
-            self.pruning_map.pattern,
-            self.pruning_map.overall_sparsity,
-            self.timings["prune_s"],
+        done = self.pruning_map
+        summary = (
+            f"{len(done.targets)} targets with {cfg.method} ({done.pattern}): sparsity {done.overall_sparsity:.4f}"
         )
+        logger.info("Pruned %s in %.1f s", summary, self.timings["prune_s"])
         return self.model
 
     def recover(
@@ -231,9 +221,19 @@ class GBLMPruner:
         `RecoveryConfig`; `teacher`: the dense model for distillation; `evaluate`: measure perplexity before and
         after (True, or `evaluate()` keyword arguments). See docs/recovery.md."""
         from .recovery import RecoveryConfig, run_recovery
+        from .recovery.run import RecoverySubject
 
-        config = config or RecoveryConfig()
-        return run_recovery(self, config, teacher, evaluate, callbacks, progress)
+        measure = None
+        if evaluate:
+            options = {"progress": progress, **(evaluate if isinstance(evaluate, dict) else {})}
+            measure = lambda label: self.evaluate(label, **options)  # noqa: E731
+        subject = RecoverySubject(
+            self.model, self.adapter, self.config, self.pruning_map, self.tokenizer, self.placement.device
+        )
+        result = run_recovery(subject, config or RecoveryConfig(), teacher, measure, callbacks, progress)
+        self.pruning_map, self.recovery = result.pruning_map, result.settings
+        self.timings["recover_s"] = result.seconds
+        return self.model
 
     # -- publishing -------------------------------------------------------------------------------------------------
     def sidecar(self, repo_id: str | None = None, base_model: str | None = None) -> dict[str, Any]:

@@ -127,7 +127,7 @@ def test_base_model_must_be_a_hub_id(base: Path, tmp_path: Path, bad: str, monke
     def no_load(*args, **kwargs):
         raise AssertionError("loaded before checking base_model")
 
-    monkeypatch.setattr("optimum_gblm.pruner.load_model", no_load)
+    monkeypatch.setattr("optimum_gblm.loading.load_model", no_load)
     with pytest.raises(ValueError, match=rf"base_model={bad!r} is not a Hub model id"):
         GBLMPruner.from_pretrained(str(base), GBLMConfig(method="magnitude"), base_model=bad)
     monkeypatch.undo()

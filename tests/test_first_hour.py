@@ -28,12 +28,12 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading a model fails the test: the error under test must come first."""
-    import optimum_gblm.pruner as pruner_module
+    import optimum_gblm.loading as loading_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(pruner_module, "load_model", refuse)
+    monkeypatch.setattr(loading_module, "load_model", refuse)
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str]:

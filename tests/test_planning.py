@@ -80,7 +80,7 @@ def test_from_pretrained_refuses_before_loading(tmp_path, monkeypatch):
     tiny_model("llama").save_pretrained(folder)
     monkeypatch.setattr(planning, "available_memory", lambda device_type: (None, 10 * 2**20))
     loaded = []
-    monkeypatch.setattr("optimum_gblm.pruner.load_model", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr("optimum_gblm.loading.load_model", lambda *a, **k: loaded.append(a))
     with pytest.raises(MemoryPlanError, match="host 0.01 GiB available"):
         GBLMPruner.from_pretrained(folder, GBLMConfig(method="wanda", device="cpu"))
     assert not loaded

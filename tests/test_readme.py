@@ -4,7 +4,7 @@ pastes them one after the other into a fresh session (in a temporary working dir
 Substitutions happen at run time only; the snippets' text is executed unchanged:
 - Models: the Hub ids the README names (`meta-llama/Llama-2-7b-hf`, the timm ViT-B) and the embedded default
   (`from_pretrained()` with no model) load tiny random local models instead (a 2-layer LLaMA with a word-level
-  tokenizer, a 2-block ViT on 32x32 images), through a wrapped `optimum_gblm.pruner.load_model`: the Hub is not
+  tokenizer, a 2-block ViT on 32x32 images), through a wrapped `optimum_gblm.loading.load_model`: the Hub is not
   reachable here and the real models are too slow for a unit test. Any other id fails loudly.
 - Sizes: `GBLMConfig` caps `num_samples` at 4 and `seqlen` at 16 (a wrapped `__post_init__`), so 128 x 2048 windows
   become 4 x 16; `RecoveryConfig` caps `max_steps` at 2, `seqlen` at 16, the batch at 2 and the training / held-out
@@ -58,7 +58,7 @@ def readme_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import importlib
 
     import optimum_gblm.data.text as text_module
-    import optimum_gblm.pruner as pruner_module
+    import optimum_gblm.loading as loading_module
     from optimum_gblm.adapters import get_adapter
     from tests.test_timm_vit import tiny_vit
 
@@ -67,7 +67,7 @@ def readme_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     vit = models / "tiny-vit"
     model = tiny_vit()
     get_adapter(model).save(model, vit)
-    real_load = pruner_module.load_model
+    real_load = loading_module.load_model
 
     def load_model(model, config, **kwargs):
         if model is None or model in LLAMA_IDS:
@@ -78,7 +78,7 @@ def readme_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             raise AssertionError(f"the README names {model!r}: map it to a tiny model in tests/test_readme.py")
         return real_load(model, config, **kwargs)
 
-    monkeypatch.setattr(pruner_module, "load_model", load_model)
+    monkeypatch.setattr(loading_module, "load_model", load_model)
     real_post_init = GBLMConfig.__post_init__
 
     def small(self: GBLMConfig) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,21 +62,49 @@ def load_teacher(teacher: Any, cfg: RecoveryConfig, model: nn.Module) -> nn.Modu
     return teacher
 
 
+@dataclass
+class RecoverySubject:
+    """The model a recovery retrains, and what the recovery reads beside it: its adapter and pruning config (which
+    targets it has), its pruning map (None: the zeros of the weights are the masks), tokenizer and device."""
+
+    model: nn.Module
+    adapter: Any
+    config: Any
+    pruning_map: PruningMap | None
+    tokenizer: Any
+    device: Any
+
+    def targets(self) -> list[PruneTarget]:
+        return self.adapter.select_targets(self.model, self.config)
+
+
+@dataclass
+class RecoveryResult:
+    """The pruning map with its "recover" stage (None for a model that was never pruned), the stage's settings and
+    the training's seconds."""
+
+    pruning_map: PruningMap | None
+    settings: dict[str, Any]
+    seconds: float
+
+
 def run_recovery(
-    pruner: Any,
+    subject: RecoverySubject,
     cfg: RecoveryConfig,
     teacher: Any = None,
-    evaluate: bool | dict[str, Any] = False,
+    measure: Callable[[str], float] | None = None,
     callbacks: list | None = None,
     progress: bool = True,
-) -> nn.Module:
+) -> RecoveryResult:
+    """Retrain `cfg`'s subset of `subject.model` in place with every pruned weight kept at zero. `measure(label)`
+    (optional) evaluates the model before ("pruned", or "dense" without zeros) and after ("recovered") training."""
     cfg.validate()
-    model = pruner.model
-    metric = find_metric(getattr(pruner.adapter, "metric_name", ""))
+    model = subject.model
+    metric = find_metric(getattr(subject.adapter, "metric_name", ""))
     if metric is None or metric.inputs != "text" or model.get_output_embeddings() is None:
         raise ValueError("recovery retrains decoder LLMs (causal language models); this model is not one")
-    targets = pruner.targets()
-    masks = target_masks(targets, pruner.pruning_map)
+    targets = subject.targets()
+    masks = target_masks(targets, subject.pruning_map)
     pruned = sum(int(m.sum()) for m in masks.values())
     if pruned == 0:
         logger.warning("the model was not pruned (no zero in its prune targets): recovery runs as plain fine-tuning")
@@ -82,45 +112,41 @@ def run_recovery(
     if cfg.lora:
         lora_targets(targets, cfg)
     check_output_dir(cfg)
-    windows = build_windows(pruner.tokenizer, cfg)
+    windows = build_windows(subject.tokenizer, cfg)
     teacher_model = load_teacher(teacher, cfg, model)
-    eval_kwargs = {"progress": progress, **(evaluate if isinstance(evaluate, dict) else {})}
-    before_label = "pruned" if pruned else "dense"
-    metric = pruner.adapter.metric_name
-    if evaluate:  # measured again even when already measured: before and after share the same settings
-        pruner.evaluate(before_label, **eval_kwargs)
+    before = None
+    if measure is not None:  # measured again even when already measured: before and after share the same settings
+        before = measure("pruned" if pruned else "dense")
     start = time.perf_counter()
     subset = make_trainable(model, cfg, targets, masks)
     try:
-        record = train(model, cfg, windows, subset, pruner.placement.device, teacher_model, callbacks, progress)
+        record = train(model, cfg, windows, subset, subject.device, teacher_model, callbacks, progress)
     finally:
         merge(model, subset)
-    check_masks(model, pruner.targets(), masks)
-    pruner.timings["recover_s"] = time.perf_counter() - start
+    check_masks(model, subject.targets(), masks)
+    seconds = time.perf_counter() - start
     settings = {
         **{k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "resume", "logging_steps")},
         **subset.describe(),
         "tokens": cfg.max_steps * cfg.batch_size * cfg.seqlen,
-        "time_s": round(pruner.timings["recover_s"], 1),
+        "time_s": round(seconds, 1),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()},
     }
-    if evaluate:
-        after = pruner.evaluate("recovered", **eval_kwargs)
-        settings[f"{metric}_before"] = pruner.results[f"{before_label}_{metric}"]
-        settings[f"{metric}_after"] = after
-    if pruner.pruning_map is not None:
-        pruner.pruning_map.stages.append(Stage("recover", METHOD, settings))
-    elif pruned:  # a checkpoint loaded without its side-car: its zeros are the map
-        pruner.pruning_map = derived_map(targets, masks, pruner.config.pattern)
-        pruner.pruning_map.stages.append(Stage("recover", METHOD, settings))
-    pruner.recovery = settings
+    if measure is not None:
+        settings[f"{metric.metric_name}_before"] = before
+        settings[f"{metric.metric_name}_after"] = measure("recovered")
+    pruning_map = subject.pruning_map
+    if pruning_map is None and pruned:  # a checkpoint loaded without its side-car: its zeros are the map
+        pruning_map = derived_map(targets, masks, subject.config.pattern)
+    if pruning_map is not None:
+        pruning_map.stages.append(Stage("recover", METHOD, settings))
     logger.info(
         "Recovered in %.1f s: %d trainable parameters, %d tokens",
         settings["time_s"],
         subset.trainable,
         settings["tokens"],
     )
-    return model
+    return RecoveryResult(pruning_map, settings, seconds)
 
 
 def derived_map(targets: list[PruneTarget], masks: dict[str, torch.Tensor], pattern: str) -> PruningMap:
