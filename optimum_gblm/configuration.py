@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .fields import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Bounds, OptionError, check_fields, in_group, runtime_fields
 from .masks import parse_pattern
 from .methods import DEFAULT_METHOD, all_groups, argument_owners, get_method, list_methods
 from .methods.registry import reserve_argument_names
-from .utils import check_field_types, read_json
+from .utils import read_json
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -36,125 +37,176 @@ PLACEMENTS = ("memory", "cpu", "disk")
 LEGACY_METHOD_ARGS = ("blocksize", "percdamp", "beta")
 
 
-def _help(text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"help": text}
-    if choices is not None:
-        meta["choices"] = choices
-    return {"metadata": meta}
+# The CLI's option groups: --help shows them in the order their first field is declared, fields in declaration order.
+_method, _calibration, _gradients, _loading = map(in_group, ("method", "calibration", "gradients", "model / loading"))
 
 
 @dataclass
 class GBLMConfig:
-    """Settings of one pruning run. Field metadata (`help`, `choices`) also drives the CLI options."""
+    """Settings of one pruning run. Each field's metadata (`optimum_gblm.fields.field_spec`: help, choices,
+    bounds, CLI group, runtime) drives the validation, the fingerprint and the CLI options."""
 
-    method: str = field(default=DEFAULT_METHOD, **_help("Pruning method (see the method registry)."))
+    # -- what to prune, how much --------------------------------------------------------------------------------
+    method: str = field(
+        default=DEFAULT_METHOD, **_method("Pruning method (see the method registry).", registry=list_methods)
+    )
     sparsity: float = field(
         default=0.5,
-        **_help(
+        **_method(
             "Fraction of weights to prune in every targeted linear, in (0, 1); for structured methods the fraction "
-            "of the blocks' linear parameters removed."
+            "of the blocks' linear parameters removed.",
+            bounds=Bounds(low=0, high=1, low_open=True, high_open=True),
         ),
     )
     pattern: str = field(
-        default="unstructured", **_help("'unstructured' or 'N:M' (prune N of every M inputs), e.g. 2:4.")
+        default="unstructured", **_method("'unstructured' or 'N:M' (prune N of every M inputs), e.g. 2:4.")
     )
     group: str | None = field(
         default=None,
-        **_help("Comparison group for unstructured selection (default: the method's first group).", all_groups()),
+        **_method(
+            "Comparison group for unstructured selection (default: the method's first group).",
+            registry=all_groups,  # which of them a method offers is checked in validate
+        ),
     )
     method_args: dict[str, Any] = field(
         default_factory=dict,
-        **_help("The method's own arguments (e.g. SparseGPT's blocksize); defaults filled in by validation."),
+        **_method(
+            "The method's own arguments (e.g. SparseGPT's blocksize); defaults filled in by validation.",
+            cli=False,  # one CLI option per method argument, after this group's
+        ),
     )
+    allocation: str | None = field(
+        default=None,
+        **_method(
+            "Sparsity allocation across linears: uniform, or gradient (Fisher-based; unstructured only).",
+            choices=ALLOCATIONS,
+        ),
+    )
+    gamma: float = field(
+        default=0.5,
+        **_method("Gradient allocation: strength of the move toward the global ranking.", bounds=NON_NEGATIVE),
+    )
+    allocation_clip: float = field(
+        default=0.2,
+        **_method(
+            "Gradient allocation: maximum deviation from the target sparsity.",
+            bounds=Bounds(low=0, high=1, high_open=True),
+        ),
+    )
+    targets: list[str] = field(
+        default_factory=list, **_method("Regexes of linear names to prune (default: the adapter's).")
+    )
+    ignore: list[str] = field(default_factory=list, **_method("Regexes of linear names never to prune."))
+    # -- calibration ----------------------------------------------------------------------------------------------
+    calibration: str = field(
+        default="offline-corpus",
+        **_calibration(
+            "Calibration text: offline-corpus, c4, wikitext2, a text file, or a datasets name/path; image models: an "
+            "image folder or a datasets image dataset (the text default does not apply)."
+        ),
+    )
+    calibration_text_column: str = field(
+        default="text", **_calibration("Text column of a datasets calibration source.")
+    )
+    num_samples: int = field(default=128, **_calibration("Number of calibration windows.", bounds=POSITIVE_INT))
+    seqlen: int = field(
+        default=2048,
+        **_calibration("Tokens per calibration window (never derived from the model).", bounds=POSITIVE_INT),
+    )
+    seed: int = field(default=0, **_calibration("Seed of the calibration window sampler."))
+    batch_size: int = field(
+        default=8,
+        **_calibration(
+            "Samples per block forward in the layer-by-layer pass (statistics stay per sample).",
+            bounds=POSITIVE_INT,
+            runtime=True,
+        ),
+    )
+    pseudo_labels: bool = field(
+        default=False,
+        **_calibration("Image models: use the dense model's predictions as targets for unlabelled images."),
+    )
+    # -- gradients ------------------------------------------------------------------------------------------------
     gradient_norm: str = field(
-        default="l1", **_help("Per-sample gradient norm accumulated over samples.", GRADIENT_NORMS)
+        default="l1", **_gradients("Per-sample gradient norm accumulated over samples.", choices=GRADIENT_NORMS)
     )
     gradient_scale: float = field(
-        default=100.0, **_help("Scale c applied to every per-sample gradient (the paper's alpha).")
+        default=100.0,
+        **_gradients("Scale c applied to every per-sample gradient (the paper's alpha).", bounds=POSITIVE),
     )
     gradient_dtype: str = field(
         default="float32",
-        **_help("Compute dtype of the gradient pass (autocast; float16 uses loss scaling).", GRADIENT_DTYPES),
+        **_gradients(
+            "Compute dtype of the gradient pass (autocast; float16 uses loss scaling).", choices=GRADIENT_DTYPES
+        ),
     )
     gradient_checkpointing: bool = field(
         default=False,
-        **_help(
+        **_gradients(
             "Recompute each block's activations in the gradient pass's backward instead of keeping them: less memory "
             "(about one block's activations), about a third more compute; the same gradients."
         ),
     )
     two_pass_gradients: bool = field(
         default=False,
-        **_help(
+        **_gradients(
             "Gradient-based allocation with the l1 norm (gblm-obs): collect the allocation's l2 accumulation in a first "
             "pass and the l1 in a second, so one fp32 accumulator is held at a time instead of two: the same result, "
-            "twice the gradient-pass time."
+            "twice the gradient-pass time.",
+            runtime=True,  # the same accumulations, collected in two passes
         ),
     )
     blockwise_gradients: bool = field(
         default=False,
-        **_help(
+        **_gradients(
             "Run the gradient pass block by block (forward storing each block's inputs on disk, then the backward one "
             "block at a time over all samples): one block's accumulators in memory instead of every target's, the "
-            "same sums, about a third more compute."
+            "same sums, about a third more compute.",
+            runtime=True,  # the same accumulations, collected block by block
         ),
     )
     score_dtype: str = field(
         default="float32",
-        **_help("Precision of the gradient term: float32, or float16 to mimic the reference code.", SCORE_DTYPES),
-    )
-    calibration: str = field(
-        default="offline-corpus",
-        **_help(
-            "Calibration text: offline-corpus, c4, wikitext2, a text file, or a datasets name/path; image models: an "
-            "image folder or a datasets image dataset (the text default does not apply)."
+        **_gradients(
+            "Precision of the gradient term: float32, or float16 to mimic the reference code.", choices=SCORE_DTYPES
         ),
     )
-    calibration_text_column: str = field(default="text", **_help("Text column of a datasets calibration source."))
-    num_samples: int = field(default=128, **_help("Number of calibration windows."))
-    seqlen: int = field(default=2048, **_help("Tokens per calibration window (never derived from the model)."))
-    seed: int = field(default=0, **_help("Seed of the calibration window sampler."))
-    targets: list[str] = field(
-        default_factory=list, **_help("Regexes of linear names to prune (default: the adapter's).")
-    )
-    ignore: list[str] = field(default_factory=list, **_help("Regexes of linear names never to prune."))
-    dtype: str = field(default="auto", **_help("Weight dtype to load and save.", DTYPES))
-    device: str = field(default="auto", **_help("Compute device: auto (CUDA when present), cpu, cuda, cuda:N."))
-    allocation: str | None = field(
-        default=None,
-        **_help(
-            "Sparsity allocation across linears: uniform, or gradient (Fisher-based; unstructured only).", ALLOCATIONS
-        ),
-    )
-    gamma: float = field(default=0.5, **_help("Gradient allocation: strength of the move toward the global ranking."))
-    allocation_clip: float = field(
-        default=0.2, **_help("Gradient allocation: maximum deviation from the target sparsity.")
-    )
-    batch_size: int = field(
-        default=8, **_help("Samples per block forward in the layer-by-layer pass (statistics stay per sample).")
+    # -- model / loading: how and where the work runs ---------------------------------------------------------------
+    dtype: str = field(default="auto", **_loading("Weight dtype to load and save.", choices=DTYPES))
+    device: str = field(
+        default="auto", **_loading("Compute device: auto (CUDA when present), cpu, cuda, cuda:N.", runtime=True)
     )
     pipeline: str = field(
         default="auto",
-        **_help("Calibration pipeline: auto (the method's), datafree or sequential (block by block).", PIPELINES),
+        **_loading(
+            "Calibration pipeline: auto (the method's), datafree or sequential (block by block).",
+            choices=PIPELINES,
+            runtime=True,
+        ),
     )
     intermediates: str = field(
         default="device",
-        **_help("Where block inputs live between blocks: device, cpu or disk (a temporary folder).", INTERMEDIATES),
+        **_loading(
+            "Where block inputs live between blocks: device, cpu or disk (a temporary folder).",
+            choices=INTERMEDIATES,
+            runtime=True,
+        ),
     )
-    trust_remote_code: bool = field(
-        default=False, **_help("Allow custom modelling code from the Hub (off by default).")
-    )
-    pseudo_labels: bool = field(
-        default=False, **_help("Image models: use the dense model's predictions as targets for unlabelled images.")
-    )
-    library_version: str = field(default=__version__, **_help("optimum-gblm version that wrote this config."))
     placement: str = field(
         default="memory",
-        **_help(
+        **_loading(
             "Where the weights live while pruning: memory (moved whole to the device), cpu (one block at a time on "
             "the device), disk (each block read from the safetensors checkpoint and written out; docs/scale-out.md).",
-            PLACEMENTS,
+            choices=PLACEMENTS,
+            runtime=True,
         ),
+    )
+    trust_remote_code: bool = field(
+        default=False, **_loading("Allow custom modelling code from the Hub (off by default).", runtime=True)
+    )
+    library_version: str = field(
+        default=__version__,
+        **in_group("provenance")("optimum-gblm version that wrote this config.", runtime=True, cli=False),
     )
 
     def __post_init__(self) -> None:
@@ -163,11 +215,8 @@ class GBLMConfig:
     # -- validation -----------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise `ValueError` naming the field and the allowed values; no heavy work happens before this."""
-        check_field_types(self)
-        if self.method not in list_methods():
-            raise ValueError(f"method={self.method!r} is unknown: choose one of {', '.join(list_methods())}")
-        if not isinstance(self.sparsity, (int, float)) or not (0.0 < float(self.sparsity) < 1.0):
-            raise ValueError(f"sparsity={self.sparsity!r} is invalid: it must be a number strictly between 0 and 1")
+        check_fields(self)  # types, choices and bounds from the field metadata; cross-field rules follow
+        method = get_method(self.method)  # an unknown name is refused naming the registered ones
         self.sparsity = float(self.sparsity)
         nm = parse_pattern(self.pattern)
         if nm is not None:
@@ -177,38 +226,20 @@ class GBLMConfig:
                     f"pattern={self.pattern!r} prunes exactly {n}/{m} = {n / m:g} of the weights, but sparsity="
                     f"{self.sparsity:g}: set sparsity={n / m:g} or use pattern='unstructured'"
                 )
-        method = get_method(self.method)
         if self.group is not None and self.group not in method.groups:
             raise ValueError(
                 f"group={self.group!r} is not available for method={self.method!r}: allowed {', '.join(method.groups)}"
             )
-        self._check_choice("gradient_norm", GRADIENT_NORMS)
-        self._check_choice("gradient_dtype", GRADIENT_DTYPES)
-        self._check_choice("score_dtype", SCORE_DTYPES)
-        self._check_choice("dtype", DTYPES)
-        if self.allocation is not None:
-            self._check_choice("allocation", ALLOCATIONS)
-            if self.allocation == "gradient" and nm is not None:
-                raise ValueError(
-                    "allocation='gradient' is only defined for pattern='unstructured': every N:M group has a fixed budget"
-                )
-        if not isinstance(self.method_args, dict):
+        if self.allocation == "gradient" and nm is not None:
             raise ValueError(
-                f"method_args={self.method_args!r} is invalid: it must be a dict of the method's arguments"
+                "allocation='gradient' is only defined for pattern='unstructured': every N:M group has a fixed budget"
             )
         self.method_args = asdict(method.make_args(self.method_args))
-        self._check_choice("pipeline", PIPELINES)
-        self._check_choice("intermediates", INTERMEDIATES)
-        self._check_choice("placement", PLACEMENTS)
         if self.pipeline == "datafree" and (method.statistic is not None):
             raise ValueError(
                 f"pipeline='datafree' cannot run method={self.method!r}: it needs {method.statistic} statistics from a "
                 "forward pass; use pipeline='sequential' or 'auto'"
             )
-        for name in ("num_samples", "seqlen", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer")
         if self.two_pass_gradients and not self.two_accumulations:
             raise ValueError(
                 "two_pass_gradients=True splits a gradient pass that keeps two accumulations (allocation='gradient' with "
@@ -228,14 +259,6 @@ class GBLMConfig:
                     "blockwise_gradients=True cannot use gradient_dtype='float16' (its loss scaling retries a whole "
                     "sample's backward): use float32 or bfloat16"
                 )
-        if self.gradient_scale <= 0:
-            raise ValueError(f"gradient_scale={self.gradient_scale!r} is invalid: it must be > 0")
-        if self.gamma < 0:
-            raise ValueError(f"gamma={self.gamma!r} is invalid: it must be >= 0")
-        if not 0 <= self.allocation_clip < 1:
-            raise ValueError(f"allocation_clip={self.allocation_clip!r} is invalid: it must be in [0, 1)")
-        if not isinstance(self.pseudo_labels, bool):
-            raise ValueError(f"pseudo_labels={self.pseudo_labels!r} is invalid: it must be true or false")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
             raise ValueError(f"device={self.device!r} is invalid: use auto, cpu, cuda, cuda:N or mps")
         for name in ("targets", "ignore"):
@@ -249,11 +272,6 @@ class GBLMConfig:
                 except re.error as err:
                     raise ValueError(f"{name} contains an invalid regular expression {pattern!r}: {err}") from None
         method.check_config(self)
-
-    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
-        value = getattr(self, name)
-        if value not in choices:
-            raise ValueError(f"{name}={value!r} is invalid: choose one of {', '.join(choices)}")
 
     # -- derived values -------------------------------------------------------------------------------------------
     @property
@@ -292,25 +310,16 @@ class GBLMConfig:
         return self.selection_uses_gradients or self.effective_allocation == "gradient"
 
     def fingerprint(self) -> str:
-        """Short hash of every setting that changes the result. Excluded: the library version and the settings of
-        where and how fast work runs (device, pipeline, intermediates, placement, batch size, two-pass gradients,
+        """Short hash of every setting that changes the result (gradient caches and published checkpoints are keyed
+        by it). Excluded: the fields declared `runtime` (the library version and the settings of where and how fast
+        work runs: device, pipeline, intermediates, placement, batch size, two-pass and block-wise gradients,
         trust_remote_code). The loading dtype is included: pruning bf16 weights selects other masks than pruning
         fp32 weights."""
         import hashlib
 
         data = self.to_dict()
-        for key in (
-            "library_version",
-            "device",
-            "pipeline",
-            "intermediates",
-            "trust_remote_code",
-            "batch_size",
-            "placement",
-            "two_pass_gradients",  # the same accumulations, collected in two passes
-            "blockwise_gradients",  # the same accumulations, collected block by block
-        ):
-            data.pop(key, None)
+        for key in runtime_fields(type(self)):
+            del data[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- serialisation --------------------------------------------------------------------------------------------
@@ -334,7 +343,13 @@ class GBLMConfig:
             if method in owners[key]:
                 method_args.setdefault(key, value)
             elif strict or key not in LEGACY_METHOD_ARGS:  # v1 files carry every flat argument, used or not
-                raise ValueError(f"{key} is an argument of method {' / '.join(owners[key])}, not of method={method!r}")
+                raise OptionError(
+                    key,
+                    "{key} is an {term} of method {owners}, not of method={method!r}",
+                    key=key,
+                    owners=" / ".join(owners[key]),
+                    method=method,
+                )
         if "offload_activations" in data:  # version 1
             data.setdefault("intermediates", "cpu" if data.pop("offload_activations") else "device")
         known = {f.name for f in fields(cls)}

@@ -8,17 +8,16 @@ import functools
 import hashlib
 import inspect
 import json
-import math
-import numbers
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from .fields import OptionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,15 +44,22 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was requested but CUDA is not available: use device='cpu' or 'auto'")
+            raise OptionError(
+                "device",
+                "{opt}{device!r} was requested but CUDA is not available: use {opt}'cpu' or 'auto'",
+                device=device,
+            )
         index = torch.device(device).index
         if index is not None and index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            raise OptionError(
+                "device",
+                "{opt}{device!r} does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{last}",
+                device=device,
+                count=torch.cuda.device_count(),
+                last=torch.cuda.device_count() - 1,
             )
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError("device='mps' was requested but MPS is not available: use device='cpu' or 'auto'")
+        raise OptionError("device", "{opt}'mps' was requested but MPS is not available: use {opt}'cpu' or 'auto'")
     return torch.device(device)
 
 
@@ -272,35 +278,6 @@ def suggest_keywords(**aliases: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def check_field_types(obj: Any) -> None:
-    """Each field of a dataclass against its annotation (a JSON config may hold "0.5" or 1.5 where a number or an
-    integer belongs): a `ValueError` naming the field, the value and the expected type, instead of a TypeError later.
-    Fields with other annotations are left to their own checks."""
-    for f in fields(obj):
-        value, kind = getattr(obj, f.name), str(f.type)
-        if value is None and kind.endswith("| None"):
-            continue
-        kind = kind.removesuffix(" | None")
-        if kind == "list[str]" and isinstance(value, tuple):
-            value = list(value)
-            setattr(obj, f.name, value)
-        expected = {
-            "str": ("a string", isinstance(value, str)),
-            "bool": ("true or false", isinstance(value, bool)),
-            "int": ("an integer", isinstance(value, numbers.Integral) and not isinstance(value, bool)),
-            "float": (
-                "a finite number",
-                isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value),
-            ),
-            "list[str]": (
-                "a string or a list of strings",
-                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
-            ),
-        }.get(kind)
-        if expected is not None and not expected[1]:
-            raise ValueError(f"{f.name}={value!r} is invalid: expected {expected[0]}, got {type(value).__name__}")
 
 
 @contextlib.contextmanager

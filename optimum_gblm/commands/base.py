@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from optimum.commands.base import BaseOptimumCLICommand
 
 from ..utils import looks_like_local_path
-from .errors import CommandFailed, UsageError
+from .errors import CommandFailed, UsageError, usage_error
 from .options import EVAL_SOURCES, add_logging_arguments
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def check_device(device: str) -> None:
     try:
         resolve_device(device)
     except ValueError as err:
-        raise UsageError(str(err).replace("device=", "--device ")) from None
+        raise usage_error(err) from None
 
 
 def image_metric(model: str | None) -> str | None:
@@ -155,7 +155,7 @@ def check_base_model(base_model: str | None) -> str | None:
     try:
         return check(base_model) if base_model else None
     except ValueError as err:
-        raise UsageError(str(err).replace("base_model=", "--base-model ").replace("leave it out", "omit it")) from None
+        raise usage_error(err) from None
 
 
 def check_eval_source(source: str | None, model: str | None = None) -> None:
@@ -193,7 +193,7 @@ def check_output_folder(path: str, overwrite: bool) -> Path:
     try:
         return check_output_dir(path, overwrite=overwrite)
     except (FileExistsError, PermissionError) as err:
-        raise UsageError(str(err).replace("pass overwrite=True", "pass --overwrite")) from None
+        raise usage_error(err) from None
 
 
 def check_gradient_cache(path: Path, config: Any, advice: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..fields import CLI, OptionMessage
+
 
 class UsageError(Exception):
     """Bad input found before any heavy work: exit code 2, like an argparse error."""
@@ -9,3 +11,9 @@ class UsageError(Exception):
 
 class CommandFailed(Exception):
     """A failure already explained by the log (e.g. some zoo entries failed): exit code 1, no traceback hint."""
+
+
+def usage_error(err: Exception) -> UsageError:
+    """A library error as a usage error, worded for the command line: an error that names its option (`OptionError`)
+    spells it as a flag (`--device 'cuda'`, `pass --overwrite`); any other keeps its message."""
+    return UsageError(err.render(CLI) if isinstance(err, OptionMessage) else str(err))

@@ -1,4 +1,5 @@
-"""Command-line options generated from `GBLMConfig` fields (names, defaults, help, choices), plus shared groups."""
+"""Command-line options generated from `GBLMConfig` fields (names, defaults, help, choices and groups from their
+metadata), plus shared groups."""
 
 from __future__ import annotations
 
@@ -10,48 +11,28 @@ from typing import Any
 
 from ..configuration import GBLMConfig
 from ..evaluation import DEFAULT_EVAL_WINDOWS
-from ..methods import all_groups, argument_owners, get_method, list_methods
+from ..fields import field_choices
+from ..methods import argument_owners, get_method, list_methods
 from ..utils import resolve_device
-from .errors import UsageError
+from .errors import usage_error
 
-# Argument groups shown in --help, each a tuple of GBLMConfig field names; a field missing here still gets an
-# option (in "other settings"), so a new config field never needs a CLI edit.
-CONFIG_GROUPS: dict[str, tuple[str, ...]] = {
-    "method": (
-        "method",
-        "sparsity",
-        "pattern",
-        "group",
-        "allocation",
-        "gamma",
-        "allocation_clip",
-        "targets",
-        "ignore",
-    ),
-    "calibration": (
-        "calibration",
-        "calibration_text_column",
-        "num_samples",
-        "seqlen",
-        "seed",
-        "batch_size",
-        "pseudo_labels",
-    ),
-    "gradients": (
-        "gradient_norm",
-        "gradient_scale",
-        "gradient_dtype",
-        "gradient_checkpointing",
-        "two_pass_gradients",
-        "blockwise_gradients",
-        "score_dtype",
-    ),
-    "model / loading": ("dtype", "device", "pipeline", "intermediates", "placement", "trust_remote_code"),
-}
-OTHER_GROUP = "other settings"
-# Recorded by the library, or given through the method-argument options below.
-NOT_OPTIONS = frozenset({"library_version", "method_args"})
+OTHER_GROUP = "other settings"  # the options of fields that declare no `group`
 METHOD_ARG_PREFIX = "method_arg_"
+
+
+def _config_groups() -> dict[str, tuple[str, ...]]:
+    """GBLMConfig's fields by their `group` metadata: groups in the order their first field is declared, fields in
+    declaration order (the order --help shows), fields that are not options (`cli=False`) included."""
+    groups: dict[str, list[str]] = {}
+    for f in fields(GBLMConfig):
+        groups.setdefault(f.metadata.get("group", OTHER_GROUP), []).append(f.name)
+    other = groups.pop(OTHER_GROUP, [])
+    return {title: tuple(names) for title, names in {**groups, OTHER_GROUP: other}.items() if names}
+
+
+CONFIG_GROUPS = _config_groups()
+# Recorded by the library, or given through the method-argument options below.
+NOT_OPTIONS = frozenset(f.name for f in fields(GBLMConfig) if not f.metadata.get("cli", True))
 
 EVAL_SOURCES = ("offline-corpus", "wikitext2")
 
@@ -71,8 +52,7 @@ def _value_type(hint: Any) -> Any:
 def _add_field(group: argparse._ArgumentGroup, f: Field, hint: Any) -> None:
     default = _default(f)
     text = f.metadata.get("help", "").replace("%", "%%")
-    # Registry-backed choices are read now, so methods registered after import are offered too.
-    choices = {"method": list_methods(), "group": all_groups()}.get(f.name, f.metadata.get("choices"))
+    choices = field_choices(f)  # registry-backed ones read now: methods registered after import are offered too
     kwargs: dict[str, Any] = {"dest": f.name, "default": default}
     hint = _value_type(hint)
     if hint is bool:
@@ -98,17 +78,16 @@ def add_config_arguments(
     subcommand never reads; "method_args" leaves out the methods' own options); returns the groups by title."""
     hints = typing.get_type_hints(GBLMConfig)
     by_name = {f.name: f for f in fields(GBLMConfig) if f.name not in NOT_OPTIONS | exclude}
-    listed = {name for names in CONFIG_GROUPS.values() for name in names}
-    layout = {**CONFIG_GROUPS, OTHER_GROUP: tuple(n for n in by_name if n not in listed)}
     out: dict[str, argparse._ArgumentGroup] = {}
-    for title, names in layout.items():
-        if (groups is not None and title not in groups) or not names:
+    for title, names in CONFIG_GROUPS.items():
+        if groups is not None and title not in groups:
             continue
-        out[title] = parser.add_argument_group(title)
+        if any(name not in NOT_OPTIONS for name in names):  # kept when `exclude` empties it: callers add to it
+            out[title] = parser.add_argument_group(title)
         for name in names:
             if name in by_name:
                 _add_field(out[title], by_name[name], hints[name])
-        if title == "method" and "method_args" not in exclude:
+        if "method_args" in names and "method_args" not in exclude:  # the methods' options follow its group
             add_method_arguments(parser)
     return out
 
@@ -147,11 +126,11 @@ def config_from_args(args: argparse.Namespace) -> GBLMConfig:
     try:
         config = GBLMConfig.from_dict({**values, **method_args}, strict=True)
     except ValueError as err:
-        raise UsageError(str(err).replace("argument of method", "option of method")) from None
+        raise usage_error(err) from None
     try:  # a device this machine lacks is known now, before the model and the calibration are loaded
         resolve_device(config.device)
     except ValueError as err:
-        raise UsageError(str(err).replace("device=", "--device ")) from None
+        raise usage_error(err) from None
     return config
 
 

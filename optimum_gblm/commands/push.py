@@ -11,7 +11,7 @@ from typing import Any
 from optimum.commands.base import CommandInfo
 
 from .base import GBLMSubcommand
-from .errors import CommandFailed, UsageError
+from .errors import CommandFailed, UsageError, usage_error
 from .options import add_hub_arguments
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def check_folder(path: str, allow_dense: bool = False) -> Path:
     try:
         return check_checkpoint_folder(Path(path).expanduser(), allow_dense)
     except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err).replace("pass allow_dense=True", "pass --allow-dense")) from None
+        raise usage_error(err) from None
 
 
 class PushCommand(GBLMSubcommand):

@@ -7,12 +7,13 @@ validation, the CLI, the model cards and the tests read these declarations; noth
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..fields import NON_NEGATIVE, POSITIVE_INT, Bounds, check_fields
 from ..masks import select_mask
 
 if TYPE_CHECKING:
@@ -21,18 +22,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class MethodArgs:
-    """A method's own arguments. Subclasses add dataclass fields with `metadata={"help": ...}` and may override
-    `validate` (raise `ValueError` naming the field and what is allowed)."""
+    """A method's own arguments. Subclasses add dataclass fields with `metadata=field_spec("help", ...)`
+    (optimum_gblm.fields: `choices`, `bounds`; a plain `{"help": ...}` works too) and may extend `validate` with
+    cross-field checks (raise `ValueError` naming the field and what is allowed)."""
+
+    # Bounds of fields that declare none, by annotation: integers positive, numbers non-negative.
+    default_bounds: ClassVar[Mapping[str, Bounds]] = {"int": POSITIVE_INT, "float": NON_NEGATIVE}
 
     def validate(self) -> None:
-        """Default checks: integer fields must be positive, float fields non-negative."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{f.name}={value!r} is invalid: it must be a positive integer")
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if f.type in ("float", float) and (not number or not math.isfinite(value) or value < 0):
-                raise ValueError(f"{f.name}={value!r} is invalid: it must be a number >= 0 (finite)")
+        """The field checks (`check_fields`): types, choices, bounds (declared, else `default_bounds`)."""
+        check_fields(self, self.default_bounds)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..blocks import run_block
+from ..fields import POSITIVE, field_spec
 from ..masks import check_finite
 from ..utils import model_state
 from .registry import register_method
@@ -31,7 +32,9 @@ RECON_TARGETS = ("block", "model")
 @dataclass
 class SparseGPTReconArgs(SparseGPTArgs):
     recon_steps: int = field(default=16, metadata={"help": "Adam steps of block reconstruction per block."})
-    recon_lr: float = field(default=2e-4, metadata={"help": "Adam learning rate of the block reconstruction (> 0)."})
+    recon_lr: float = field(
+        default=2e-4, metadata=field_spec("Adam learning rate of the block reconstruction (> 0).", bounds=POSITIVE)
+    )
     # One group (8 windows at the default batch_size) per step: a quarter of the work of 4 groups per step and, at
     # twice the rate, as good or better on SmolLM2 2:4 (BENCHMARKS.md, issue 19).
     recon_batch: int = field(
@@ -39,20 +42,12 @@ class SparseGPTReconArgs(SparseGPTArgs):
     )
     recon_target: str = field(
         default="model",
-        metadata={
-            "help": "What the pruned block's outputs are matched to: block (the dense block on the same inputs) or "
-            "model (the dense model's own states at the block's output, which also corrects earlier blocks' drift)."
-        },
+        metadata=field_spec(
+            "What the pruned block's outputs are matched to: block (the dense block on the same inputs) or "
+            "model (the dense model's own states at the block's output, which also corrects earlier blocks' drift).",
+            choices=RECON_TARGETS,
+        ),
     )
-
-    def validate(self) -> None:
-        if not isinstance(self.recon_target, str) or self.recon_target not in RECON_TARGETS:
-            raise ValueError(
-                f"recon_target={self.recon_target!r} is invalid: choose one of {', '.join(RECON_TARGETS)}"
-            )
-        super().validate()
-        if self.recon_lr <= 0:
-            raise ValueError(f"recon_lr={self.recon_lr!r} is invalid: it must be a number > 0 (finite)")
 
 
 def reconstruction_error(

@@ -14,52 +14,44 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..fields import OPEN_UNIT, field_spec
 from .base import MethodArgs, PruningMethod, TargetJob
 from .registry import register_method
 
 MODES = ("adaptive", "uniform")
 ATTENTION_UNITS = ("group", "head")
+BIAS_HELP = "Add the removed channels' mean contribution as o_proj / down_proj bias."
 
 
 @dataclass
 class StructuredArgs(MethodArgs):
     mode: str = field(
         default="adaptive",
-        metadata={"help": "adaptive: one global ranking decides each layer's width; uniform: every layer the same."},
+        metadata=field_spec(
+            "adaptive: one global ranking decides each layer's width; uniform: every layer the same.", choices=MODES
+        ),
     )
     attention_unit: str = field(
         default="group",
-        metadata={
-            "help": "group: remove whole key/value groups with their query heads; head: remove the same number of "
-            "query heads from every group (keys and values stay)."
-        },
+        metadata=field_spec(
+            "group: remove whole key/value groups with their query heads; head: remove the same number of "
+            "query heads from every group (keys and values stay).",
+            choices=ATTENTION_UNITS,
+        ),
     )
-    bias_compensation: bool = field(
-        default=True, metadata={"help": "Add the removed channels' mean contribution as o_proj / down_proj bias."}
-    )
+    bias_compensation: bool = field(default=True, metadata=field_spec(BIAS_HELP))
     min_mlp_keep: float = field(
-        default=0.05, metadata={"help": "Smallest fraction of MLP channels every layer keeps, in (0, 1)."}
+        default=0.05,
+        metadata=field_spec("Smallest fraction of MLP channels every layer keeps, in (0, 1).", bounds=OPEN_UNIT),
     )
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is invalid: choose one of {', '.join(MODES)}")
-        if self.attention_unit not in ATTENTION_UNITS:
-            raise ValueError(
-                f"attention_unit={self.attention_unit!r} is invalid: choose one of {', '.join(ATTENTION_UNITS)}"
-            )
-        if not isinstance(self.bias_compensation, bool):
-            raise ValueError(f"bias_compensation={self.bias_compensation!r} is invalid: it must be true or false")
-        if not isinstance(self.min_mlp_keep, (int, float)) or not 0 < self.min_mlp_keep < 1:
-            raise ValueError(f"min_mlp_keep={self.min_mlp_keep!r} is invalid: it must be a number in (0, 1)")
 
 
 @dataclass
 class WandaSPArgs(StructuredArgs):
-    mode: str = field(default="uniform", metadata={"help": "adaptive (one global ranking) or uniform (default)."})
-    bias_compensation: bool = field(
-        default=False, metadata={"help": "Add the removed channels' mean contribution as o_proj / down_proj bias."}
+    mode: str = field(
+        default="uniform", metadata=field_spec("adaptive (one global ranking) or uniform (default).", choices=MODES)
     )
+    bias_compensation: bool = field(default=False, metadata=field_spec(BIAS_HELP))
 
 
 @dataclass

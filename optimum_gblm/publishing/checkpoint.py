@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from ..configuration import CONFIG_NAME
+from ..fields import OptionFileExistsError
 from ..masks import check_pattern, sparsity_of
 from ..pruning_map import PruningMap
 from ..structured.surgery import seal_saved_config
@@ -37,7 +38,9 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output path {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {path} is not empty: choose another path or pass overwrite=True")
+        raise OptionFileExistsError(
+            "overwrite", "output directory {path} is not empty: choose another path or pass {flag}", path=path
+        )
     parent = path.parent
     while not parent.exists():
         parent = parent.parent

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import CONFIG_NAME
+from ..fields import OptionError
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -151,9 +152,11 @@ def check_checkpoint_folder(folder: str | Path, allow_dense: bool = False) -> Pa
     from .sidecar import read_sidecar
 
     if not read_sidecar(folder).get("pruning_map") and not allow_dense:  # an invalid side-car raises, named
-        raise ValueError(
-            f"{folder / CONFIG_NAME} has no pruning map: the model was saved without being pruned. Prune it first, "
-            "or pass allow_dense=True to publish it as a dense model"
+        raise OptionError(
+            "allow_dense",
+            "{sidecar} has no pruning map: the model was saved without being pruned. Prune it first, or pass {flag} "
+            "to publish it as a dense model",
+            sidecar=folder / CONFIG_NAME,
         )
     return folder
 

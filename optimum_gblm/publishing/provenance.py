@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..fields import OptionError
 from ..utils import looks_like_local_path
 from ..version import __version__
 
@@ -39,9 +40,11 @@ def check_base_model(base_model: str) -> str:
     """The Hub id a user names as the base model (`hf-hub:` prefix dropped); a path or an invalid id is refused."""
     hub_id = base_model.removeprefix("hf-hub:")
     if hub_base_model(hub_id) != hub_id:
-        raise ValueError(
-            f"base_model={base_model!r} is not a Hub model id: give the id the base model is published under "
-            "(name or org/name, e.g. HuggingFaceTB/SmolLM2-135M), or leave it out for a model with no Hub id"
+        raise OptionError(
+            "base_model",
+            "{opt}{base_model!r} is not a Hub model id: give the id the base model is published under (name or "
+            "org/name, e.g. HuggingFaceTB/SmolLM2-135M), or omit it for a model with no Hub id",
+            base_model=base_model,
         )
     return hub_id
 
