@@ -66,20 +66,16 @@ def bare_pass(model: Any, targets: dict, samples: list, loss_fn: Any, autocast: 
     requiring grad, gradients dropped. `autocast`: a context-manager factory (mixed precision), or none."""
     import contextlib
 
+    from optimum_gblm.utils import model_state
+
     autocast = autocast or contextlib.nullcontext
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in targets.values():
-        m.weight.requires_grad_(True)
-    for sample in samples:
-        with autocast():
-            loss = loss_fn(model, sample)
-        loss.backward()
-        for m in targets.values():
-            m.weight.grad = None
-    for n, p in model.named_parameters():
-        p.requires_grad_(flags[n])
+    with model_state(model, trainable=[m.weight for m in targets.values()]):
+        for sample in samples:
+            with autocast():
+                loss = loss_fn(model, sample)
+            loss.backward()
+            for m in targets.values():
+                m.weight.grad = None
 
 
 def peak_memory_gib() -> float:

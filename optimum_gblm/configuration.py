@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -16,7 +15,7 @@ from .fields import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Bounds, OptionError, c
 from .masks import parse_pattern
 from .methods import DEFAULT_METHOD, all_groups, argument_owners, get_method, list_methods
 from .methods.registry import reserve_argument_names
-from .utils import read_json
+from .utils import read_json, write_text_atomic
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -235,6 +234,11 @@ class GBLMConfig:
                 "allocation='gradient' is only defined for pattern='unstructured': every N:M group has a fixed budget"
             )
         self.method_args = asdict(method.make_args(self.method_args))
+        if self.pipeline != "auto" and method.pipeline not in (None, self.pipeline):  # the method names its own
+            raise ValueError(
+                f"pipeline={self.pipeline!r} does not apply to method={self.method!r}: it runs on the "
+                f"{method.pipeline} pipeline; leave pipeline='auto'"
+            )
         if self.pipeline == "datafree" and (method.statistic is not None):
             raise ValueError(
                 f"pipeline='datafree' cannot run method={self.method!r}: it needs {method.statistic} statistics from a "
@@ -371,13 +375,7 @@ class GBLMConfig:
         payload = (
             {"config": self.to_dict()} if not target.exists() else {**read_json(target), "config": self.to_dict()}
         )
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")  # atomic: never a torn file in its place
-        try:
-            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
+        return write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GBLMConfig:

@@ -132,6 +132,18 @@ def writer_tag() -> str:
     return f"{os.getpid()}.{host}"
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` beside `path` and move it over it: readers never see half a file, and a writer killed mid-write
+    leaves the previous file as it was."""
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def written_by_dead_process(tag: str) -> bool:
     """Whether a `writer_tag` names a process of this host that no longer exists."""
     pid, _, host = tag.partition(".")

@@ -69,8 +69,7 @@ PINNED_FINGERPRINTS = [
             "method_args": {"mode": "uniform"},
             "gradient_checkpointing": True,
             "pseudo_labels": True,
-            "trust_remote_code": True,
-            "pipeline": "sequential",
+            "trust_remote_code": True,  # pipeline="sequential" was here: a structured method now refuses it
         },
         "61a76440b705e985",
     ),

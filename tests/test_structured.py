@@ -192,6 +192,11 @@ def test_fluctuation_statistics():
         ({"method_args": {"mode": "global"}}, "mode='global' is invalid"),
         ({"method_args": {"attention_unit": "channel"}}, "attention_unit='channel' is invalid"),
         ({"method_args": {"min_mlp_keep": 1.0}}, "min_mlp_keep=1.0 is invalid"),
+        (
+            {"pipeline": "sequential"},
+            "pipeline='sequential' does not apply to method='flap': it runs on the structured",
+        ),
+        ({"pipeline": "datafree"}, "pipeline='datafree' does not apply"),
     ],
 )
 def test_bad_config(kwargs, message):
@@ -235,7 +240,7 @@ def test_a_structured_method_registered_outside_the_package_prunes_end_to_end(tm
     from its declarations), prunes, saves and reloads like the built-in ones."""
     from optimum_gblm import register_method
     from optimum_gblm.methods import registry
-    from optimum_gblm.methods.structured import StructuredMethod
+    from optimum_gblm.methods.structured_units import StructuredMethod
 
     before = dict(registry._REGISTRY)
     try:

@@ -49,9 +49,9 @@ class RecoverCommand(GBLMSubcommand):
     COMMAND = CommandInfo(name="recover", help="Retrain a small parameter subset of a pruned model (PERP).")
     DESCRIPTION = (
         "Load a pruned checkpoint (a folder written by `prune`, or any model: its exact zeros are the mask),\n"
-        "retrain normalisation weights / biases / the head / MaskLoRA or ScaleLoRA updates with the transformers\n"
-        "Trainer, merge, and save a checkpoint in which every pruned weight is still exactly zero. The recovery\n"
-        "options are RecoveryConfig fields (docs/recovery.md)."
+        "retrain a small parameter subset (--subset: every registered subset is described there) with the\n"
+        "transformers Trainer, merge, and save a checkpoint in which every pruned weight is still exactly zero. The\n"
+        "recovery options are RecoveryConfig fields (docs/recovery.md)."
     )
     EXAMPLES = (
         "  optimum-cli gblm recover smollm2-wanda-50 --output smollm2-wanda-50-perp --eval\n"

@@ -83,7 +83,7 @@ def run_task_evaluation(args: argparse.Namespace, config: Any, pruned: bool, pro
         del pruner
     lines = [summary_table(runs)]
     if args.record:
-        from ..publishing.record import record_task_results
+        from ..publishing.task_results import record_task_results
 
         # the compared model counts as the dense base when the checkpoint is pruned (the user names it with --compare)
         folder = record_task_results(args.model, {k: v for k, v in runs.items() if k in ("dense", label)})

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..masks import NonFiniteScoresError, check_finite
 from ..methods import get_method
-from ..methods.structured import LayerEvidence
+from ..methods.structured_units import LayerEvidence
 from ..pruning_map import STRUCTURED, PruningMap, Stage, TargetRecord, prune_settings
 from ..statistics import InputStatistics
 from ..utils import inference_mode

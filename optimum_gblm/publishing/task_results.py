@@ -3,19 +3,13 @@ is written next to the original and moved over it (an interrupted run leaves the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from ..configuration import CONFIG_NAME
+from ..utils import write_text_atomic
 from .cards import render_model_card
 from .sidecar import read_sidecar
-
-
-def _replace(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def record_task_results(folder: str | Path, tasks: dict[str, dict[str, Any]]) -> Path:
@@ -30,6 +24,6 @@ def record_task_results(folder: str | Path, tasks: dict[str, dict[str, Any]]) ->
         recorded[label] = {**(recorded.get(label) or {}), **per_task}
     sidecar["tasks"] = recorded
     card = render_model_card(sidecar)
-    _replace(folder / CONFIG_NAME, json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
-    _replace(folder / "README.md", card)
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(folder / "README.md", card)
     return folder
