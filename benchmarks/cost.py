@@ -304,7 +304,7 @@ def _options_section(runs: dict) -> str:
         "and keeps only the block inputs; the gradients are the same values (tests/test_checkpointing.py). "
         "`GBLMConfig(two_pass_gradients=True)` (`--two-pass-gradients`) collects gblm-obs's l2 accumulation (for the "
         "allocation) and its l1 accumulation (for the selection) in two passes, so one fp32 accumulator is held at a "
-        "time; the allocation is computed between them (tests/test_two_pass.py: identical sparsities, masks and "
+        "time; the allocation is computed between them (tests/test_two_pass_gradients.py: identical sparsities, masks and "
         "weights). Its gradient-pass column is both passes. `GBLMConfig(blockwise_gradients=True)` "
         "(`--blockwise-gradients`) runs the backward one block at a time over all samples from block inputs stored on "
         "disk, so one block's sums are in memory at a time, the rest on disk (tests/test_blockwise.py: bit-identical "

@@ -3,7 +3,7 @@
     python benchmarks/vit_digits.py            # full: 128 labelled calibration images, all settings
     python benchmarks/vit_digits.py --quick    # 32 calibration images, 50% and 2:4 only
 
-Trains the ViT once (cached under $OPTIMUM_GBLM_CACHE, see tests/vit_digits.py) and writes a markdown table to
+Trains the ViT once (cached under $OPTIMUM_GBLM_CACHE, see tests/helpers/vit_digits.py) and writes a markdown table to
 benchmarks/results/vit_digits.md with the exact command, date and machine.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests/vit_digits.py holds the recipe shared with the slow tests
+sys.path.insert(0, str(ROOT))  # tests/helpers/vit_digits.py holds the recipe shared with the slow tests
 
 from benchmarks.common import machine  # noqa: E402
 from tests import vit_digits  # noqa: E402

@@ -13,7 +13,7 @@ import yaml
 from optimum_gblm import GBLMConfig, GBLMPruner, push_folder, render_model_card, verify_checkpoint
 from optimum_gblm.publishing.cards import PLACEHOLDER_REPO
 from optimum_gblm.publishing.sidecar import read_sidecar
-from tests.hub_server import LocalHubServer, patch_hub_in_process
+from tests.helpers.hub_server import LocalHubServer, patch_hub_in_process
 from tests.test_cards import write_text, write_tiny_model
 
 TOKEN = "hf_artefacts_token"

@@ -19,8 +19,8 @@ from optimum_gblm.pipelines.placement import IntermediatesStore
 from optimum_gblm.pipelines.sequential import _same, capture_block_inputs
 from optimum_gblm.planning import plan
 from tests.conftest import tiny_model
+from tests.helpers.tiny_models import image_classification_step, labelled_image_batches, tiny_vit
 from tests.test_families import DECODER_FAMILIES, IDS, build
-from tests.tiny_models import image_classification_step, labelled_image_batches, tiny_vit
 
 
 def _samples(ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -95,7 +95,7 @@ def test_perplexity_protocol_non_overlapping_windows_remainder_dropped(tiny_llam
 def _text_pruner(tmp_path):
     from optimum_gblm import GBLMConfig, GBLMPruner
     from tests.conftest import tiny_model
-    from tests.tiny_models import tiny_tokenizer, write_text
+    from tests.helpers.tiny_models import tiny_tokenizer, write_text
 
     config = GBLMConfig(method="magnitude", seqlen=16, device="cpu")
     return GBLMPruner(tiny_model("llama"), config, tokenizer=tiny_tokenizer()), str(write_text(tmp_path / "e.txt"))

@@ -9,7 +9,7 @@ import torch
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
 from optimum_gblm.gradients.loop import checkpointed_blocks
 from tests.conftest import tiny_model
-from tests.tiny_models import image_classification_step, labelled_image_batches, tiny_vit
+from tests.helpers.tiny_models import image_classification_step, labelled_image_batches, tiny_vit
 
 
 def _count_calls(module: torch.nn.Module) -> list[int]:

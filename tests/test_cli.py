@@ -18,7 +18,7 @@ import yaml
 
 from optimum_gblm import GBLMConfig, list_methods, verify_checkpoint
 from optimum_gblm.methods import all_groups, argument_owners
-from tests.tiny_models import save_tiny_llama, write_text
+from tests.helpers.tiny_models import save_tiny_llama, write_text
 
 BIN = Path(sys.executable).parent
 OPTIMUM_CLI = BIN / "optimum-cli"
@@ -368,7 +368,7 @@ def test_runtime_failure_is_one_line_unless_debug(assets, tmp_path: Path):
 @pytest.fixture
 def hub(tmp_path: Path):
     """The local Hub server, and the environment a subprocess needs to reach it (HF_HUB_OFFLINE=0, HF_ENDPOINT)."""
-    server_module = pytest.importorskip("tests.hub_server")
+    server_module = pytest.importorskip("tests.helpers.hub_server")
     with server_module.LocalHubServer(tmp_path / "hub-store", token=TOKEN) as server:
         yield server, {**offline_env(), **server_module.hub_env(server.endpoint, TOKEN, home=tmp_path / "hf-home")}
 

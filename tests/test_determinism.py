@@ -15,7 +15,7 @@ import torch
 
 from optimum_gblm import GBLMConfig, GBLMPruner
 from tests import determinism_worker
-from tests.tiny_models import save_tiny_llama, write_text
+from tests.helpers.tiny_models import save_tiny_llama, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_every_method_is_bit_identical_across_processes_and_thread_counts(inputs
     (SparseGPT's Cholesky factor runs at a fixed thread count, docs/guarantees.md)."""
     model_dir, text = inputs
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.determinism_worker", "1", str(model_dir), str(text)],
+        [sys.executable, "-m", "tests.helpers.determinism_worker", "1", str(model_dir), str(text)],
         cwd=ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import save_tiny_llama, write_text
+from tests.helpers.tiny_models import save_tiny_llama, write_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

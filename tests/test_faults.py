@@ -1,4 +1,4 @@
-"""Faults, really made: a subprocess (tests/fault_worker.py) is SIGKILLed at a chosen point, or its writes are refused
+"""Faults, really made: a subprocess (tests/helpers/fault_worker.py) is SIGKILLed at a chosen point, or its writes are refused
 by the kernel (a file-size limit, as a full disk does), and this test checks what is left on disk and that the next
 run recovers. Nothing here mocks a result: the library runs unmodified in the worker, only the moment of the break
 is chosen by wrapping one of its functions there. (Resuming a recovery run from its checkpoint is tested with the
@@ -20,9 +20,9 @@ import torch
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients, push_folder
 from optimum_gblm.gradients.cache import read_metadata
 from optimum_gblm.publishing.checkpoint import recover_interrupted_save
-from tests.fault_worker import WRITE_FAILED, gradient_inputs
-from tests.hub_server import LocalHubServer, hub_env, patch_hub_in_process
-from tests.tiny_models import save_tiny_llama
+from tests.helpers.fault_worker import WRITE_FAILED, gradient_inputs
+from tests.helpers.hub_server import LocalHubServer, hub_env, patch_hub_in_process
+from tests.helpers.tiny_models import save_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLED = -signal.SIGKILL
@@ -33,7 +33,7 @@ TOKEN = "hf_fault_injection_token_0451"
 def run_worker(mode: str, env: dict[str, str] | None = None, **args) -> subprocess.CompletedProcess:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "tests.fault_worker", mode, json.dumps(args)],
+        [sys.executable, "-m", "tests.helpers.fault_worker", mode, json.dumps(args)],
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -208,8 +208,8 @@ def test_a_config_save_that_fails_mid_write_leaves_the_previous_file(tmp_path: P
 def test_recovery_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path: Path, model_dir: Path):
     """A recovery run SIGKILLed right after its step-2 Trainer checkpoint resumes (resume=True) to the weights of an
     uninterrupted run, bit for bit, running only the remaining steps."""
-    from tests.fault_worker import recovery_run
-    from tests.tiny_models import write_text
+    from tests.helpers.fault_worker import recovery_run
+    from tests.helpers.tiny_models import write_text
 
     text = write_text(tmp_path / "text.txt", 400)
     run = tmp_path / "run"

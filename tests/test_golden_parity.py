@@ -1,6 +1,6 @@
 """Golden parity: every method x pattern x allocation gives the masks and weights recorded before the redesign.
 
-The hashes in `tests/golden/parity_hashes.json` were written by `python tests/golden_parity.py` with the code as it
+The hashes in `tests/golden/parity_hashes.json` were written by `python tests/helpers/golden_parity.py` with the code as it
 was before the architecture change; any change of a mask or of a single weight bit fails here.
 """
 
@@ -13,7 +13,7 @@ import torch
 
 from optimum_gblm import list_methods
 from optimum_gblm.methods import get_method
-from tests.golden_parity import (
+from tests.helpers.golden_parity import (
     GOLDEN,
     STRUCTURED,
     SUITES,

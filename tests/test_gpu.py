@@ -11,7 +11,7 @@ import torch
 from optimum_gblm import GBLMConfig, GBLMPruner
 from optimum_gblm.recovery import RecoveryConfig
 from tests.conftest import tiny_model
-from tests.tiny_models import save_tiny_llama, write_text
+from tests.helpers.tiny_models import save_tiny_llama, write_text
 
 pytestmark = pytest.mark.gpu
 

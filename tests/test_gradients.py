@@ -637,7 +637,7 @@ def test_truncated_cache_is_named_and_left_untouched(tiny_llama, calib_ids, conf
 
 def test_calibration_mismatch_names_the_differing_settings(tiny_llama, tmp_path, monkeypatch):
     from optimum_gblm.gradients.cache import calibration_settings, check_cache_settings, config_source
-    from tests.tiny_models import tiny_tokenizer, write_text
+    from tests.helpers.tiny_models import tiny_tokenizer, write_text
 
     text = write_text(tmp_path / "text.txt")
     cache = tmp_path / "grads.safetensors"

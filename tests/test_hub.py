@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from optimum_gblm import GBLMPruner, HubPublishError, push_folder, render_model_card, verify_checkpoint
 from optimum_gblm.publishing.cards import PLOT_NAME
-from tests.hub_server import LocalHubServer, patch_hub_in_process
+from tests.helpers.hub_server import LocalHubServer, patch_hub_in_process
 from tests.test_cards import tiny_pruner
 
 TOKEN = "hf_SeCrEt_push_token_4711"  # distinctive, so a leak anywhere is found by a plain substring search

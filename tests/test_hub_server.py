@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.hub_server import LocalHubServer, hub_env, patch_hub_in_process
+from tests.helpers.hub_server import LocalHubServer, hub_env, patch_hub_in_process
 
 TOKEN = "hf_test"
 README = """---

@@ -28,7 +28,7 @@ from optimum_gblm.pipelines.sequential import SequentialPipeline
 from optimum_gblm.pruning_map import PruningMap
 from optimum_gblm.statistics import InputStatistics
 from tests.conftest import tiny_model
-from tests.golden_parity import GOLDEN, case_key, compute
+from tests.helpers.golden_parity import GOLDEN, case_key, compute
 
 GOLDEN_DATA = json.loads(GOLDEN.read_text())
 SAME_TORCH = GOLDEN_DATA["torch"].split("+")[0] == torch.__version__.split("+")[0]

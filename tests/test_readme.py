@@ -14,7 +14,7 @@ Substitutions happen at run time only; the snippets' text is executed unchanged:
   into the working directory; the gradient-cache snippet's `model` and `trainer` (the prose says "a Trainer over the
   dense model, whose train dataset holds the calibration windows") are a fresh tiny LLaMA and a Trainer over 4
   windows of 16 tokens.
-- The Hub: a local Hub-compatible server (tests/hub_server.py) whose user is `me`, reached through HF_ENDPOINT and
+- The Hub: a local Hub-compatible server (tests/helpers/hub_server.py) whose user is `me`, reached through HF_ENDPOINT and
   HF_TOKEN, as the README's publishing section says.
 """
 
@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from optimum_gblm import GBLMConfig
-from tests.hub_server import LocalHubServer, patch_hub_in_process
-from tests.tiny_models import save_tiny_llama
+from tests.helpers.hub_server import LocalHubServer, patch_hub_in_process
+from tests.helpers.tiny_models import save_tiny_llama
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TOKEN = "hf_readme_token"

@@ -14,7 +14,7 @@ from optimum_gblm import GBLMConfig
 from optimum_gblm.pruner import GBLMPruner
 from optimum_gblm.publishing.sidecar import read_sidecar
 from optimum_gblm.recovery import RecoveryConfig
-from tests.tiny_models import save_tiny_llama, write_text
+from tests.helpers.tiny_models import save_tiny_llama, write_text
 
 
 @pytest.fixture(scope="module")

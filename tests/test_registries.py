@@ -370,7 +370,7 @@ def down_proj_subset(subset_registry):
 def test_a_registered_recovery_subset_recovers_end_to_end(down_proj_subset, tmp_path):
     from optimum_gblm import RecoveryConfig
     from optimum_gblm.commands.recover import add_recovery_arguments, recovery_config_from_args
-    from tests.tiny_models import save_tiny_llama, write_text
+    from tests.helpers.tiny_models import save_tiny_llama, write_text
 
     text = write_text(tmp_path / "text.txt", 400)
     folder = save_tiny_llama(tmp_path / "llama", tie_word_embeddings=False)

@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 
 from optimum_gblm import GBLMConfig, GBLMPruner, HubPublishError, push_folder, verify_checkpoint
-from tests.hub_server import LocalHubServer, patch_hub_in_process
-from tests.tiny_models import save_tiny_llama, write_text
+from tests.helpers.hub_server import LocalHubServer, patch_hub_in_process
+from tests.helpers.tiny_models import save_tiny_llama, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_SafeLoading_Secret_9731"  # distinctive: a leak is found by a plain substring search

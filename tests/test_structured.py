@@ -219,8 +219,8 @@ def test_bad_model_or_fraction_fails_before_heavy_work(monkeypatch):
 
 
 def test_cli_prunes_structured_and_plain_transformers_reloads(tmp_path):
+    from tests.helpers.tiny_models import save_tiny_llama, write_text
     from tests.test_cli import cli, ok, tiny_options
-    from tests.tiny_models import save_tiny_llama, write_text
 
     assets = {"model": save_tiny_llama(tmp_path / "tiny-llama"), "text": write_text(tmp_path / "text.txt")}
     out = tmp_path / "flap-uniform"

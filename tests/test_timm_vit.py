@@ -1,7 +1,7 @@
 """timm Vision Transformers: targets, every method x pattern, image calibration, checkpoints, bad input.
 
 Unit tests use tiny ViTs built from config (no download); the `slow` tests use the real digits ViT of
-ENVIRONMENT.md, trained once per recipe and cached (tests/vit_digits.py).
+ENVIRONMENT.md, trained once per recipe and cached (tests/helpers/vit_digits.py).
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def test_save_reloads_with_plain_timm(tmp_path: Path) -> None:
 def test_hf_hub_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import HfApi
 
-    from tests.hub_server import LocalHubServer, patch_hub_in_process
+    from tests.helpers.hub_server import LocalHubServer, patch_hub_in_process
 
     model = tiny_vit()
     pruner = GBLMPruner.from_pretrained(model, config("magnitude"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from optimum_gblm import GBLMPruner, load_manifest, publish_zoo
-from tests.hub_server import LocalHubServer, patch_hub_in_process
+from tests.helpers.hub_server import LocalHubServer, patch_hub_in_process
 from tests.test_cards import write_text, write_tiny_model
 
 TOKEN = "hf_SeCrEt_zoo_token_0815"

@@ -1,6 +1,6 @@
 """A subprocess that does one real piece of work and breaks it at a chosen point, for tests/test_faults.py.
 
-`python -m tests.fault_worker MODE '{"json": "arguments"}'`. The break is made here, by wrapping a library function
+`python -m tests.helpers.fault_worker MODE '{"json": "arguments"}'`. The break is made here, by wrapping a library function
 in this process only (the library has no test hooks): `SIGKILL` of this very process (no cleanup, no `finally`, as
 with an OOM kill or a pulled plug), or a file-size limit (`RLIMIT_FSIZE`) that makes the kernel refuse writes past
 a size, as a full disk does. Exit status: -9 when killed, 3 when the write failed with the error printed on stdout.

@@ -1,4 +1,4 @@
-"""Issue 12, items 9 and 10: errors that point the right way, and the smaller things a new user meets first.
+"""Errors that point the right way, and the smaller things a new user meets first.
 
 CLI checks run `optimum-cli gblm` in this process (the same `main` the executable calls) so that a test can make
 model loading fail loudly: an error that must come "before anything is loaded" then proves it.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from optimum_gblm import GBLMConfig, GBLMPruner, collect_gradients
-from tests.tiny_models import save_tiny_llama, tiny_tokenizer, write_text
+from tests.helpers.tiny_models import save_tiny_llama, tiny_tokenizer, write_text
 
 TINY_RUN = ("--num-samples", "4", "--seqlen", "16", "--no-progress")
 

@@ -1,5 +1,5 @@
 """The gradient allocation's global threshold: a bounded-memory radix selection that must give exactly the value
-`kthvalue` of every saliency concatenated gave (the implementation before issue 19), and so the same sparsities."""
+`kthvalue` of every saliency concatenated gave (the implementation before the radix selection), and so the same sparsities."""
 
 import pytest
 import torch

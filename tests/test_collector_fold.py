@@ -1,4 +1,4 @@
-"""The collector's fused fold (issue 19): bit-identical to the unfused arithmetic, no per-sample finite pass over
+"""The collector's fused fold: bit-identical to the unfused arithmetic, no per-sample finite pass over
 the gradients, and NaN / inf still fail clearly, naming the module and the samples."""
 
 import copy

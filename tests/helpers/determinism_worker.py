@@ -1,5 +1,5 @@
 """Prune a tiny model with every method at a given number of CPU threads and print digests of the masks and weights,
-for tests/test_determinism.py: `python -m tests.determinism_worker THREADS MODEL_DIR TEXT_FILE`."""
+for tests/test_determinism.py: `python -m tests.helpers.determinism_worker THREADS MODEL_DIR TEXT_FILE`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Golden parity: a hash of every mask and every pruned weight, for every method x pattern x allocation.
 
-Recorded once with the code *before* a refactor (`python tests/golden_parity.py` writes
+Recorded once with the code *before* a refactor (`python tests/helpers/golden_parity.py` writes
 `tests/golden/parity_hashes.json`); `tests/test_golden_parity.py` recomputes every case and demands identical
 hashes, so a redesign provably leaves behaviour unchanged. Only the public API (`GBLMConfig`, `GBLMPruner`,
 `list_methods`) is used, so the same script runs on both sides of a refactor.
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from optimum_gblm.utils import torch_threads
 
-GOLDEN = Path(__file__).parent / "golden" / "parity_hashes.json"
+GOLDEN = Path(__file__).parents[1] / "golden" / "parity_hashes.json"
 THREADS = 2  # float reductions may depend on the thread count: record and check with the same one
 PATTERNS = ("unstructured", "2:4", "4:8")
 SMOLLM2_TARGETS = [r"^model\.layers\.(0|1|29)\."]
