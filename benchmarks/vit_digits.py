@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/helpers/vit_digits.py holds the recipe shared with the slow tests
 
 from benchmarks.common import machine  # noqa: E402
-from tests import vit_digits  # noqa: E402
+from tests.helpers import vit_digits  # noqa: E402
 
 logger = logging.getLogger("benchmarks.vit_digits")
 

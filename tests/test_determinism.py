@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from optimum_gblm import GBLMConfig, GBLMPruner
-from tests import determinism_worker
+from tests.helpers import determinism_worker
 from tests.helpers.tiny_models import save_tiny_llama, write_text
 
 ROOT = Path(__file__).resolve().parents[1]

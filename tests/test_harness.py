@@ -13,10 +13,9 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from tiny_models import TINY_LLAMA, tiny_text, tiny_tokenizer  # noqa: E402
-
 from optimum_gblm import GBLMConfig, GBLMPruner  # noqa: E402
 from optimum_gblm.evaluation.harness import resolve_tasks, token_stats  # noqa: E402
+from tests.helpers.tiny_models import TINY_LLAMA, tiny_text, tiny_tokenizer  # noqa: E402
 
 MAX_GEN = 4
 

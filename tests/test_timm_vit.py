@@ -350,7 +350,7 @@ def test_bad_sources_and_models(tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def digits():
     """(cached checkpoint folder, data, dense accuracy, dense gradients): trained once, reused by every slow test."""
-    from tests import vit_digits
+    from tests.helpers import vit_digits
 
     with vit_digits.single_thread():
         folder = vit_digits.trained_model_path()
@@ -372,7 +372,7 @@ def test_digits_dense_accuracy(digits) -> None:
     ("pattern", "sparsity"), [("unstructured", 0.5), ("unstructured", 0.8), ("unstructured", 0.9), ("2:4", 0.5)]
 )
 def test_digits_every_method(digits, pattern: str, sparsity: float, tmp_path: Path) -> None:
-    from tests import vit_digits
+    from tests.helpers import vit_digits
 
     folder, data, dense, gradients = digits
     reference = load_file(str(folder / "model.safetensors"))
