@@ -151,6 +151,12 @@ def test_top_level_import_is_light_and_lazy_names_resolve():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def parsed_modules(outside: str) -> list[tuple[Path, ast.Module]]:
+    """Every module of the package outside the sub-package `outside`, with its syntax tree."""
+    paths = [p for p in sorted(PACKAGE.rglob("*.py")) if outside not in p.relative_to(PACKAGE).parts]
+    return [(p, ast.parse(p.read_text(encoding="utf-8"))) for p in paths]
+
+
 def test_no_method_names_outside_the_registry():
     """Cards, the CLI and the pipelines read method metadata; only methods/ may spell a built-in method's name."""
     from optimum_gblm import list_methods
@@ -158,10 +164,7 @@ def test_no_method_names_outside_the_registry():
     names = [n for n in list_methods() if n not in ("gradient",)]  # "gradient" is also an ordinary word
     allowed = {("publishing/cards.py", "gblm")}  # the project's Hub tag, on every card whatever the method
     offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        if "methods" in path.relative_to(PACKAGE).parts:
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for path, tree in parsed_modules(outside="methods"):
         docstrings = {
             id(node.body[0].value)
             for node in ast.walk(tree)
@@ -237,10 +240,7 @@ def test_no_metric_names_outside_the_registry():
 
     names = set(list_metrics())
     offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        if "evaluation" in path.relative_to(PACKAGE).parts:
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for path, tree in parsed_modules(outside="evaluation"):
         declared = {
             id(node.value)
             for node in ast.walk(tree)

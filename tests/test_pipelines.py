@@ -29,6 +29,7 @@ from optimum_gblm.pruning_map import PruningMap
 from optimum_gblm.statistics import InputStatistics
 from tests.conftest import tiny_model
 from tests.helpers.golden_parity import GOLDEN, case_key, compute
+from tests.helpers.registries import restored
 
 GOLDEN_DATA = json.loads(GOLDEN.read_text())
 SAME_TORCH = GOLDEN_DATA["torch"].split("+")[0] == torch.__version__.split("+")[0]
@@ -294,8 +295,7 @@ def test_a_new_kind_of_method_is_one_more_registered_pipeline(calib_ids):
             pruning_map.stages.append(Stage("prune", request.config.method, {}))
             return pruning_map
 
-    methods_before, pipelines_before = dict(registry._REGISTRY), dict(pipelines._PIPELINES)
-    try:
+    with restored(registry._REGISTRY, pipelines._PIPELINES):
         register_pipeline(HalveEveryWeight)
 
         @register_method
@@ -312,8 +312,27 @@ def test_a_new_kind_of_method_is_one_more_registered_pipeline(calib_ids):
         assert calls == ["check", ("prune", 4)]
         torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight, weight * 0.5, rtol=0, atol=0)
         assert pruner.pruning_map.stages[-1].method == "toy-halve"
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(methods_before)
-        pipelines._PIPELINES.clear()
-        pipelines._PIPELINES.update(pipelines_before)
+
+
+def test_the_pruning_steps_run_without_a_pruner(calib_ids):
+    """The gradient phase and prune_model are plain functions of explicit state: called directly, they give what
+    the pruner's verbs give (same sums, same masks and weights)."""
+    from optimum_gblm.gradient_phase import GradientSubject, run_gradient_phase
+    from optimum_gblm.pipelines import PruneRequest, prune_model
+
+    config = GBLMConfig(method="gblm", num_samples=4, seqlen=16, device="cpu")
+    pruner = GBLMPruner(tiny_model(), config)
+    pruner.prune(calib_ids, progress=False)
+
+    model = tiny_model()
+    adapter = get_adapter(model)
+    calibration = adapter.make_calibration(calib_ids, config)
+    phase = run_gradient_phase(GradientSubject(model, adapter, config, WholeModel("cpu"), calibration), progress=False)
+    assert phase.allocation is None and phase.timings["gradients_s"] > 0
+    for name, total in pruner.gradients.l1.items():
+        assert torch.equal(phase.accumulation.l1[name], total), name
+    request = PruneRequest(model, adapter, config, calibration, phase.accumulation.get("l1"), progress=False)
+    pruning_map = prune_model(request)
+    assert pruning_map.targets.keys() == pruner.pruning_map.targets.keys()
+    for name in pruning_map.targets:
+        assert torch.equal(model.get_submodule(name).weight, pruner.model.get_submodule(name).weight), name

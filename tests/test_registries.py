@@ -32,6 +32,7 @@ from optimum_gblm.masks import prune_count
 from optimum_gblm.methods import registry as methods_registry
 from optimum_gblm.publishing.cards import card_metadata, render_model_card
 from tests.conftest import tiny_model
+from tests.helpers.registries import restored
 
 
 # -- a method registered by a test ----------------------------------------------------------------------------------
@@ -44,12 +45,8 @@ class RandomArgs(MethodArgs):
 def method_registry():
     """The method registry as it was before the test, restored afterwards (also when the test fails), so a method
     registered here (or a refused registration that slipped through) never reaches other tests."""
-    before = dict(methods_registry._REGISTRY)
-    try:
+    with restored(methods_registry._REGISTRY):
         yield methods_registry._REGISTRY
-    finally:
-        methods_registry._REGISTRY.clear()
-        methods_registry._REGISTRY.update(before)
 
 
 @pytest.fixture
@@ -335,12 +332,8 @@ def subset_registry():
     """The recovery-subset registry as it was before the test, restored afterwards (also when the test fails)."""
     from optimum_gblm.recovery import registry
 
-    before = dict(registry._REGISTRY)
-    try:
+    with restored(registry._REGISTRY):
         yield registry._REGISTRY
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(before)
 
 
 @pytest.fixture
@@ -461,12 +454,8 @@ def metric_registry():
     """The metric registry as it was before the test, restored afterwards (also when the test fails)."""
     from optimum_gblm.evaluation import metrics
 
-    before = dict(metrics._REGISTRY)
-    try:
+    with restored(metrics._REGISTRY):
         yield metrics._REGISTRY
-    finally:
-        metrics._REGISTRY.clear()
-        metrics._REGISTRY.update(before)
 
 
 @pytest.fixture

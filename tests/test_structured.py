@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from optimum_gblm import GBLMConfig, GBLMPruner, load_pruned, verify_checkpoint
 from optimum_gblm.statistics import InputStatistics
 from tests.conftest import tiny_model
+from tests.helpers.registries import restored
 
 GQA = dict(num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=3)  # 4 query heads per group
 CALIB = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
@@ -242,8 +243,7 @@ def test_a_structured_method_registered_outside_the_package_prunes_end_to_end(tm
     from optimum_gblm.methods import registry
     from optimum_gblm.methods.structured_units import StructuredMethod
 
-    before = dict(registry._REGISTRY)
-    try:
+    with restored(registry._REGISTRY):
 
         @register_method
         class WeightNormSP(StructuredMethod):
@@ -273,6 +273,3 @@ def test_a_structured_method_registered_outside_the_package_prunes_end_to_end(tm
         with torch.no_grad():
             torch.testing.assert_close(reloaded(CALIB).logits, model(CALIB).logits, rtol=0, atol=1e-5)
         assert WeightNormSP.card_description in (folder / "README.md").read_text()
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(before)
