@@ -49,6 +49,29 @@ def _value_type(hint: Any) -> Any:
     return hint
 
 
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0")
+
+
+def boolean(text: str) -> bool:
+    """A boolean option's value: true / false, yes / no, 1 / 0 (any case); argparse names the option on an error."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    # argparse shows "argument --x: invalid boolean value: 'text'"; the allowed words come from the metavar
+    raise argparse.ArgumentTypeError(
+        f"invalid boolean value {text!r}: use one of {', '.join(TRUE_WORDS + FALSE_WORDS)}"
+    )
+
+
+def _value_kwargs(hint: Any, name: str) -> dict[str, Any]:
+    """`type` and `metavar` of a method argument's option: booleans take an explicit true / false value."""
+    hint = _value_type(hint)
+    if hint is bool:
+        return {"type": boolean, "metavar": "{true,false}"}
+    return {"type": hint, "metavar": {int: "N", float: "X"}.get(hint, name.upper())}
+
+
 def _add_field(group: argparse._ArgumentGroup, f: Field, hint: Any) -> None:
     default = _default(f)
     text = f.metadata.get("help", "").replace("%", "%%")
@@ -109,9 +132,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 "--" + name.replace("_", "-"),
                 dest=METHOD_ARG_PREFIX + name,
-                type=_value_type(hint),
-                metavar={int: "N", float: "X"}.get(_value_type(hint), name.upper()),
                 help=text,
+                **_value_kwargs(hint, name),
             )
 
 
