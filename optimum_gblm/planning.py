@@ -22,6 +22,7 @@ from .configuration import INTERMEDIATES, PLACEMENTS, GBLMConfig
 from .evaluation.metrics import find_metric
 from .gradients.accumulation import gradient_passes
 from .methods import get_method
+from .plan_advice import TFLOPS, device_tflops, fitting_set, slow_cpu_note
 from .utils import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ RUNTIME_HOST_BYTES = int(0.9 * GIB)
 # as above). Other sources depend on their size and are not estimated.
 CALIBRATION_HOST_BYTES = {"offline-corpus": int(0.6 * GIB)}
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)
-# Effective throughput assumed by the time estimates (a datacenter GPU in bf16 at a typical utilisation).
-DEFAULT_TFLOPS = 150.0
+DEFAULT_TFLOPS = TFLOPS["cuda"]  # the time estimates' rates per device kind: plan_advice.TFLOPS
 
 # Reference LLaMA-family shapes for the docs table (public model cards): hidden, intermediate, layers, heads,
 # key-value heads, vocabulary, tied embeddings.
@@ -225,6 +225,7 @@ class MemoryPlan:
     phases: list[Phase]
     device_type: str
     chosen: str  # the option the config selects, "placement / intermediates"
+    tflops: float = DEFAULT_TFLOPS  # the rate of the time estimates
 
     def table(self) -> str:
         head = "| phase | option | device GiB | host GiB | est. time s |\n|---|---|---:|---:|---:|"
@@ -235,13 +236,15 @@ class MemoryPlan:
 
 
 def plan(
-    model: nn.Module, adapter: Any, config: GBLMConfig, tflops: float = DEFAULT_TFLOPS, device_type: str | None = None
+    model: nn.Module, adapter: Any, config: GBLMConfig, tflops: float | None = None, device_type: str | None = None
 ) -> MemoryPlan:
     """The gradient pass and pruning under every option, for the config's device (or `device_type`: "cuda" plans
-    for a GPU on a machine without one). On the CPU, device and host are one memory: the host column holds it."""
+    for a GPU on a machine without one). On the CPU, device and host are one memory: the host column holds it.
+    `tflops`: the rate of the time estimates (default: the device kind's stated rate, plan_advice.TFLOPS)."""
     if device_type is None:
         device_type = "cuda" if config.device.startswith("cuda") else config.device
         device_type = ("cuda" if torch.cuda.is_available() else "cpu") if device_type == "auto" else device_type
+    tflops = tflops or device_tflops(device_type)
     shape = ModelShape.of(model, adapter, config)
     cpu = device_type == "cpu"
     # The config's own gradient options, and what checkpointing and two passes would save: offered when it does not fit.
@@ -262,7 +265,7 @@ def plan(
     for phase in phases:
         phase.host += RUNTIME_HOST_BYTES + calibration
         phase.device += 0 if cpu else CUDA_CONTEXT_BYTES
-    return MemoryPlan(phases, device_type, f"{config.placement} / {config.intermediates}")
+    return MemoryPlan(phases, device_type, f"{config.placement} / {config.intermediates}", tflops)
 
 
 def available_memory(device_type: str) -> tuple[int | None, int]:
@@ -287,12 +290,31 @@ def _meminfo_available() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_plan(memory_plan: MemoryPlan, config: GBLMConfig, available: tuple[int | None, int]) -> None:
-    """Log the phases the config runs; raise `MemoryPlanError` with the numbers, and the options that would fit,
-    when one of them does not fit in what is available."""
+def runs_gradient_phase(config: GBLMConfig) -> bool:
+    """Whether a prune with this config runs the gradient pass itself (a disk placement reads a cache instead)."""
+    return config.needs_gradients and config.placement != "disk"
+
+
+def planned_seconds(memory_plan: MemoryPlan, config: GBLMConfig, gradient_phase: bool) -> float:
+    seconds = memory_plan.phase("prune", memory_plan.chosen).seconds
+    if gradient_phase:
+        seconds += memory_plan.phase("gradients", gradients_option(config, False)).seconds
+    return seconds
+
+
+def check_plan(
+    memory_plan: MemoryPlan,
+    config: GBLMConfig,
+    available: tuple[int | None, int],
+    gradient_phase: bool | None = None,
+) -> None:
+    """Log the phases the config runs (`gradient_phase`: whether the gradient pass is one of them, default: when
+    the config runs it itself); raise `MemoryPlanError` with the numbers, the options that would fit the phase and
+    a set of options that fits every phase, when one of them does not fit in what is available."""
     device_free, host_free = available
+    gradient_phase = runs_gradient_phase(config) if gradient_phase is None else gradient_phase
     wanted = [memory_plan.phase("prune", f"{config.placement} / {config.intermediates}")]
-    if config.needs_gradients and config.placement != "disk":
+    if gradient_phase:
         wanted.insert(0, memory_plan.phase("gradients", gradients_option(config, False)))
 
     def fits(phase: Phase) -> bool:
@@ -306,23 +328,29 @@ def check_plan(memory_plan: MemoryPlan, config: GBLMConfig, available: tuple[int
             phase.device / GIB,
             phase.host / GIB,
         )
-        if fits(phase):
-            continue
-        better = [p.option for p in memory_plan.phases if p.name == phase.name and fits(p)]
-        have = f"host {host_free / GIB:.2f} GiB available" + (
-            "" if device_free is None else f", device {device_free / GIB:.2f} GiB free"
-        )
-        advice = (
-            f"options that would fit: {', '.join(better)}"
-            if better
-            else "no single-process option fits: "
-            "see docs/scale-out.md (several GPUs for the gradient pass, placement='disk' for pruning)"
-        )
-        raise MemoryPlanError(
-            f"the {phase.name} phase ({phase.option}) is planned to need device {phase.device / GIB:.2f} GiB and "
-            f"host {phase.host / GIB:.2f} GiB, but this machine has {have}; {advice} "
-            "(GBLMPruner.from_pretrained(..., check_memory=False) skips this check)"
-        )
+    note = slow_cpu_note(planned_seconds(memory_plan, config, gradient_phase), memory_plan.device_type, config)
+    if note:
+        logger.warning("Time plan: %s", note)
+    failing = [phase for phase in wanted if not fits(phase)]
+    if not failing:
+        return
+    phase = failing[0]
+    better = [p.option for p in memory_plan.phases if p.name == phase.name and fits(p)]
+    have = f"host {host_free / GIB:.2f} GiB available" + (
+        "" if device_free is None else f", device {device_free / GIB:.2f} GiB free"
+    )
+    advice = (
+        f"options that would fit: {', '.join(better)}"
+        if better
+        else "no single-process option fits: "
+        "see docs/scale-out.md (several GPUs for the gradient pass, placement='disk' for pruning)"
+    )
+    together = fitting_set(memory_plan.phases, config, fits, gradient_phase)
+    raise MemoryPlanError(
+        f"the {phase.name} phase ({phase.option}) is planned to need device {phase.device / GIB:.2f} GiB and "
+        f"host {phase.host / GIB:.2f} GiB, but this machine has {have}; {advice}; for the whole run: {together} "
+        "(GBLMPruner.from_pretrained(..., check_memory=False) skips this check)"
+    )
 
 
 def check_memory_plan(model: Any, config: GBLMConfig) -> MemoryPlan | None:

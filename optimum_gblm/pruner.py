@@ -27,6 +27,7 @@ from .pipelines import Placement, PruneRequest, pipeline_class, prune_model
 from .pipelines.offload import placement_for
 from .pruning_map import PruningMap
 from .publishing.provenance import check_base_model_option
+from .routes import check_gradient_route
 from .targets import PruneTarget
 from .utils import resolve_device, suggest_keywords
 
@@ -172,6 +173,7 @@ class GBLMPruner:
         if self.pruning_map is not None:
             raise RuntimeError("this pruner has already pruned its model")
         cfg = self.config
+        check_gradient_route(cfg, self.gradients if gradients is None else gradients)  # before the calibration
         needs_data = pipeline_class(cfg).needs_data
         if needs_data or cfg.needs_gradients or calibration is not None:
             self.calibration_data(calibration)

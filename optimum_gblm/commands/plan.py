@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from optimum.commands.base import CommandInfo
 
+from ..plan_advice import TFLOPS
 from .base import GBLMSubcommand, check_model_path
 from .errors import UsageError
 from .options import add_config_arguments, config_from_args
-from .prune import add_model_argument
+from .prune import add_model_argument, check_route
 
 
 class PlanCommand(GBLMSubcommand):
@@ -18,7 +20,8 @@ class PlanCommand(GBLMSubcommand):
         "Build the model on the meta device from its config (a local folder, a cached Hub config, or a reference\n"
         "model: reference:llama-2-7b, -13b, -70b, reference:llama-3-8b, -70b) and estimate the peak device and host\n"
         "memory of the gradient pass and of pruning under every placement and intermediates option, with the time\n"
-        "at an assumed throughput. Says whether the chosen options fit this machine and which would."
+        "at the device kind's stated rate (--tflops to change it). Says whether the chosen options fit this machine\n"
+        "and which set of options would fit every phase; refuses, like `prune`, options that cannot run together."
     )
     EXAMPLES = (
         "  optimum-cli gblm plan --method sparsegpt\n"
@@ -34,22 +37,39 @@ class PlanCommand(GBLMSubcommand):
             choices=("cpu", "cuda"),
             help="Plan for this kind of compute device instead of --device (e.g. a GPU run planned on a laptop).",
         )
-        run.add_argument("--tflops", type=float, default=None, help="Effective TFLOP/s assumed by the time estimates.")
+        run.add_argument(
+            "--tflops",
+            type=float,
+            default=None,
+            help="Effective TFLOP/s assumed by the time estimates (default: a stated rate per device kind: "
+            + ", ".join(f"{kind} {rate:g}" for kind, rate in TFLOPS.items())
+            + "; docs/scale-out.md).",
+        )
+        run.add_argument(
+            "--gradients",
+            metavar="CACHE",
+            help="The gradient cache `prune --gradients` will read. With --placement disk, a method that needs "
+            "gradients reads them from it; a CACHE that does not exist yet is planned as written first by "
+            "`optimum-cli gblm gradients --output CACHE`.",
+        )
         add_config_arguments(parser)
 
     def execute(self) -> None:
         from ..planning import (
-            DEFAULT_TFLOPS,
             GIB,
             MemoryPlanError,
             available_memory,
             check_plan,
             plan,
             reference_or_skeleton,
+            runs_gradient_phase,
         )
 
         args = self.args
         config = config_from_args(args)
+        # The check `prune` makes: a cache that does not exist yet is written first by the gradients command.
+        to_write = args.gradients is not None and not Path(args.gradients).exists()
+        check_route(config, None if to_write else (Path(args.gradients) if args.gradients else None), to_write)
         if not (args.model or "").startswith("reference:"):
             check_model_path(args.model)
         try:
@@ -61,12 +81,11 @@ class PlanCommand(GBLMSubcommand):
                 f"no local config for {args.model!r}: pass a model folder, a Hub id whose config is in the local "
                 "cache, or a reference model (reference:llama-2-7b)"
             )
-        tflops = args.tflops or DEFAULT_TFLOPS
-        memory_plan = plan(found[1], found[0], config, tflops=tflops, device_type=args.for_device)
+        memory_plan = plan(found[1], found[0], config, tflops=args.tflops, device_type=args.for_device)
         name = args.model or "the embedded SmolLM2-135M"
         print(
             f"Memory plan of {name} ({config.method}, {config.num_samples} x {config.seqlen} tokens), "
-            f"compute device {memory_plan.device_type}, time at {tflops:g} TFLOP/s (estimates):"
+            f"compute device {memory_plan.device_type}, time at {memory_plan.tflops:g} TFLOP/s (estimates):"
         )
         print(memory_plan.table())
         import torch
@@ -79,8 +98,11 @@ class PlanCommand(GBLMSubcommand):
             "" if device_free is None else f", device {device_free / GIB:.2f} GiB free"
         )
         try:
-            check_plan(memory_plan, config, available)
+            # with a cache written first, its gradient pass is planned too (the gradients command runs it)
+            check_plan(memory_plan, config, available, runs_gradient_phase(config) or to_write)
         except MemoryPlanError as err:
             print(f"Does not fit this machine: {err}")
             return
         print(f"The chosen options ({memory_plan.chosen}) fit this machine ({here}).")
+        if to_write:
+            print(f"Route: `optimum-cli gblm gradients --output {args.gradients}` first, then this prune.")

@@ -23,7 +23,7 @@ from .base import (
     check_output_file,
     check_output_folder,
 )
-from .errors import UsageError
+from .errors import UsageError, usage_error
 from .options import (
     add_config_arguments,
     add_eval_arguments,
@@ -152,6 +152,7 @@ class PruneCommand(GBLMSubcommand):
                 "Choose another --gradients path, or replace the cache with `optimum-cli gblm gradients --output "
                 f"{args.gradients} --overwrite` and these options.",
             )
+        check_route(config, gradients)
         if args.eval:
             check_eval_source(args.eval_source, args.model)
         check_task_arguments(args)  # task names, Hub access while offline, lm-eval installed
@@ -199,6 +200,17 @@ class PruneCommand(GBLMSubcommand):
         print(summary(pruner, saved, time.perf_counter() - start, steps, args.push_to_hub, url))
         if args.tasks:
             print(summary_table(pruner.task_results))
+
+
+def check_route(config: Any, gradients: Path | None, written_first: bool = False) -> None:
+    """The placement and gradient options can run together (routes.py: the check `plan` and the library share);
+    `written_first`: `plan`'s cache that the gradients command writes before the prune (as good as a held one)."""
+    from ..routes import GradientRouteError, check_gradient_route
+
+    try:
+        check_gradient_route(config, object() if written_first else gradients)
+    except GradientRouteError as err:
+        raise usage_error(err) from None
 
 
 def check_gradients_used(config: Any) -> None:
