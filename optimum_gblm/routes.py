@@ -66,8 +66,8 @@ def check_gradient_route(config: GBLMConfig, gradients: Any = None) -> None:
         if getattr(config, option):
             raise GradientRouteError(
                 "placement",
-                "{opt}'disk' never holds the whole model, so it cannot run the gradient pass "
-                + f"{{o[{option}][flag]}} asks for ({why}): drop {{o[{option}][name]}} and {{route}}",
+                "{opt}'disk' never holds the whole model, which the gradient pass needs, also with "
+                + f"{{o[{option}][flag]}} ({why}): drop {{o[{option}][name]}} and {{route}}",
             )
     if reusable_cache(gradients):
         return
@@ -78,8 +78,8 @@ def check_gradient_route(config: GBLMConfig, gradients: Any = None) -> None:
     )
     raise GradientRouteError(
         "placement",
-        "{opt}'disk' never holds the whole model, so it cannot run the gradient pass that method {method!r} "
-        "(allocation {allocation!r}) needs, and {missing}: {route}",
+        "{opt}'disk' never holds the whole model, which the gradient pass needs (method {method!r}, allocation "
+        "{allocation!r}), and {missing}: {route}",
         method=config.method,
         allocation=config.effective_allocation,
         missing=missing,
