@@ -27,6 +27,7 @@ from .pipelines import Placement, PruneRequest, pipeline_class, prune_model
 from .pipelines.offload import placement_for
 from .pruning_map import PruningMap
 from .publishing.provenance import check_base_model_option
+from .publishing.sidecar import base_record, origin_map, origin_sidecar
 from .routes import check_gradient_route
 from .targets import PruneTarget
 from .utils import resolve_device, suggest_keywords
@@ -72,6 +73,7 @@ class GBLMPruner:
         self.task_results: dict[str, dict[str, Any]] = {}  # label -> lm-eval task -> metrics and settings
         self._evaluator: Evaluator | None = None
         self.recovery: dict[str, Any] | None = None  # the last recover() stage's settings
+        self.origin = origin_sidecar(model_id)  # the loaded checkpoint's side-car: its lineage carries over
         self._placement: Placement | None = None
         pipeline_class(self.config).check(self.model, self.adapter, self.config)  # before any heavy work
 
@@ -162,14 +164,10 @@ class GBLMPruner:
         gradients: GradientAccumulation | str | Path | None = None,
         progress: bool = True,
     ) -> nn.Module:
-        """Prune the model in place and return it.
-
-        `calibration`: the calibration set instead of the config's source: for text models token ids (a
-        [N, seqlen] tensor, a DataLoader or a list of samples: dicts with input_ids, tensors), for image models
-        images (and labels). `gradients`: an accumulation, or a cache file path (written when it does not exist,
-        reused when it matches this model, these calibration tokens in any order and the gradient settings,
-        refused otherwise).
-        """
+        """Prune the model in place and return it. `calibration`: the calibration set instead of the config's source
+        (text models: token ids, as a [N, seqlen] tensor, a DataLoader or a list of samples; image models: images and
+        labels). `gradients`: an accumulation, or a cache file path (written when missing, reused when it matches this
+        model, these calibration tokens in any order and the gradient settings, refused otherwise)."""
         if self.pruning_map is not None:
             raise RuntimeError("this pruner has already pruned its model")
         cfg = self.config
@@ -201,12 +199,8 @@ class GBLMPruner:
             progress=progress,
         )
         self.pruning_map = prune_model(request, self.placement)
+        self.origin = base_record(self.origin)  # pruned again: only the base model still holds
         self.timings["prune_s"] = time.perf_counter() - start
-        done = self.pruning_map
-        summary = (
-            f"{len(done.targets)} targets with {cfg.method} ({done.pattern}): sparsity {done.overall_sparsity:.4f}"
-        )
-        logger.info("Pruned %s in %.1f s", summary, self.timings["prune_s"])
         return self.model
 
     def recover(
@@ -219,9 +213,9 @@ class GBLMPruner:
         progress: bool = True,
     ) -> nn.Module:
         """Retrain a small parameter subset (PERP: norms, biases, head, MaskLoRA / ScaleLoRA) with the transformers
-        Trainer, keeping every pruned weight exactly zero; adds a "recover" stage to the pruning map. `config`: a
-        `RecoveryConfig`; `teacher`: the dense model for distillation; `evaluate`: measure perplexity before and
-        after (True, or `evaluate()` keyword arguments). See docs/recovery.md."""
+        Trainer, keeping every pruned weight exactly zero; adds a "recover" stage to the pruning map (a loaded
+        checkpoint's, from its side-car). `config`: a `RecoveryConfig`; `teacher`: the dense model for distillation;
+        `evaluate`: measure perplexity before and after (True, or `evaluate()` keyword arguments). docs/recovery.md"""
         from .recovery import RecoveryConfig, run_recovery
         from .recovery.run import RecoverySubject
 
@@ -229,8 +223,9 @@ class GBLMPruner:
         if evaluate:
             options = {"progress": progress, **(evaluate if isinstance(evaluate, dict) else {})}
             measure = lambda label: self.evaluate(label, **options)  # noqa: E731
+        pruning_map = self.pruning_map or origin_map(self.origin)  # a loaded checkpoint's record
         subject = RecoverySubject(
-            self.model, self.adapter, self.config, self.pruning_map, self.tokenizer, self.placement.device
+            self.model, self.adapter, self.config, pruning_map, self.tokenizer, self.placement.device
         )
         result = run_recovery(subject, config or RecoveryConfig(), teacher, measure, callbacks, progress)
         self.pruning_map, self.recovery = result.pruning_map, result.settings
@@ -255,6 +250,7 @@ class GBLMPruner:
             evaluation=self.evaluation,
             repo_id=repo_id,
             tasks=self.task_results,
+            origin=self.origin,
         )
 
     def save_pretrained(

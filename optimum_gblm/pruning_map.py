@@ -148,8 +148,9 @@ class PruningMap:
         low, high = self.sparsity_range()
         achieved = [r.achieved_sparsity for r in self.targets.values()]
         stage = next((st for st in reversed(self.stages) if st.kind == "prune"), None)
+        measure = "removed" if self.pattern == STRUCTURED else "overall sparsity"
         lines = [
-            f"PruningMap: {len(self.targets)} targets, {self.pattern}, overall sparsity {self.overall_sparsity:.4f} "
+            f"PruningMap: {len(self.targets)} targets, {self.pattern}, {measure} {self.overall_sparsity:.4f} "
             f"(target {self.target_sparsity:.4f}) of {self.total_params:,} weights; pattern "
             + ("holds" if self.pattern_ok else "VIOLATED"),
             f"  per target: target sparsity {low:.4f} to {high:.4f}, achieved {min(achieved):.4f} to "
@@ -158,8 +159,14 @@ class PruningMap:
         note = self.rounding_note((stage.settings.get("group") if stage else None) or self._counted_per())
         if note:
             lines.append(f"  rounding: {note}")
+        structure = (stage.settings.get("structure") if stage else None) or {}
+        if structure.get("parameters"):
+            lines.append(
+                f"  parameters: {structure['parameters']:,} of {structure['dense_parameters']:,} dense, "
+                f"{structure.get('widths')} widths"
+            )
         for st in self.stages:
-            settings = ", ".join(f"{k}={v}" for k, v in st.settings.items())
+            settings = ", ".join(f"{k}={_brief(v) if k == 'structure' else v}" for k, v in st.settings.items())
             lines.append(f"  stage: {st.kind} {st.method} ({settings})")
         kept = f"masks kept for {len(self._masks)} (pruning_map.mask(name))" if self._masks else "no masks kept"
         lines.append(f"  {kept}; per-target records in pruning_map.targets")
@@ -214,6 +221,13 @@ class PruningMap:
         if config:
             pruning_map.stages.append(Stage("prune", config.get("method", "unknown"), prune_settings(config)))
         return pruning_map
+
+
+def _brief(structure: Any) -> str:
+    """A structure record without its per-layer widths list (the summary stays a few lines)."""
+    if not isinstance(structure, dict):
+        return str(structure)
+    return "{" + ", ".join(f"{k}={v}" for k, v in structure.items() if k != "layers") + "}"
 
 
 def prune_settings(config: dict[str, Any]) -> dict[str, Any]:

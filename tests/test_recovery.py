@@ -211,7 +211,9 @@ def test_dense_model_warns_and_still_recovers(assets, caplog):
     with caplog.at_level(logging.WARNING, logger="optimum_gblm"):
         pruner.recover(quick(assets, subset=["norm"], max_steps=1), progress=False)
     assert "was not pruned" in caplog.text
-    assert pruner.pruning_map is None and pruner.recovery["max_steps"] == 1
+    # no pruning is invented: the map records the recovery only (the card then says "no pruning record")
+    assert [stage.kind for stage in pruner.pruning_map.stages] == ["recover"]
+    assert pruner.pruning_map.overall_sparsity == 0.0 and pruner.recovery["max_steps"] == 1
 
 
 @pytest.mark.parametrize(

@@ -228,13 +228,26 @@ def check_gradients_used(config: Any) -> None:
 
 def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], repo_id: str | None, url: Any) -> str:
     """The final report on stdout: what was done, what it achieved, where it went."""
+    from ..publishing.artefact import describe_artefact, parameters_line, reload_call
+    from ..publishing.sidecar import read_sidecar
+
     cfg, pruning_map = pruner.config, pruner.pruning_map
-    lines = [
-        f"Pruned {pruner.model_id} with {cfg.method} ({cfg.pattern}, target sparsity {cfg.sparsity:g}) "
-        f"in {elapsed:.1f} s",
-        f"  achieved sparsity: {pruning_map.overall_sparsity:.4f} over {len(pruning_map.targets)} targets "
-        f"(pattern {'holds' if pruning_map.pattern_ok else 'VIOLATED'}; checkpoint verified)",
-    ]
+    art = describe_artefact(read_sidecar(saved))  # what was written, as its card describes it
+    if art.structure is not None:
+        lines = [
+            f"Pruned {pruner.model_id} with {cfg.method} (structured: whole heads and MLP channels, target removed "
+            f"fraction {cfg.sparsity:g}) in {elapsed:.1f} s",
+            f"  removed: {pruning_map.overall_sparsity:.4f} of the block linears' weights over "
+            f"{len(pruning_map.targets)} targets (checkpoint verified)",
+            f"  parameters: {parameters_line(art)}",
+        ]
+    else:
+        lines = [
+            f"Pruned {pruner.model_id} with {cfg.method} ({cfg.pattern}, target sparsity {cfg.sparsity:g}) "
+            f"in {elapsed:.1f} s",
+            f"  achieved sparsity: {pruning_map.overall_sparsity:.4f} over {len(pruning_map.targets)} targets "
+            f"(pattern {'holds' if pruning_map.pattern_ok else 'VIOLATED'}; checkpoint verified)",
+        ]
     note = pruning_map.rounding_note(cfg.effective_group)
     if note:  # why 0.5991 and not 0.6
         lines.append(f"  below the target {cfg.sparsity:g} because {note}")
@@ -245,6 +258,7 @@ def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], r
         lines.append(f"  {metric}: dense {dense:.4f} -> pruned {pruned:.4f} ({settings})")
     lines.append("  time: " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in steps.items()))
     lines.append(f"  output: {saved}")
+    lines.append(f"  reload: {reload_call(art, str(saved))}")
     if repo_id:
         lines.append(f"  pushed to: {url or repo_id}")
     return "\n".join(lines)

@@ -67,6 +67,7 @@ class RecoverCommand(GBLMSubcommand):
         add_recovery_arguments(parser)
         add_config_arguments(parser, groups=("model / loading",))
         add_eval_arguments(parser, "evaluation", "the checkpoint's calibration seqlen", flag=True)
+        next(a for a in parser._actions if a.dest == "eval").help = "Measure perplexity before and after recovery."
 
     def execute(self) -> None:
         args = self.args
@@ -79,17 +80,17 @@ class RecoverCommand(GBLMSubcommand):
 
         from ..configuration import GBLMConfig
         from ..pruner import GBLMPruner
-        from ..pruning_map import PruningMap
+        from ..publishing.artefact import has_pruning_record
 
         config = loading
         if sidecar:
             overrides = {f.name: getattr(loading, f.name) for f in fields(GBLMConfig) if hasattr(args, f.name)}
             config = GBLMConfig.from_dict({**sidecar["config"], **overrides})
-        pruner = GBLMPruner.from_pretrained(args.model, config)
-        if sidecar.get("pruning_map"):
-            pruner.pruning_map = PruningMap.from_dict(sidecar["pruning_map"])  # no masks: the zeros are the mask
+        pruner = GBLMPruner.from_pretrained(args.model, config)  # recover() continues the side-car's record
         evaluate = eval_kwargs(pruner, args, config.seqlen) if args.eval else False
         pruner.recover(recovery, evaluate=evaluate, progress=self.progress)
-        folder = pruner.save_pretrained(args.output, overwrite=args.overwrite, allow_dense=pruner.pruning_map is None)
+        # a model without a pruning record is saved as exactly that (the card says so), as the description promises
+        recorded = has_pruning_record(pruner.pruning_map.to_dict())
+        folder = pruner.save_pretrained(args.output, overwrite=args.overwrite, allow_dense=not recorded)
         after = pruner.results.get("recovered_perplexity")
         print(f"recovered model saved to {folder}" + (f" (perplexity {after:.4f})" if after is not None else ""))

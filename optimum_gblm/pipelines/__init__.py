@@ -7,6 +7,8 @@ route every prune takes."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING
 
 from .base import BlockHandler, Pipeline, PruneRequest, Walk
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from ..configuration import GBLMConfig
     from ..pruning_map import PruningMap
 
+logger = logging.getLogger(__name__)
 _PIPELINES: dict[str, type[Pipeline]] = {}
 
 
@@ -55,7 +58,17 @@ def pipeline_for(config: GBLMConfig, placement: Placement | None = None) -> Pipe
 
 def prune_model(request: PruneRequest, placement: Placement | None = None) -> PruningMap:
     """Prune `request.model` in place with the pipeline its config's method runs on; returns the pruning map."""
-    return pipeline_for(request.config, placement).prune(request)
+    start = time.perf_counter()
+    pruning_map = pipeline_for(request.config, placement).prune(request)
+    logger.info(
+        "Pruned %d targets with %s (%s): sparsity %.4f in %.1f s",
+        len(pruning_map.targets),
+        request.config.method,
+        pruning_map.pattern,
+        pruning_map.overall_sparsity,
+        time.perf_counter() - start,
+    )
+    return pruning_map
 
 
 for _cls in (DataFreePipeline, SequentialPipeline, StructuredPipeline):

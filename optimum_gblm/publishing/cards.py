@@ -18,6 +18,8 @@ import yaml
 
 from ..evaluation import find_metric, get_metric, list_metrics
 from ..methods import get_method, list_methods
+from . import card_text
+from .artefact import DENSE, STRUCTURED_KIND, UNRECORDED, describe_artefact, load_note, load_snippet
 from .plot import PLOT_NAME, ordered_layers
 from .provenance import hub_base_model, short_name
 from .recovery_card import recovery_section
@@ -26,6 +28,8 @@ from .task_card import eval_result, task_eval_results, task_results_section
 logger = logging.getLogger(__name__)
 
 TAGS = ("pruned", "sparse", "gblm", "optimum-gblm")
+STRUCTURED_TAGS = ("pruned", "structured-pruning", "gblm", "optimum-gblm")  # smaller matrices: no zeros to call sparse
+UNRECORDED_TAGS = ("gblm", "optimum-gblm", "perp-recovery", "no-pruning-record")
 DENSE_TAGS = ("gblm", "optimum-gblm", "dense")  # saved with allow_dense=True: no claim of sparsity
 PLACEHOLDER_REPO = "path/to/this/checkpoint"
 _TASKS = {
@@ -115,9 +119,13 @@ def card_name(sidecar: dict[str, Any]) -> str:
     if sidecar.get("repo_id"):
         return sidecar["repo_id"].split("/")[-1]
     name = base_of(sidecar)[1]
-    if not is_pruned(sidecar):
+    art = describe_artefact(sidecar)
+    if art.kind == DENSE:
         return repo_safe(f"{base_name(name)}-dense")
-    return default_repo_name(name, config["method"], config["pattern"], config["sparsity"])
+    if art.kind == UNRECORDED:
+        return repo_safe(f"{base_name(name)}-perp")
+    pattern = art.pattern if art.kind == STRUCTURED_KIND else config["pattern"]
+    return default_repo_name(name, art.method, pattern, config["sparsity"]) + ("-perp" if art.recovered else "")
 
 
 def card_metadata(sidecar: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +141,18 @@ def card_metadata(sidecar: dict[str, Any]) -> dict[str, Any]:
     meta["pipeline_tag"] = _TASKS.get(library, _TASKS["transformers"])[0]
     if sidecar.get("license"):
         meta["license"] = sidecar["license"]
-    pattern = config["pattern"] if config["pattern"] == "unstructured" else pattern_slug(config["pattern"])
-    tags = [*TAGS, config["method"], f"{pattern}-sparsity"] if is_pruned(sidecar) else [*DENSE_TAGS]
+    art = describe_artefact(sidecar)
+    if art.kind == STRUCTURED_KIND:
+        tags = [*STRUCTURED_TAGS, art.method, f"{'per-layer' if art.per_layer else 'uniform'}-widths"]
+    elif art.kind == UNRECORDED:
+        tags = [*UNRECORDED_TAGS]
+    elif art.kind == DENSE:
+        tags = [*DENSE_TAGS]
+    else:
+        pattern = config["pattern"] if config["pattern"] == "unstructured" else pattern_slug(config["pattern"])
+        tags = [*TAGS, art.method, f"{pattern}-sparsity"]
+    if art.recovered and art.kind != UNRECORDED:
+        tags.append("perp-recovery")
     meta["tags"] = list(dict.fromkeys(tags))
     index = model_index(sidecar, card_name(sidecar))
     if index:
@@ -159,19 +177,38 @@ def _calibration_size(calib: dict[str, Any]) -> str:
 def _pruning_table(sidecar: dict[str, Any]) -> str:
     config = sidecar["config"]
     sparsity = sidecar.get("pruning_map") or {}
+    art = describe_artefact(sidecar)
+    if art.kind == UNRECORDED:  # the config is a default, not how the model was pruned: claim nothing of it
+        layers = sparsity.get("targets") or {}
+        rows = [
+            ("Status", "**no pruning record**: the model came without `gblm_config.json`; it was retrained only"),
+            ("Exact zeros (prune targets)", f"{art.zeros:.2%} of {len(layers)} linears, kept at zero by recovery"),
+        ]
+        return _table(("Aspect", "Value"), rows)
     method = get_method(config["method"]) if config["method"] in list_methods() else None
     rows = [] if sparsity else [("Status", "**not pruned**: dense weights, the settings below were not applied")]
+    structured = art.kind == STRUCTURED_KIND
     rows += [
         ("Method", f"`{config['method']}`: {method.card_description if method else 'see optimum-gblm'}"),
-        ("Pattern", f"`{config['pattern']}`"),
-        ("Target sparsity", f"{config['sparsity']:.2%}"),
+        ("Pattern", "`structured`: whole heads and MLP channels removed" if structured else f"`{config['pattern']}`"),
+        ("Target removed fraction" if structured else "Target sparsity", f"{config['sparsity']:.2%}"),
     ]
     if sparsity:
         layers = sparsity.get("targets") or {}
         params = sum(e["shape"][0] * e["shape"][1] for e in layers.values())
-        rows.append(("Achieved sparsity (pruned linears)", f"{sparsity.get('overall_sparsity', 0.0):.2%}"))
-        rows.append(("Pruned linears", f"{len(layers)} ({params:,} weights)"))
-        structure = _structure(sidecar)
+        achieved = f"{sparsity.get('overall_sparsity', 0.0):.2%}"
+        rows.append(
+            ("Removed (block linears)", achieved) if structured else ("Achieved sparsity (pruned linears)", achieved)
+        )
+        rows.append(
+            (
+                "Pruned linears",
+                f"{len(layers)} ({params:,} weights before pruning)"
+                if structured
+                else f"{len(layers)} ({params:,} weights)",
+            )
+        )
+        structure = art.structure
         if structure:
             size = f", weights file {structure['file_bytes'] / 1e6:,.1f} MB" if "file_bytes" in structure else ""
             rows.append(
@@ -219,6 +256,11 @@ def _sparsity_section(sidecar: dict[str, Any]) -> str:
     layers = ordered_layers(sidecar)
     if not layers:
         return "The model was saved without a sparsity report (it was not pruned)."
+    art = describe_artefact(sidecar)
+    if art.kind == STRUCTURED_KIND:
+        return card_text.structured_section(art, layers) + f"\n\n![Per-layer removed share]({PLOT_NAME})"
+    if art.kind == UNRECORDED:
+        return card_text.unrecorded_section(art, layers) + f"\n\n![Per-layer exact zeros]({PLOT_NAME})"
     targets = [e["target_sparsity"] for _, e in layers]
     achieved = [e["achieved_sparsity"] for _, e in layers]
     low, high = (sidecar.get("pruning_map") or {}).get("sparsity_range") or [min(targets), max(targets)]
@@ -266,61 +308,6 @@ def _metric_section(sidecar: dict[str, Any]) -> str:
     return _table(header, [tuple(row)]) + note
 
 
-def _usage(sidecar: dict[str, Any], repo: str) -> str:
-    if sidecar.get("library") == "timm":
-        return f'import timm\n\nmodel = timm.create_model("hf-hub:{repo}", pretrained=True)'
-    return (
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f'model = AutoModelForCausalLM.from_pretrained("{repo}")\ntokenizer = AutoTokenizer.from_pretrained("{repo}")'
-    )
-
-
-def _reproduce(sidecar: dict[str, Any], base: str, pruned: bool) -> str:
-    if sidecar.get("repo_id"):
-        imports = "from huggingface_hub import hf_hub_download\n"
-        source = f'hf_hub_download("{sidecar["repo_id"]}", "gblm_config.json")'
-    else:
-        imports, source = "", f'"{PLACEHOLDER_REPO}"'
-    return (
-        f"{imports}from optimum_gblm import GBLMConfig, GBLMPruner\n\n"
-        f"config = GBLMConfig.from_pretrained({source})\n"
-        f'pruner = GBLMPruner.from_pretrained("{base}", config)\n'
-        + ("pruner.prune()" if pruned else 'pruner.save_pretrained("dense-copy", allow_dense=True)  # not pruned')
-    )
-
-
-def _structure(sidecar: dict[str, Any]) -> dict[str, Any] | None:
-    """The structure record of a structured prune (parameters, widths, file size), or None."""
-    for stage in (sidecar.get("pruning_map") or {}).get("stages", []):
-        if isinstance((stage.get("settings") or {}).get("structure"), dict):
-            return stage["settings"]["structure"]
-    return None
-
-
-def _notes(sidecar: dict[str, Any], pruned: bool) -> str:
-    structure = _structure(sidecar)
-    weights = (
-        "- Weights are stored dense (safetensors) with exact zeros: the file size equals the dense model's. Use a "
-        "sparse\n  kernel or runtime to turn the sparsity into speed or memory savings."
-        if pruned
-        else "- Weights are the base model's, unchanged (safetensors): this checkpoint was not pruned."
-    )
-    if structure:
-        weights = (
-            "- Heads and MLP channels were removed: the weights are smaller dense matrices, faster on any runtime. "
-            + (
-                "Every layer has the same widths: plain `transformers` reloads it."
-                if structure["widths"] == "uniform"
-                else "Widths differ per layer: reload with `optimum_gblm.load_pruned(folder)`."
-            )
-        )
-    lines = [weights] + [f"- {key}: {value}" for key, value in sorted((sidecar.get("deviations") or {}).items())]
-    versions = sidecar.get("versions") or {}
-    if versions:
-        lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
-    return "\n".join(lines)
-
-
 def render_model_card(sidecar: dict[str, Any]) -> str:
     """The README.md text for a checkpoint, from its side-car alone (deterministic; format-1 side-cars are read
     through `upgrade_sidecar`)."""
@@ -328,37 +315,35 @@ def render_model_card(sidecar: dict[str, Any]) -> str:
 
     sidecar = upgrade_sidecar(sidecar)
     config = sidecar["config"]
-    sparsity = sidecar.get("pruning_map") or {}
+    art = describe_artefact(sidecar)
     hub_base, name = base_of(sidecar)
     shown = f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base else f"`{name}`"
     repo = sidecar.get("repo_id") or PLACEHOLDER_REPO
-    overall = sparsity.get("overall_sparsity", config["sparsity"])
-    library = sidecar.get("library", "transformers")
-    settings = f"`{config['method']}` ({config['pattern']}, {config['sparsity']:.0%})"
+    if sidecar.get("repo_id"):
+        source = f'hf_hub_download("{sidecar["repo_id"]}", "gblm_config.json")'
+    else:
+        source = f'"{PLACEHOLDER_REPO}"'
+    shown_settings = {k: v for k, v in config.items() if not (art.kind == STRUCTURED_KIND and k == "pattern")}
+    settings_table = (
+        _table(("setting", "value"), [(f"`{k}`", f"`{json.dumps(v)}`") for k, v in sorted(shown_settings.items())])
+        if art.kind != UNRECORDED
+        else "None recorded: the model this checkpoint was retrained from came without its pruning settings."
+    )
     values = {
         "metadata": yaml.safe_dump(card_metadata(sidecar), sort_keys=False, allow_unicode=True, width=1000).strip(),
-        "title": f"{name} pruned with {config['method']} ({config['pattern']}, {config['sparsity']:.0%})"
-        if sparsity
-        else f"{name} (dense, not pruned)",
-        "summary": (
-            f"This checkpoint is {shown} pruned to {overall:.2%} sparsity in its pruned linears "
-            f"(`{config['pattern']}`) with the `{config['method']}` method of "
-            f"[optimum-gblm](https://arxiv.org/abs/2311.04902). It loads with plain {library}, no custom code."
-            if sparsity
-            else f"This checkpoint is {shown}, saved **dense (not pruned)** with "
-            f"[optimum-gblm](https://arxiv.org/abs/2311.04902): the {settings} settings below were not applied. "
-            f"It loads with plain {library}, no custom code."
-        ),
+        "title": card_text.title(art, name, config),
+        "summary": card_text.summary(art, shown, config),
         "pruning_table": _pruning_table(sidecar),
         "sparsity_section": _sparsity_section(sidecar),
-        "results_section": _results_section(sidecar) + recovery_section(sidecar),
-        "usage": _usage(sidecar, repo),
-        "library": sidecar.get("library", "transformers"),
-        "reproduce": _reproduce(sidecar, hub_base or f"path/to/{name}", bool(sparsity)),
-        "settings_table": _table(
-            ("setting", "value"), [(f"`{k}`", f"`{json.dumps(v)}`") for k, v in sorted(config.items())]
+        "layers_heading": {STRUCTURED_KIND: "Per-layer widths", UNRECORDED: "Per-layer exact zeros"}.get(
+            art.kind, "Per-layer sparsity"
         ),
-        "notes": _notes(sidecar, bool(sparsity)),
+        "results_section": _results_section(sidecar) + recovery_section(sidecar),
+        "usage": load_snippet(art, repo),
+        "load_note": load_note(art),
+        "reproduce": card_text.reproduce(sidecar, art, hub_base or f"path/to/{name}", source),
+        "settings_table": settings_table,
+        "notes": card_text.notes(sidecar, art),
     }
     template = resources.files("optimum_gblm").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     for key, value in values.items():

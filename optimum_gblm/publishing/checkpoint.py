@@ -25,6 +25,7 @@ from ..pruning_map import PruningMap
 from ..structured.surgery import seal_saved_config
 from ..targets import parse_slice_name, resolve_weight
 from ..utils import writer_tag, written_by_dead_process
+from .artefact import STRUCTURED_KIND, UNRECORDED, Artefact, describe_artefact, has_pruning_record
 from .cards import render_model_card, write_model_card
 from .plot import write_sparsity_plot
 from .sidecar import read_sidecar, write_sidecar
@@ -108,10 +109,17 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
 
 def check_pruned(pruning_map: PruningMap | None, allow_dense: bool) -> None:
     """Refuse, before anything is written or sent, to save or publish a model that was never pruned."""
-    if pruning_map is None and not allow_dense:
+    if allow_dense:
+        return
+    if pruning_map is None:
         raise RuntimeError(
             "this model was not pruned: call prune() before saving or pushing it, or pass allow_dense=True to "
             "save it as a dense checkpoint (labelled dense, no pruning map)"
+        )
+    if not has_pruning_record(pruning_map.to_dict()):
+        raise RuntimeError(
+            "this model has no pruning record (it was loaded without its gblm_config.json and only recovered): pass "
+            "allow_dense=True to save it anyway, described as recovered with no pruning record"
         )
 
 
@@ -133,8 +141,19 @@ def save_checkpoint(
         write_sparsity_plot(tmp, sidecar)
         if model_card:
             write_model_card(tmp, sidecar)
-    logger.info("Saved %s to %s", "pruned model" if sidecar.get("pruning_map") else "model", target)
+    logger.info("Saved %s to %s", _what(describe_artefact(sidecar)), target)
     return target.absolute()
+
+
+def _what(art: Artefact) -> str:
+    """How the log names a saved checkpoint."""
+    if art.kind == UNRECORDED:
+        return "recovered model (no pruning record)"
+    if not art.pruned:
+        return "dense model"
+    return ("structurally pruned" if art.kind == STRUCTURED_KIND else "pruned") + (
+        " and recovered model" if art.recovered else " model"
+    )
 
 
 def record_file_size(folder: Path, sidecar: dict[str, Any]) -> None:

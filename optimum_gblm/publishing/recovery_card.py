@@ -57,9 +57,13 @@ def recovery_section(sidecar: dict[str, Any]) -> str:
     stages = [s for s in (sidecar.get("pruning_map") or {}).get("stages", []) if s.get("kind") == "recover"]
     if not stages:
         return ""
+    recorded = any(s.get("kind") == "prune" for s in (sidecar.get("pruning_map") or {}).get("stages", []))
     parts = [
         "\n\n### Recovery\n\nAfter pruning, a small parameter subset was retrained (PERP) with the transformers "
         "Trainer; every pruned weight is still exactly zero."
+        if recorded
+        else "\n\n### Recovery\n\nA small parameter subset was retrained (PERP) with the transformers Trainer; every "
+        "weight of the prune targets that was exactly zero is still exactly zero."
     ]
     for stage in stages:
         rows = _rows(stage.get("settings") or {})

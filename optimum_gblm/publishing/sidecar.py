@@ -11,7 +11,7 @@ from typing import Any
 from ..configuration import CONFIG_NAME, GBLMConfig
 from ..pruning_map import PruningMap
 from ..utils import read_json
-from .provenance import base_model_license, library_versions, resolve_base_model
+from .provenance import base_model_license, library_versions, resolve_base_model, short_name
 
 SIDECAR_FORMAT = "optimum-gblm/2"
 KNOWN_FORMATS = ("optimum-gblm/1", SIDECAR_FORMAT)
@@ -33,14 +33,22 @@ def build_sidecar(
     evaluation: dict[str, dict[str, Any]],
     repo_id: str | None = None,
     tasks: dict[str, dict[str, Any]] | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The side-car of a saved checkpoint. Environment-dependent card inputs (the base model's Hub id, name and
     license) are resolved here, once, so the card re-renders from the side-car alone.
 
     `base_model` is the Hub id the user names; without it, `model_id` counts as one only when it is not a local
-    folder. `source` keeps what the model was loaded from."""
+    folder. `source` keeps what the model was loaded from.
+
+    `origin`: the side-car of the checkpoint the model was loaded from (a pruned folder being recovered): its base
+    model, name and license carry over, so the chain base -> prune -> recover stays on the card. When `pruning_map` is
+    the origin's (recovered, not pruned again: `base_record` drops the rest on a new prune) its prune config,
+    calibration, results, evaluation, timings and tasks carry over too; this session's own entries come after them."""
     hub_id, name = resolve_base_model(model_id, base_model, model)
     license_ = base_model_license(model_id, model) or (base_model_license(hub_id) if hub_id else None)
+    if origin and not base_model:
+        hub_id, name, license_ = _origin_base(origin, name, license_)
     payload: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
         "config": config.to_dict(),
@@ -64,11 +72,63 @@ def build_sidecar(
         "license": license_,
         "evaluation": dict(evaluation),
     }
+    if origin and origin.get("pruning_map") and pruning_map is not None:
+        _inherit(payload, origin, calibration)
     if repo_id:
         payload["repo_id"] = repo_id
     if tasks:  # lm-eval tasks by label (docs/evaluation.md)
         payload["tasks"] = {label: dict(per_task) for label, per_task in tasks.items()}
     return payload
+
+
+def _origin_base(origin: dict[str, Any], name: str, license_: str | None) -> tuple[str | None, str, str | None]:
+    """The base model of the checkpoint a model was loaded from: (Hub id, display name, license)."""
+    base = origin.get("base_model")
+    shown = origin.get("base_model_name") or (short_name(base) if base else name)
+    return base, shown, origin.get("license") or license_
+
+
+def _inherit(payload: dict[str, Any], origin: dict[str, Any], calibration: dict[str, Any] | None) -> None:
+    """The earlier stages' record (the prune that made the loaded checkpoint) in a later stage's side-car."""
+    if isinstance(origin.get("config"), dict):
+        payload["config"] = origin["config"]
+        payload["config_fingerprint"] = origin.get("config_fingerprint", payload["config_fingerprint"])
+    if calibration is None:
+        payload["calibration"] = origin.get("calibration")
+    for key in ("results", "timings", "evaluation"):
+        payload[key] = {**(origin.get(key) or {}), **payload[key]}
+    if origin.get("deviations"):
+        payload["deviations"] = origin["deviations"]
+    if origin.get("tasks"):
+        payload.setdefault("tasks", {})
+        payload["tasks"] = {**origin["tasks"], **payload["tasks"]}
+
+
+def base_record(origin: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What still holds of a loaded checkpoint's side-car once its model is pruned again: its base model only."""
+    keys = ("base_model", "base_model_name", "license")
+    return {k: origin[k] for k in keys if k in origin} if origin else None
+
+
+def origin_map(origin: dict[str, Any] | None) -> PruningMap | None:
+    """The pruning map a loaded checkpoint's side-car records (no masks: the weights' zeros are the mask)."""
+    return PruningMap.from_dict(origin["pruning_map"]) if origin and origin.get("pruning_map") else None
+
+
+def origin_sidecar(source: Any) -> dict[str, Any] | None:
+    """The side-car of a checkpoint folder a model is loaded from (None: not a local folder, or no checkpoint side-car;
+    a config-only file written by `GBLMConfig.save_pretrained` records no checkpoint)."""
+    if not isinstance(source, (str, Path)):
+        return None
+    folder = Path(source).expanduser()
+    if not (folder / CONFIG_NAME).is_file():
+        return None
+    try:
+        data = read_sidecar(folder)
+    except (OSError, ValueError) as err:
+        logger.warning("%s: its history is not carried over to what is saved from it", err)
+        return None
+    return data if data.get("format") else None
 
 
 def write_sidecar(folder: Path, payload: dict[str, Any]) -> Path:

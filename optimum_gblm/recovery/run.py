@@ -80,10 +80,10 @@ class RecoverySubject:
 
 @dataclass
 class RecoveryResult:
-    """The pruning map with its "recover" stage (None for a model that was never pruned), the stage's settings and
-    the training's seconds."""
+    """The pruning map with its "recover" stage (without a prune stage for a model that came without a pruning
+    record), the stage's settings and the training's seconds."""
 
-    pruning_map: PruningMap | None
+    pruning_map: PruningMap
     settings: dict[str, Any]
     seconds: float
 
@@ -97,7 +97,8 @@ def run_recovery(
     progress: bool = True,
 ) -> RecoveryResult:
     """Retrain `cfg`'s subset of `subject.model` in place with every pruned weight kept at zero. `measure(label)`
-    (optional) evaluates the model before ("pruned", or "dense" without zeros) and after ("recovered") training."""
+    (optional) evaluates the model before ("pruned"; "dense" without zeros; "loaded" for zeros without a pruning record)
+    and after ("recovered") training."""
     cfg.validate()
     model = subject.model
     metric = find_metric(getattr(subject.adapter, "metric_name", ""))
@@ -108,6 +109,13 @@ def run_recovery(
     pruned = sum(int(m.sum()) for m in masks.values())
     if pruned == 0:
         logger.warning("the model was not pruned (no zero in its prune targets): recovery runs as plain fine-tuning")
+    elif subject.pruning_map is None:
+        share = pruned / sum(m.numel() for m in masks.values())
+        logger.warning(
+            "the model came without a pruning record: its exact zeros (%.2f%% of its prune targets' weights) are kept "
+            "and it is described as recovered, with no claim about how it was pruned",
+            100 * share,
+        )
     # Everything that can be refused is checked before the (slow) training starts.
     if cfg.lora:
         lora_targets(targets, cfg)
@@ -116,7 +124,9 @@ def run_recovery(
     teacher_model = load_teacher(teacher, cfg, model)
     before = None
     if measure is not None:  # measured again even when already measured: before and after share the same settings
-        before = measure("pruned" if pruned else "dense")
+        before = measure(
+            "pruned" if pruned and subject.pruning_map is not None else "dense" if not pruned else "loaded"
+        )
     start = time.perf_counter()
     subset = make_trainable(model, cfg, targets, masks)
     try:
@@ -136,10 +146,9 @@ def run_recovery(
         settings[f"{metric.metric_name}_before"] = before
         settings[f"{metric.metric_name}_after"] = measure("recovered")
     pruning_map = subject.pruning_map
-    if pruning_map is None and pruned:  # a checkpoint loaded without its side-car: its zeros are the map
-        pruning_map = derived_map(targets, masks, subject.config.pattern)
-    if pruning_map is not None:
-        pruning_map.stages.append(Stage("recover", METHOD, settings))
+    if pruning_map is None:  # no pruning record (a model without its side-car): its zeros, and no invented prune
+        pruning_map = derived_map(targets, masks)
+    pruning_map.stages.append(Stage("recover", METHOD, settings))
     logger.info(
         "Recovered in %.1f s: %d trainable parameters, %d tokens",
         settings["time_s"],
@@ -149,11 +158,11 @@ def run_recovery(
     return RecoveryResult(pruning_map, settings, seconds)
 
 
-def derived_map(targets: list[PruneTarget], masks: dict[str, torch.Tensor], pattern: str) -> PruningMap:
-    """A pruning map read from the zeros of a checkpoint that came without one."""
-    pruning_map = PruningMap(pattern=pattern)
+def derived_map(targets: list[PruneTarget], masks: dict[str, torch.Tensor]) -> PruningMap:
+    """The exact zeros of a model that came without a pruning record, as targets of an unstructured map with no
+    prune stage (cards then say "no pruning record" instead of naming a method, a pattern or a sparsity)."""
+    pruning_map = PruningMap(pattern="unstructured")
     for target in targets:
         if target.name in masks:
             pruning_map.record(target.name, target.weight(), float(masks[target.name].float().mean()))
-    pruning_map.stages.append(Stage("prune", "unknown", {"derived_from": "exact zeros of the loaded weights"}))
     return pruning_map

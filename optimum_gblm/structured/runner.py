@@ -197,7 +197,10 @@ def prune_structured(
         "layers": [k.widths for k in kept],
     }
     pruning_map.stages.append(
-        Stage("prune", config.method, {**prune_settings(config.to_dict()), "structure": structure})
+        # the config's mask pattern is not used: what was removed is whole heads and channels
+        Stage(
+            "prune", config.method, {**prune_settings(config.to_dict()), "pattern": STRUCTURED, "structure": structure}
+        )
     )
     return pruning_map
 
