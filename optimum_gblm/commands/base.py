@@ -132,16 +132,22 @@ def check_model_path(model: str | None) -> None:
             f"--model {model!r} is a file: a model is a folder (config.json and weights), a Hub id (org/name) or a "
             f"timm name (timm/<name>); pass its folder ({Path(model).parent.as_posix() or '.'})"
         )
-    if model is not None and Path(model).expanduser().is_dir():
-        from ..adapters.pruned_checkpoint import read_config_dict
 
-        try:  # a folder that is no model: refused now, not by transformers after the imports
-            read_config_dict(model)
-        except ValueError as err:
-            raise UsageError(
-                f"{err}; a model is a folder with config.json and weights (saved by `prune`, `recover` or "
-                "save_pretrained), a Hub id (org/name) or a timm name (timm/<name>)"
-            ) from None
+
+def check_model_folder(model: str | None) -> None:
+    """A local folder that holds no model (no config.json, or one without model_type): a usage error, the last
+    check before the model is loaded (the other input checks come first, so they are never hidden by it)."""
+    if model is None or not Path(model).expanduser().is_dir():
+        return
+    from ..adapters.pruned_checkpoint import read_config_dict
+
+    try:
+        read_config_dict(model)
+    except ValueError as err:
+        raise UsageError(
+            f"{err}; a model is a folder with config.json and weights (saved by `prune`, `recover` or "
+            "save_pretrained), a Hub id (org/name) or a timm name (timm/<name>)"
+        ) from None
 
 
 def check_calibration_source(source: str, model: str | None = None) -> None:

@@ -16,6 +16,7 @@ from .base import (
     GBLMSubcommand,
     add_model_arguments,
     check_eval_source,
+    check_model_folder,
     check_model_path,
     chosen_model,
 )
@@ -77,6 +78,7 @@ class EvaluateCommand(GBLMSubcommand):
         check_model_path(args.model)
         check_eval_source(args.eval_source, args.model)
         check_task_arguments(args)
+        check_model_folder(args.model)
         sidecar = read_sidecar(args.model)
         if args.tasks:
             print(run_task_evaluation(args, config, describe(sidecar) != "dense", self.progress))

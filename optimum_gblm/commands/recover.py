@@ -15,6 +15,7 @@ from .base import (
     GBLMSubcommand,
     add_model_arguments,
     check_eval_source,
+    check_model_folder,
     check_model_path,
     check_output_folder,
     chosen_model,
@@ -90,6 +91,7 @@ class RecoverCommand(GBLMSubcommand):
             check_output_dir(recovery)
         except ValueError as err:
             raise usage_error(err) from None
+        check_model_folder(args.model)
         sidecar = read_sidecar(args.model)
 
         from ..configuration import GBLMConfig
