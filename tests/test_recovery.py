@@ -250,6 +250,15 @@ def test_bad_input_is_refused_before_training(assets, tmp_path, overrides, messa
     assert not (tmp_path / "run").exists() and len(pruner.pruning_map.stages) == 1
 
 
+def test_resume_with_another_lora_rank_names_the_setting(assets, tmp_path):
+    runs = dict(output_dir=str(tmp_path / "run"), save_steps=2, max_steps=2, lora_rank=4)
+    pruned(assets).recover(quick(assets, **runs), progress=False)
+    again = pruned(assets)
+    with pytest.raises(ValueError, match=r"lora_rank=8: its checkpoints were trained with lora_rank=4"):
+        again.recover(quick(assets, **{**runs, "lora_rank": 8, "max_steps": 4}, resume=True), progress=False)
+    assert len(again.pruning_map.stages) == 1  # refused before any training
+
+
 # -- optimum-cli gblm recover -------------------------------------------------------------------------------------
 def test_cli_recovers_a_saved_checkpoint(assets, tmp_path):
     from tests.test_cli import OPTIMUM_CLI, cli, ok
@@ -337,3 +346,22 @@ def test_structured_result_recovers_with_its_shapes_and_reloads(assets, tmp_path
     for name, tensor in reloaded.state_dict().items():
         assert torch.equal(tensor, after[name]), name
     assert [s["kind"] for s in read_sidecar(folder)["pruning_map"]["stages"]] == ["prune", "recover"]
+
+
+def test_cli_refuses_a_resume_with_other_settings_before_loading(assets, tmp_path):
+    from tests.test_cli import OPTIMUM_CLI, cli
+
+    if not OPTIMUM_CLI.exists():
+        pytest.skip("optimum-cli is not installed in this environment")
+    runs = dict(output_dir=str(tmp_path / "run"), save_steps=2, max_steps=2, subset=["norm", "masklora"], lora_rank=4)
+    pruned(assets).recover(quick(assets, **runs), progress=False)
+    missing = tmp_path / "no-model-here"  # never loaded: the check comes first
+    missing.mkdir()
+    (missing / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    result = cli(
+        "recover",
+        *("--model", missing, "--output", tmp_path / "out", "--output-dir", runs["output_dir"]),
+        *("--resume", "--lora-rank", "2", "--device", "cpu"),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--lora-rank 2: its checkpoints were trained with --lora-rank 4" in result.stderr

@@ -20,6 +20,7 @@ from .base import LoadedModel, ModelAdapter
 from .discovery import check_causal_decoder, decoder_block_targets, find_decoder_layers, layer_has_targets
 from .experts import MIN_EXPERT_TOKENS
 from .families import DECODER_FAMILIES
+from .pruned_checkpoint import NotAModel, is_per_layer, load_pruned, read_config
 from .registry import UnsupportedModel, register_adapter
 
 logger = logging.getLogger(__name__)
@@ -111,12 +112,12 @@ class DecoderAdapter(ModelAdapter):
 
     @classmethod
     def skeleton(cls, source: str, config: Any) -> nn.Module | None:
-        from transformers import AutoConfig
-
         _check_path(source)
         trust = config.trust_remote_code
         try:
-            hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust, local_files_only=True)
+            hf_config = read_config(source, trust, local_files_only=True)
+        except NotAModel:
+            raise
         except (OSError, ValueError) as err:  # not local, not cached: only a download would tell
             logger.debug("no local config for %s (%s): structure not checked", source, err)
             return None
@@ -139,22 +140,28 @@ class DecoderAdapter(ModelAdapter):
 
     @classmethod
     def load(cls, source: str, config: Any, **load_kwargs: Any) -> LoadedModel:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = load_kwargs.pop("tokenizer", None)
         model_id = load_kwargs.pop("model_id", None) or source
         _check_path(source)
         trust = config.trust_remote_code
         try:
-            hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+            hf_config = read_config(source, trust)  # this project's per-layer checkpoints included
+        except NotAModel:
+            raise
         except OSError as err:
             raise OSError(f"cannot load a model config from {source!r}: {err}") from err
         cls._checked_skeleton(hf_config, trust)  # the structure is checked before any weight is loaded
-        dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust, **load_kwargs)
+        if is_per_layer(hf_config):  # per-layer widths: only load_pruned builds that model
+            dtype = None if config.dtype == "auto" else DTYPES[config.dtype]
+            model = load_pruned(source, dtype=dtype, **load_kwargs)
+        else:
+            dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust, **load_kwargs)
         if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+            try:  # the config given: the tokenizer never reads a sealed config.json
+                tokenizer = AutoTokenizer.from_pretrained(source, config=hf_config, trust_remote_code=trust)
             except (OSError, ValueError) as err:
                 logger.warning("No tokenizer loaded from %s (%s): pass calibration tokens to prune()", source, err)
         return LoadedModel(model, cls.for_model(model), tokenizer, model_id)

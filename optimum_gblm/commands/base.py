@@ -89,6 +89,37 @@ def setup_logging(level: str, debug: bool = False) -> None:
     logging.captureWarnings(True)
 
 
+# -- the model a subcommand works on ---------------------------------------------------------------------------
+# Settings of where and how a prune walks the model: commands that only load and run it (evaluate, recover) do not
+# offer them.
+PRUNE_ONLY_OPTIONS = frozenset({"pipeline", "intermediates", "placement"})
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The model as `MODEL` (positional) or `--model MODEL`, like `prune --model`; `chosen_model` reads them."""
+    parser.add_argument("model", nargs="?", metavar="MODEL", help=f"{what} (or --model MODEL).")
+    parser.add_argument("--model", dest="model_option", metavar="MODEL", help="The same as the positional MODEL.")
+
+
+def chosen_model(args: argparse.Namespace) -> str:
+    """The one model given (positional or --model; both only when they name the same), stored in `args.model`."""
+    positional, option = args.model, args.model_option
+    if positional is not None and option is not None and not _same_model(positional, option):
+        raise UsageError(f"two models given, {positional!r} and --model {option!r}: give one")
+    model = positional if positional is not None else option
+    if model is None:
+        raise UsageError("no model given: pass MODEL or --model MODEL (a checkpoint folder or a Hub id)")
+    args.model = model
+    return model
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 # -- checks that run before loading anything ---------------------------------------------------------------------
 def check_model_path(model: str | None) -> None:
     if model is not None and looks_like_local_path(model) and not Path(model).expanduser().exists():
@@ -101,6 +132,22 @@ def check_model_path(model: str | None) -> None:
             f"--model {model!r} is a file: a model is a folder (config.json and weights), a Hub id (org/name) or a "
             f"timm name (timm/<name>); pass its folder ({Path(model).parent.as_posix() or '.'})"
         )
+
+
+def check_model_folder(model: str | None) -> None:
+    """A local folder that holds no model (no config.json, or one without model_type): a usage error, the last
+    check before the model is loaded (the other input checks come first, so they are never hidden by it)."""
+    if model is None or not Path(model).expanduser().is_dir():
+        return
+    from ..adapters.pruned_checkpoint import read_config_dict
+
+    try:
+        read_config_dict(model)
+    except ValueError as err:
+        raise UsageError(
+            f"{err}; a model is a folder with config.json and weights (saved by `prune`, `recover` or "
+            "save_pretrained), a Hub id (org/name) or a timm name (timm/<name>)"
+        ) from None
 
 
 def check_calibration_source(source: str, model: str | None = None) -> None:

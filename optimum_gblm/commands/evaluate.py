@@ -11,7 +11,15 @@ from typing import Any
 from optimum.commands.base import CommandInfo
 
 from ..configuration import CONFIG_NAME, GBLMConfig
-from .base import GBLMSubcommand, check_eval_source, check_model_path
+from .base import (
+    PRUNE_ONLY_OPTIONS,
+    GBLMSubcommand,
+    add_model_arguments,
+    check_eval_source,
+    check_model_folder,
+    check_model_path,
+    chosen_model,
+)
 from .errors import UsageError
 from .options import add_config_arguments, add_eval_arguments, config_from_args
 from .prune import eval_kwargs
@@ -57,18 +65,20 @@ class EvaluateCommand(GBLMSubcommand):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="Checkpoint folder or Hub id.")
-        add_config_arguments(parser, groups=("model / loading",))
+        add_model_arguments(parser, "Checkpoint folder or Hub id")
+        add_config_arguments(parser, groups=("model / loading",), exclude=PRUNE_ONLY_OPTIONS)
         default = f"the checkpoint's calibration seqlen, else {next(f.default for f in fields(GBLMConfig) if f.name == 'seqlen')}"
         add_eval_arguments(parser, "evaluation", default, flag=False)
         add_task_arguments(parser)
 
     def execute(self) -> None:
         args = self.args
+        chosen_model(args)
         config = config_from_args(args)
         check_model_path(args.model)
         check_eval_source(args.eval_source, args.model)
         check_task_arguments(args)
+        check_model_folder(args.model)
         sidecar = read_sidecar(args.model)
         if args.tasks:
             print(run_task_evaluation(args, config, describe(sidecar) != "dense", self.progress))

@@ -13,6 +13,7 @@ from .base import (
     GBLMSubcommand,
     check_calibration_source,
     check_gradient_cache,
+    check_model_folder,
     check_model_path,
     check_output_file,
 )
@@ -94,6 +95,7 @@ class GradientsCommand(GBLMSubcommand):
         check_process_layout(cache if not args.overwrite else None, config.num_samples, advice)
         if not config.needs_gradients:
             logger.info("method %r prunes without gradients; collecting them for later runs anyway", config.method)
+        check_model_folder(args.model)
 
         from ..gradients import GradientCacheError
         from ..gradients.distributed import process_group

@@ -196,10 +196,11 @@ def add_eval_arguments(
     flag: bool,
     source_default: str | None = "offline-corpus",
     windows_default: str = str(DEFAULT_EVAL_WINDOWS),
+    measures: str = "the dense and the pruned model",
 ) -> None:
     group = parser.add_argument_group(title)
     if flag:
-        group.add_argument("--eval", action="store_true", help="Measure the dense and the pruned model.")
+        group.add_argument("--eval", action="store_true", help=f"Measure {measures}.")
     group.add_argument(
         "--eval-seqlen",
         type=positive_int,

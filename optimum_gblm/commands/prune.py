@@ -19,6 +19,7 @@ from .base import (
     check_eval_source,
     check_gradient_cache,
     check_image_eval_source,
+    check_model_folder,
     check_model_path,
     check_output_file,
     check_output_folder,
@@ -162,6 +163,7 @@ class PruneCommand(GBLMSubcommand):
                     f"{flag} needs the whole model, which --placement disk never loads: evaluate the saved folder"
                 )
         push_folder = load_push_folder(args.push_to_hub, args) if args.push_to_hub else None
+        check_model_folder(args.model)
 
         from ..gradients import GradientCacheError
         from ..pruner import GBLMPruner

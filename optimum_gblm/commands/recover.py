@@ -10,8 +10,17 @@ from typing import Any
 
 from optimum.commands.base import CommandInfo
 
-from .base import GBLMSubcommand, check_eval_source, check_model_path, check_output_folder
-from .errors import UsageError
+from .base import (
+    PRUNE_ONLY_OPTIONS,
+    GBLMSubcommand,
+    add_model_arguments,
+    check_eval_source,
+    check_model_folder,
+    check_model_path,
+    check_output_folder,
+    chosen_model,
+)
+from .errors import UsageError, usage_error
 from .evaluate import read_sidecar
 from .options import _add_field, add_config_arguments, add_eval_arguments, config_from_args
 from .prune import eval_kwargs
@@ -61,21 +70,34 @@ class RecoverCommand(GBLMSubcommand):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="Pruned checkpoint folder (or any causal LM folder / Hub id).")
+        add_model_arguments(parser, "Pruned checkpoint folder (or any causal LM folder / Hub id)")
         parser.add_argument("--output", required=True, metavar="DIR", help="Folder to save the recovered model to.")
         parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output folder.")
         add_recovery_arguments(parser)
-        add_config_arguments(parser, groups=("model / loading",))
-        add_eval_arguments(parser, "evaluation", "the checkpoint's calibration seqlen", flag=True)
-        next(a for a in parser._actions if a.dest == "eval").help = "Measure perplexity before and after recovery."
+        add_config_arguments(parser, groups=("model / loading",), exclude=PRUNE_ONLY_OPTIONS)
+        add_eval_arguments(
+            parser,
+            "evaluation",
+            "the checkpoint's calibration seqlen",
+            flag=True,
+            measures="perplexity before and after recovery",
+        )
 
     def execute(self) -> None:
         args = self.args
+        chosen_model(args)
         recovery = recovery_config_from_args(args)
         loading = config_from_args(args)
         check_model_path(args.model)
         check_eval_source(args.eval_source)
         check_output_folder(args.output, args.overwrite)
+        from ..recovery.train import check_output_dir
+
+        try:  # resuming with other settings than the checkpoints': refused before the model loads
+            check_output_dir(recovery)
+        except ValueError as err:
+            raise usage_error(err) from None
+        check_model_folder(args.model)
         sidecar = read_sidecar(args.model)
 
         from ..configuration import GBLMConfig
@@ -85,7 +107,9 @@ class RecoverCommand(GBLMSubcommand):
         config = loading
         if sidecar:
             overrides = {f.name: getattr(loading, f.name) for f in fields(GBLMConfig) if hasattr(args, f.name)}
-            config = GBLMConfig.from_dict({**sidecar["config"], **overrides})
+            # how the prune walked the model does not apply here: recovery loads the whole model
+            defaults = {f.name: f.default for f in fields(GBLMConfig) if f.name in PRUNE_ONLY_OPTIONS}
+            config = GBLMConfig.from_dict({**sidecar["config"], **defaults, **overrides})
         pruner = GBLMPruner.from_pretrained(args.model, config)  # recover() continues the side-car's record
         evaluate = eval_kwargs(pruner, args, config.seqlen) if args.eval else False
         pruner.recover(recovery, evaluate=evaluate, progress=self.progress)

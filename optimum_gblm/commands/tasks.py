@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration import CONFIG_NAME
-from .base import check_model_path
+from .base import check_model_folder, check_model_path
 from .errors import UsageError
 from .options import positive_int
 
@@ -57,6 +57,7 @@ def check_task_arguments(args: argparse.Namespace) -> None:
 
     if getattr(args, "compare", None):
         check_model_path(args.compare)
+        check_model_folder(args.compare)
     if getattr(args, "record", False) and not (Path(args.model).expanduser() / CONFIG_NAME).is_file():
         raise UsageError(f"--record needs a checkpoint folder with {CONFIG_NAME}; {args.model} has none")
     try:

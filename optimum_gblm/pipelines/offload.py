@@ -229,6 +229,13 @@ def offloaded_model(model: Any, config: Any, **load_kwargs: Any) -> tuple[nn.Mod
             f"placement='disk' needs a local checkpoint folder with config.json and safetensors weights; {model!r} is "
             "not one (download it first, e.g. with `hf download`)"
         )
+    from ..adapters.pruned_checkpoint import STRUCTURE_KEY, read_config_dict
+
+    if STRUCTURE_KEY in (read_config_dict(source) or {}):
+        raise ValueError(
+            f"placement='disk' reads every block in the dense layout, but {model!r} is a per-layer structured "
+            "checkpoint (widths differ per block): use placement='cpu' (one block at a time on the device) or 'memory'"
+        )
     CheckpointReader(source)  # refuses a folder without safetensors weights
     skeleton = build_skeleton(source, config)
     if load_kwargs.get("tokenizer") is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -15,6 +16,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.text import load_texts, sample_windows, tokenize_stream
+from ..fields import OptionError
+from ..utils import write_text_atomic
 from .config import RecoveryConfig
 from .subsets import TrainableSubset, apply_masks
 
@@ -90,8 +93,19 @@ class DistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+# The settings that decide which parameters train and what they mean: a resumed run must have the same ones (the
+# checkpoint's optimizer and LoRA tensors are theirs). Recorded in output_dir when a run starts.
+RESUME_SETTINGS = ("subset", "lora_rank", "lora_alpha", "lora_targets")
+RESUME_RECORD = "gblm_recovery_settings.json"
+
+
+def resume_settings(cfg: RecoveryConfig) -> dict[str, Any]:
+    return {name: getattr(cfg, name) for name in RESUME_SETTINGS}
+
+
 def check_output_dir(cfg: RecoveryConfig) -> None:
-    """Checkpoints of an earlier run are resumed only when asked, never overwritten."""
+    """Checkpoints of an earlier run are resumed only when asked, never overwritten, and only with the settings
+    that wrote them (the first that differs is named, with its value then and now)."""
     if not cfg.output_dir:
         return
     folder = Path(cfg.output_dir)
@@ -102,6 +116,24 @@ def check_output_dir(cfg: RecoveryConfig) -> None:
         raise ValueError(
             f"{folder} holds checkpoints of an earlier run ({Path(last).name}): pass resume=True, or use an empty output_dir"
         )
+    record = folder / RESUME_RECORD
+    if not cfg.resume or not record.is_file():
+        return
+    then = json.loads(record.read_text(encoding="utf-8"))
+    for name, now in resume_settings(cfg).items():
+        if name in then and then[name] != now:
+            raise OptionError(
+                name,
+                "cannot resume the recovery in {folder} with {opt}{now}: its checkpoints were trained with {opt}"
+                "{then}; resume with {opt}{then}, or start a new run in an empty output folder",
+                folder=folder,
+                now=_spelled(now),
+                then=_spelled(then[name]),
+            )
+
+
+def _spelled(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def train(
@@ -154,9 +186,21 @@ def train(
             trainer = DistillTrainer(**kwargs, teacher=teacher, weight=cfg.distill_weight, temperature=cfg.temperature)
         else:
             trainer = Trainer(**kwargs)
+        if cfg.output_dir and not cfg.resume:  # what a later resume must match (check_output_dir)
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(cfg.output_dir) / RESUME_RECORD, json.dumps(resume_settings(cfg), indent=2) + "\n")
         start = time.perf_counter()
         try:
-            output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+            try:
+                output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+            except RuntimeError as err:  # checkpoints from before the record: a shape that does not fit
+                if not cfg.resume or "size mismatch" not in str(err):
+                    raise
+                raise ValueError(
+                    f"the checkpoint in {cfg.output_dir} does not fit this run's trainable parameters: it was written "
+                    f"with another {', '.join(RESUME_SETTINGS)}; resume with that run's settings, or start a new run "
+                    "in an empty output folder"
+                ) from err
             elapsed = time.perf_counter() - start
             record: dict[str, Any] = {"train_loss": output.training_loss, "train_time_s": elapsed}
             if eval_ids is not None:

@@ -2,27 +2,31 @@
 
 Uniform widths give a config that plain `transformers` reloads (smaller num_attention_heads / num_key_value_heads /
 intermediate_size, explicit head_dim, attention_bias / mlp_bias when compensation biases exist). Per-block widths are
-recorded under the config key `STRUCTURE_KEY` and reload with `load_pruned(folder)` (never remote code).
+recorded under the config key `STRUCTURE_KEY` and reload with `load_pruned(folder)` (never remote code; the record,
+its seal and the reload are in adapters/pruned_checkpoint.py, where every entry point that loads a model reads them).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..adapters.pruned_checkpoint import SEALED_MODEL_TYPE, STRUCTURE_KEY, load_pruned, seal_saved_config
 from .plan import BlockShape, Kept
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "SEALED_MODEL_TYPE",
+    "STRUCTURE_KEY",
+    "describe_structure",
+    "load_pruned",
+    "seal_saved_config",
+    "shrink_block",
+]
 
-STRUCTURE_KEY = "optimum_gblm_structure"  # config.json: {"version": 1, "model_type": ..., "layers": [widths]}
-# The model_type of a saved per-block checkpoint: transformers 5 would load it as the dense family with the mismatched
-# tensors silently re-initialised, so the folder names a type that transformers refuses and `load_pruned` restores.
-SEALED_MODEL_TYPE = "optimum_gblm_structured"
+logger = logging.getLogger(__name__)
 
 
 def _channels(heads: list[int], head_dim: int) -> list[int]:
@@ -107,66 +111,5 @@ def describe_structure(config: Any, widths: list[dict[str, int]], head_dim: int,
         if hasattr(config, STRUCTURE_KEY):
             delattr(config, STRUCTURE_KEY)
     else:
-        setattr(config, STRUCTURE_KEY, {"version": 1, "model_type": config.model_type, "layers": widths})
+        setattr(config, STRUCTURE_KEY, {"version": 1, "family": config.model_type, "layers": widths})
     return uniform
-
-
-def seal_saved_config(folder: Path) -> None:
-    """Mark a saved per-block checkpoint's config.json so that plain transformers refuses it (see SEALED_MODEL_TYPE)."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        return
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data.get(STRUCTURE_KEY), dict):
-        data["model_type"] = SEALED_MODEL_TYPE
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def load_pruned(folder: str | Path, dtype: Any = None, **kwargs: Any) -> nn.Module:
-    """Load a checkpoint saved after structured pruning: with plain `AutoModelForCausalLM.from_pretrained` when its
-    widths are uniform, else by building the dense layout, shrinking each block to its recorded widths and loading
-    the safetensors weights into it (strictly: every tensor must be present and fit). Never runs remote code."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = Path(folder)
-    data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    structure = data.get(STRUCTURE_KEY)
-    if structure is None:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto", trust_remote_code=False, **kwargs)
-    if not isinstance(structure, dict) or structure.get("version") != 1 or "layers" not in structure:
-        raise ValueError(f"{folder}/config.json: {STRUCTURE_KEY} is not a version-1 structure record")
-    data["model_type"] = structure["model_type"]
-    config = AutoConfig.for_model(**data)
-    layers = structure["layers"]
-    if len(layers) != config.num_hidden_layers:
-        raise ValueError(f"{folder}/config.json: {len(layers)} layer widths for {config.num_hidden_layers} layers")
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None) or torch.float32)
-    hd = config.head_dim
-    for block, widths in zip(model.model.layers, layers):
-        shape = BlockShape(
-            config.hidden_size, config.num_attention_heads, config.num_key_value_heads, hd, config.intermediate_size
-        )
-        kept = Kept(
-            list(range(widths["num_attention_heads"])),
-            list(range(widths["num_key_value_heads"])),
-            list(range(widths["intermediate_size"])),
-        )
-        shrink_block(block, shape, kept, attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
-    state = {}
-    index = folder / "model.safetensors.index.json"
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
-    )
-    for name in files:
-        state.update(load_file(str(folder / name)))
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ValueError(
-            f"{folder}: weights do not fit the recorded structure (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
-    model.tie_weights()
-    return model.eval()
