@@ -32,8 +32,9 @@ def load_for_pruning(
     check_base_model_option(base_model)
     resolve_device(config.device)
     check_calibration_source(config.calibration)
-    if check_memory and not isinstance(model, nn.Module):
-        check_memory_plan(model, config)
-    if config.placement == "disk":
+    source = model
+    if config.placement == "disk":  # its own checks of the folder come first: they say what disk placement needs
         model, load_kwargs = offloaded_model(model, config, **load_kwargs)
+    if check_memory and not isinstance(source, nn.Module):
+        check_memory_plan(source, config)
     return load_model(model, config, **load_kwargs)

@@ -231,10 +231,9 @@ def check_gradients_used(config: Any) -> None:
 def summary(pruner: Any, saved: Path, elapsed: float, steps: dict[str, float], repo_id: str | None, url: Any) -> str:
     """The final report on stdout: what was done, what it achieved, where it went."""
     from ..publishing.artefact import describe_artefact, parameters_line, reload_call
-    from ..publishing.sidecar import read_sidecar
 
     cfg, pruning_map = pruner.config, pruner.pruning_map
-    art = describe_artefact(read_sidecar(saved))  # what was written, as its card describes it
+    art = describe_artefact(pruner.sidecar())  # what was written, as its card describes it
     if art.structure is not None:
         lines = [
             f"Pruned {pruner.model_id} with {cfg.method} (structured: whole heads and MLP channels, target removed "
