@@ -245,23 +245,27 @@ class GBLMConfig:
                 "forward pass; use pipeline='sequential' or 'auto'"
             )
         if self.two_pass_gradients and not self.two_accumulations:
-            raise ValueError(
-                "two_pass_gradients=True splits a gradient pass that keeps two accumulations (allocation='gradient' with "
-                "a method whose selection reads the gradient_norm='l1' sums, as gblm-obs does); method="
-                f"{self.method!r} with allocation={self.effective_allocation!r} and gradient_norm="
-                f"{self.gradient_norm!r} keeps at most one: leave it off"
+            raise OptionError(
+                "two_pass_gradients",
+                "{flag} splits a gradient pass that keeps two accumulations (allocation='gradient' with a method "
+                "whose selection reads the gradient_norm='l1' sums, as gblm-obs does); method={method!r} with "
+                "allocation={allocation!r} and gradient_norm={norm!r} keeps at most one: leave it off",
+                **{"method": self.method, "allocation": self.effective_allocation, "norm": self.gradient_norm},
             )
         if self.blockwise_gradients:
             for option in ("two_pass_gradients", "gradient_checkpointing"):
                 if getattr(self, option):
-                    raise ValueError(
-                        f"blockwise_gradients=True and {option}=True: the block-wise pass already holds one block's "
-                        "sums and one block's activations at a time; set one of them"
+                    raise OptionError(
+                        "blockwise_gradients",
+                        "{flag} and {flag:{other}}: the block-wise pass already holds one block's sums and one "
+                        "block's activations at a time; set one of them",
+                        other=option,
                     )
             if self.gradient_dtype == "float16":
-                raise ValueError(
-                    "blockwise_gradients=True cannot use gradient_dtype='float16' (its loss scaling retries a whole "
-                    "sample's backward): use float32 or bfloat16"
+                raise OptionError(
+                    "blockwise_gradients",
+                    "{flag} cannot use {opt:gradient_dtype}'float16' (its loss scaling retries a whole sample's "
+                    "backward): use float32 or bfloat16",
                 )
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
             raise ValueError(f"device={self.device!r} is invalid: use auto, cpu, cuda, cuda:N or mps")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, fields
 from typing import Any
@@ -26,15 +27,57 @@ from typing import Any
 class Spelling:
     """How a message spells its option. Templates use `{opt}` (before a value: `device=` / `--device `), `{flag}`
     (a switch turned on: `overwrite=True` / `--overwrite`), `{name}` (`base_model` / `--base-model`) and `{term}`
-    (what a setting is called: an argument / an option)."""
+    (what a setting is called: an argument / an option). Another option is spelled the same way by naming it in
+    the format spec: `{flag:gradient_checkpointing}`, or `{flag:{other}}` with `other=` a value of the message."""
 
     cli: bool
 
     def placeholders(self, option: str) -> dict[str, str]:
         if self.cli:
             flag = "--" + option.replace("_", "-")
-            return {"opt": flag + " ", "flag": flag, "name": flag, "term": "option"}
-        return {"opt": option + "=", "flag": option + "=True", "name": option, "term": "argument"}
+            spelled = {"opt": flag + " ", "flag": flag, "name": flag, "term": "option"}
+        else:
+            spelled = {"opt": option + "=", "flag": option + "=True", "name": option, "term": "argument"}
+        return {key: _Spelled(text, self, key) for key, text in spelled.items()}
+
+
+class _Spelled(str):
+    """A placeholder's text that spells another option when formatted with its name as the spec."""
+
+    def __new__(cls, text: str, spelling: Spelling, key: str) -> _Spelled:
+        spelled = super().__new__(cls, text)
+        spelled.spelling, spelled.key = spelling, key
+        return spelled
+
+    def __format__(self, spec: str) -> str:
+        return self.spelling.placeholders(spec)[self.key] if spec else str(self)
+
+
+@dataclass(frozen=True)
+class PerReader:
+    """A template value worded differently per reader (what the library offers and what the CLI offers)."""
+
+    library: str
+    cli: str
+
+    def spell(self, spelling: Spelling) -> str:
+        return self.cli if spelling.cli else self.library
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """A template value of text that names options by their Python names (`placement / intermediates`,
+    `blockwise_gradients`, `placement='disk'`): the names in `options` are spelled per reader (`{name}`, or `{opt}`
+    before `=`)."""
+
+    text: str
+    options: tuple[str, ...]
+
+    def spell(self, spelling: Spelling) -> str:
+        if not self.options:
+            return self.text
+        words = re.compile(r"\b(" + "|".join(map(re.escape, self.options)) + r")\b(=?)")
+        return words.sub(lambda m: spelling.placeholders(m.group(1))["opt" if m.group(2) else "name"], self.text)
 
 
 LIBRARY = Spelling(cli=False)
@@ -54,7 +97,10 @@ class OptionMessage(Exception):
         super().__init__(self.render(LIBRARY))
 
     def render(self, spelling: Spelling) -> str:
-        return self.template.format(**spelling.placeholders(self.option), **self.values)
+        values = {
+            k: v.spell(spelling) if isinstance(v, (PerReader, OptionNames)) else v for k, v in self.values.items()
+        }
+        return self.template.format(**spelling.placeholders(self.option), **values)
 
     def __reduce__(self) -> tuple[Any, ...]:  # the default would call __init__ with the rendered message only
         return (_rebuild, (type(self), self.option, self.template, self.values))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .allocation import gradient_allocation
+from .fields import OptionError
 from .gradients import GradientAccumulation, gradient_passes, required_norms, run_collection
 from .gradients.cache import calibration_settings, config_source, model_fingerprint, reusable_cache
 from .targets import target_modules
@@ -92,9 +93,10 @@ def collect(
     (default: every one the config needs)."""
     cfg = subject.config
     if cache_path is not None and cfg.blockwise_gradients:
-        raise ValueError(
-            "blockwise_gradients=True cannot use a gradient cache (it keeps its sums on disk block by block): "
-            "pass the cache without blockwise_gradients, or leave the cache out"
+        raise OptionError(
+            "blockwise_gradients",
+            "{flag} cannot use a gradient cache (it keeps its sums on disk block by block): pass the cache without "
+            "{name}, or leave the cache out",
         )
     if reusable_cache(cache_path, overwrite):  # read without running the model (a disk placement can do that)
         subject.placement.prepare(subject.model)
@@ -148,9 +150,10 @@ def run_gradient_phase(
         accumulation, seconds = collect(subject, cache_path=cache_path, progress=progress)
         return GradientPhase(accumulation, timings={"gradients_s": seconds})
     if cache_path is not None:
-        raise ValueError(
-            "two_pass_gradients=True cannot use a gradient cache (a cache holds both accumulations at once): "
-            "pass the cache without two_pass_gradients, or leave the cache out"
+        raise OptionError(
+            "two_pass_gradients",
+            "{flag} cannot use a gradient cache (a cache holds both accumulations at once): pass the cache without "
+            "{name}, or leave the cache out",
         )
     first = time.perf_counter()
     logger.info("Gradient pass 1 of 2: the l2 sums, for the allocation")

@@ -20,6 +20,7 @@ from torch import nn
 
 from .configuration import INTERMEDIATES, PLACEMENTS, GBLMConfig
 from .evaluation.metrics import find_metric
+from .fields import OptionMessage, OptionNames, PerReader
 from .gradients.accumulation import gradient_passes
 from .methods import get_method
 from .plan_advice import TFLOPS, device_tflops, fitting_set, slow_cpu_note
@@ -49,8 +50,17 @@ REFERENCE_MODELS: dict[str, tuple[int, int, int, int, int, int, bool]] = {
 }
 
 
-class MemoryPlanError(ValueError):
-    """The planned peak memory exceeds what is available; the message gives the numbers and what would fit."""
+class MemoryPlanError(OptionMessage, ValueError):
+    """The planned peak memory exceeds what is available; the message gives the numbers and what would fit, its
+    options spelled per reader (`err.render(CLI)`)."""
+
+
+# the options a plan's advice names
+PLAN_OPTIONS = ("two_pass_gradients", "gradient_checkpointing", "blockwise_gradients", "placement", "intermediates")
+SKIP_CHECK = PerReader(
+    "GBLMPruner.from_pretrained(..., check_memory=False) skips this check",
+    "the CLI has no option to skip this check: choose options that fit, or a machine with more memory",
+)
 
 
 @dataclass
@@ -347,9 +357,17 @@ def check_plan(
     )
     together = fitting_set(memory_plan.phases, config, fits, gradient_phase)
     raise MemoryPlanError(
-        f"the {phase.name} phase ({phase.option}) is planned to need device {phase.device / GIB:.2f} GiB and "
-        f"host {phase.host / GIB:.2f} GiB, but this machine has {have}; {advice}; for the whole run: {together} "
-        "(GBLMPruner.from_pretrained(..., check_memory=False) skips this check)"
+        "check_memory",
+        "the {phase} phase ({phase_option}) is planned to need device {device:.2f} GiB and host {host:.2f} GiB, but this "
+        "machine has {have}; {advice}; for the whole run: {together} ({skip})",
+        phase=phase.name,
+        phase_option=OptionNames(phase.option, PLAN_OPTIONS),
+        device=phase.device / GIB,
+        host=phase.host / GIB,
+        have=have,
+        advice=OptionNames(advice, PLAN_OPTIONS),
+        together=OptionNames(together, PLAN_OPTIONS),
+        skip=SKIP_CHECK,
     )
 
 

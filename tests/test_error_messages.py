@@ -263,3 +263,63 @@ def test_the_old_report_attribute_points_to_the_pruning_map(pruned_at_60):
         print(pruned_at_60.report)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         pruned_at_60.nothing  # noqa: B018
+
+
+# -- issue 35, finding 10: the CLI speaks in CLI terms, the library in Python terms ------------------------------
+def test_recovery_refusals_name_cli_options(assets, monkeypatch, capsys, no_loading, tmp_path):
+    out = tmp_path / "out"
+    code, line = run_cli(monkeypatch, capsys, "recover", assets["model"], "--output", out, "--resume")
+    assert code == 2 and "--resume needs --output-dir" in line and "=True" not in line
+    code, line = run_cli(monkeypatch, capsys, "recover", assets["model"], "--output", out, "--save-steps", "5")
+    assert code == 2 and "--save-steps needs --output-dir" in line
+    runs = tmp_path / "runs"
+    (runs / "checkpoint-5").mkdir(parents=True)
+    code, line = run_cli(monkeypatch, capsys, "recover", assets["model"], "--output", out, "--output-dir", runs)
+    assert code == 2 and "pass --resume, or use an empty --output-dir" in line
+    from optimum_gblm.recovery import RecoveryConfig
+
+    with pytest.raises(ValueError, match="resume=True needs output_dir"):
+        RecoveryConfig(resume=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "cli"),
+    [
+        (("--two-pass-gradients",), "--blockwise-gradients and --two-pass-gradients"),
+        (("--gradient-dtype", "float16"), "--blockwise-gradients cannot use --gradient-dtype 'float16'"),
+    ],
+)
+def test_blockwise_refusals_name_cli_options(assets, monkeypatch, capsys, no_loading, tmp_path, options, cli):
+    args = ("prune", "--model", assets["model"], "--method", "gblm-obs", "--output", tmp_path / "o", *TINY_RUN)
+    code, line = run_cli(monkeypatch, capsys, *args, "--blockwise-gradients", *options)
+    assert code == 2 and cli in line and "=True" not in line
+
+
+def test_a_late_option_error_is_shown_in_cli_terms(monkeypatch, capsys):
+    from optimum_gblm.commands import prune as prune_command
+    from optimum_gblm.fields import OptionError
+
+    def late(*args, **kwargs):
+        raise OptionError("blockwise_gradients", "{flag} cannot use a gradient cache: pass it without {name}")
+
+    monkeypatch.setattr(prune_command.PruneCommand, "execute", late)
+    code, line = run_cli(monkeypatch, capsys, "prune", "--model", "m", "--output", "o")
+    assert (
+        code == 1
+        and "--blockwise-gradients cannot use a gradient cache: pass it without --blockwise-gradients" in line
+    )
+
+
+def test_a_memory_plan_refusal_speaks_to_its_reader():
+    from optimum_gblm.adapters import get_adapter
+    from optimum_gblm.fields import CLI
+    from optimum_gblm.planning import MemoryPlanError, check_plan, plan, reference_skeleton
+
+    skeleton = reference_skeleton("llama-2-7b")
+    config = GBLMConfig(method="wanda", dtype="bfloat16", num_samples=16)
+    memory_plan = plan(skeleton, get_adapter(skeleton), config, device_type="cpu")
+    with pytest.raises(MemoryPlanError) as err:
+        check_plan(memory_plan, config, (None, 8 * 2**30))
+    assert "check_memory=False" in str(err.value) and "placement / intermediates" in str(err.value)
+    cli = err.value.render(CLI)
+    assert "check_memory" not in cli and "--placement / --intermediates" in cli and "no option to skip" in cli

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from optimum.commands.base import BaseOptimumCLICommand
 
 from ..utils import looks_like_local_path
-from .errors import CommandFailed, UsageError, usage_error
+from .errors import CommandFailed, UsageError, cli_message, usage_error
 from .options import EVAL_SOURCES, add_logging_arguments
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class GBLMSubcommand(BaseOptimumCLICommand):
             if self.args.debug:
                 traceback.print_exc()
             hint = "" if self.args.debug else " (rerun with --debug for the traceback)"
-            self._fail(EXIT_RUNTIME, f"{type(err).__name__}: {err}{hint}")
+            self._fail(EXIT_RUNTIME, f"{type(err).__name__}: {cli_message(err)}{hint}")
 
     def _fail(self, code: int, message: str) -> None:
         print(f"{self.parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)

@@ -13,7 +13,12 @@ class CommandFailed(Exception):
     """A failure already explained by the log (e.g. some zoo entries failed): exit code 1, no traceback hint."""
 
 
-def usage_error(err: Exception) -> UsageError:
-    """A library error as a usage error, worded for the command line: an error that names its option (`OptionError`)
+def cli_message(err: BaseException) -> str:
+    """A library error's message worded for the command line: an error that names its option (`OptionError`)
     spells it as a flag (`--device 'cuda'`, `pass --overwrite`); any other keeps its message."""
-    return UsageError(err.render(CLI) if isinstance(err, OptionMessage) else str(err))
+    return err.render(CLI) if isinstance(err, OptionMessage) else str(err)
+
+
+def usage_error(err: Exception) -> UsageError:
+    """A library error as a usage error, worded for the command line (`cli_message`)."""
+    return UsageError(cli_message(err))

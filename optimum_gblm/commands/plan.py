@@ -9,7 +9,7 @@ from optimum.commands.base import CommandInfo
 
 from ..plan_advice import TFLOPS
 from .base import GBLMSubcommand, check_model_path
-from .errors import UsageError
+from .errors import UsageError, cli_message
 from .options import add_config_arguments, config_from_args
 from .prune import add_model_argument, check_route
 
@@ -101,7 +101,7 @@ class PlanCommand(GBLMSubcommand):
             # with a cache written first, its gradient pass is planned too (the gradients command runs it)
             check_plan(memory_plan, config, available, runs_gradient_phase(config) or to_write)
         except MemoryPlanError as err:
-            print(f"Does not fit this machine: {err}")
+            print(f"Does not fit this machine: {cli_message(err)}")
             return
         print(f"The chosen options ({memory_plan.chosen}) fit this machine ({here}).")
         if to_write:

@@ -20,7 +20,7 @@ from .base import (
     check_output_folder,
     chosen_model,
 )
-from .errors import UsageError, usage_error
+from .errors import usage_error
 from .evaluate import read_sidecar
 from .options import _add_field, add_config_arguments, add_eval_arguments, config_from_args
 from .prune import eval_kwargs
@@ -51,7 +51,7 @@ def recovery_config_from_args(args: argparse.Namespace) -> Any:
     try:
         return RecoveryConfig.from_dict(values)
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        raise usage_error(err) from None
 
 
 class RecoverCommand(GBLMSubcommand):

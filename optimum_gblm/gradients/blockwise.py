@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..blocks import call_block, run_block
 from ..configuration import GBLMConfig
+from ..fields import OptionError
 from ..pipelines.placement import IntermediatesStore
 from ..pipelines.sequential import as_output, capture_block_inputs
 from ..targets import PruneTarget
@@ -97,9 +98,10 @@ def targets_by_block(blocks: Sequence[nn.Module], targets: Mapping[str, Any]) ->
         else:
             grouped[index][name] = target
     if outside:
-        raise ValueError(
-            f"blockwise_gradients=True needs every target inside the model's blocks; {outside[:3]} are not: "
-            "collect without blockwise_gradients"
+        raise OptionError(
+            "blockwise_gradients",
+            "{flag} needs every target inside the model's blocks; {outside} are not: collect without {name}",
+            outside=outside[:3],
         )
     return grouped
 
@@ -108,18 +110,20 @@ def check_blockwise(model: nn.Module, **options: Any) -> None:
     """Refuse the options the block-wise pass cannot honour, before any work."""
     unsupported = [name.replace("_", " ") for name, value in options.items() if value]
     if unsupported:
-        raise ValueError(
-            f"blockwise_gradients=True cannot be combined with {', '.join(unsupported)}: the block-wise pass keeps "
-            "its sums on disk block by block, runs in one process, re-runs every block (dropout would draw other "
-            "masks) and already keeps one block's activations; leave those options out, or collect without "
-            "blockwise_gradients"
+        raise OptionError(
+            "blockwise_gradients",
+            "{flag} cannot be combined with {unsupported}: the block-wise pass keeps its sums on disk block by "
+            "block, runs in one process, re-runs every block (dropout would draw other masks) and already keeps one "
+            "block's activations; leave those options out, or collect without {name}",
+            unsupported=", ".join(unsupported),
         )
     config = getattr(model, "config", None)
     configs = [config, *(getattr(config, key, None) for key in ("text_config", "language_config"))]
     if any(getattr(c, "output_router_logits", False) for c in configs if c is not None):
-        raise ValueError(
-            "blockwise_gradients=True needs a loss computed from the last hidden state only; this model adds a "
-            "router loss from every layer (config.output_router_logits): collect without blockwise_gradients"
+        raise OptionError(
+            "blockwise_gradients",
+            "{flag} needs a loss computed from the last hidden state only; this model adds a router loss from every "
+            "layer (config.output_router_logits): collect without {name}",
         )
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..configuration import GBLMConfig
+from ..fields import OptionError
 from ..targets import target_weight
 from .accumulation import GradientAccumulation, required_norms
 from .collector import GradientCollector
@@ -73,9 +74,10 @@ class GBLMGradientCallback(TrainerCallback):
     ) -> None:
         self.config = config or GBLMConfig()
         if self.config.blockwise_gradients:
-            raise ValueError(
-                "blockwise_gradients=True runs its own block-by-block pass; the callback folds the gradients of the "
-                "Trainer's own backward passes: use collect_gradients(trainer=...) for the block-wise pass"
+            raise OptionError(
+                "blockwise_gradients",
+                "{flag} runs its own block-by-block pass; the callback folds the gradients of the Trainer's own "
+                "backward passes: use collect_gradients(trainer=...) for the block-wise pass",
             )
         self.targets = targets
         self.trainer = trainer

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from ..fields import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, check_fields, field_spec
+from ..fields import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, OptionError, check_fields, field_spec
 from .registry import list_recovery_subsets, lora_subsets, subset_help
 
 
@@ -117,9 +117,11 @@ class RecoveryConfig:
             )
         self.subset = list(dict.fromkeys(self.subset))
         if self.resume and not self.output_dir:
-            raise ValueError("resume=True needs the output_dir that holds the Trainer's checkpoints")
+            raise OptionError(
+                "resume", "{flag} needs {name:output_dir}, the folder that holds the Trainer's checkpoints"
+            )
         if self.save_steps and not self.output_dir:
-            raise ValueError("save_steps needs an output_dir to write the checkpoints to")
+            raise OptionError("save_steps", "{name} needs {name:output_dir}, the folder to write the checkpoints to")
 
     @property
     def lora(self) -> str | None:

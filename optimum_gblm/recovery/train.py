@@ -111,10 +111,17 @@ def check_output_dir(cfg: RecoveryConfig) -> None:
     folder = Path(cfg.output_dir)
     last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
     if cfg.resume and last is None:
-        raise ValueError(f"resume=True but {folder} holds no Trainer checkpoint (checkpoint-N folder) to resume from")
+        raise OptionError(
+            "resume",
+            "{flag} but {folder} holds no Trainer checkpoint (checkpoint-N folder) to resume from",
+            folder=folder,
+        )
     if not cfg.resume and last is not None:
-        raise ValueError(
-            f"{folder} holds checkpoints of an earlier run ({Path(last).name}): pass resume=True, or use an empty output_dir"
+        raise OptionError(
+            "resume",
+            "{folder} holds checkpoints of an earlier run ({last}): pass {flag}, or use an empty {name:output_dir}",
+            folder=folder,
+            last=Path(last).name,
         )
     record = folder / RESUME_RECORD
     if not cfg.resume or not record.is_file():
