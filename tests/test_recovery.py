@@ -318,7 +318,7 @@ def test_gradient_checkpointing_is_left_off_afterwards(assets):
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
 
 
-def test_structured_result_recovers_with_its_shapes_and_reloads(assets, tmp_path):
+def test_structured_result_recovers_with_its_shapes_and_reloads(assets, tmp_path, caplog):
     """After structured pruning (heads and channels removed, compensation biases added) the trained subset keeps
     every shape, the compensation biases are trained by the "bias" subset, and the saved folder reloads."""
     config = GBLMConfig(
@@ -334,7 +334,11 @@ def test_structured_result_recovers_with_its_shapes_and_reloads(assets, tmp_path
     pruner.prune(progress=False)
     shapes = {name: tuple(t.shape) for name, t in pruner.model.state_dict().items()}
     before = snapshot(pruner.model)
-    pruner.recover(quick(assets, subset=["bias", "masklora"]), progress=False)
+    with caplog.at_level(logging.INFO, logger="optimum_gblm"):
+        pruner.recover(quick(assets, subset=["bias", "masklora"]), evaluate={"max_windows": 1}, progress=False)
+    assert "was not pruned" not in caplog.text  # removal leaves no zeros, but the model is pruned
+    assert "removed heads and channels stay removed" in caplog.text
+    assert {"pruned_perplexity", "recovered_perplexity"} <= set(pruner.results)
     after = pruner.model.state_dict()
     assert {name: tuple(t.shape) for name, t in after.items()} == shapes
     assert not torch.equal(after["model.layers.0.mlp.down_proj.bias"], before["model.layers.0.mlp.down_proj.bias"])

@@ -206,6 +206,9 @@ entries:
   - model: org/base-model
     method: magnitude
     pattern: "1:4"
+  - model: org/base-model
+    method: flap
+    sparsity: 0.3
 """
     path = tmp_path / "zoo.yaml"
     path.write_text(text)
@@ -213,9 +216,11 @@ entries:
     assert [(e.status, e.repo_id) for e in result.entries] == [
         ("planned", "test-org/base-model-wanda-unstructured-50"),
         ("planned", "test-org/base-model-magnitude-1of4-25"),
+        ("planned", "test-org/base-model-flap-structured-30"),  # a structured method is named for what it does
     ]
     table = (tmp_path / "MODEL_ZOO.md").read_text()
     assert "| `unstructured` | 50.00% |" in table and "| `1:4` | 25.00% |" in table
+    assert "| `structured` | 30.00% |" in table and "unstructured` | 30.00%" not in table
     assert "Evaluation asked for: seqlen=64" in table
 
 

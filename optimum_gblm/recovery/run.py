@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..evaluation.metrics import find_metric
-from ..pruning_map import PruningMap, Stage
+from ..pruning_map import STRUCTURED, PruningMap, Stage
 from ..targets import PruneTarget
 from .config import RecoveryConfig
 from .lora import lora_targets
@@ -107,7 +107,10 @@ def run_recovery(
     targets = subject.targets()
     masks = target_masks(targets, subject.pruning_map)
     pruned = sum(int(m.sum()) for m in masks.values())
-    if pruned == 0:
+    if subject.pruning_map is not None and subject.pruning_map.pattern == STRUCTURED:
+        pruned = pruned or 1  # pruned by removal: its smaller matrices hold no zeros to keep, and stay as they are
+        logger.info("structured checkpoint: the removed heads and channels stay removed; its zeros, if any, are kept")
+    elif pruned == 0:
         logger.warning("the model was not pruned (no zero in its prune targets): recovery runs as plain fine-tuning")
     elif subject.pruning_map is None:
         share = pruned / sum(m.numel() for m in masks.values())

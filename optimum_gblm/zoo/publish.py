@@ -29,7 +29,7 @@ from ..publishing.hub import (
 )
 from ..publishing.provenance import check_base_model
 from .manifest import DEFAULT_MODEL, DESCRIPTION_LIMIT, ZooEntry, ZooManifest, _model_id, load_manifest
-from .table import render_zoo_table
+from .table import entry_kind, render_zoo_table
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _plan(zoo: ZooManifest) -> list[tuple[ZooEntry, ZooEntryResult, GBLMConfig |
             config = GBLMConfig.from_dict(cfg, strict=True)  # method arguments may be given flat
             result.config.update(method=config.method, pattern=config.pattern, sparsity=config.sparsity)
             base = check_base_model(entry.base_model) if entry.base_model else result.model
-            name = entry.repo or default_repo_name(base, config.method, config.pattern, config.sparsity)
+            name = entry.repo or default_repo_name(base, config.method, entry_kind(result.config), config.sparsity)
             result.repo_id = check_repo_id(name if "/" in name else f"{zoo.organization}/{name}")
             if result.repo_id in repos:
                 raise ValueError(
@@ -269,7 +269,7 @@ def publish_zoo(
 # -- collection and table -------------------------------------------------------------------------------------------
 def _summary(entry: ZooEntryResult) -> str:
     cfg = (entry.sidecar or {}).get("config") or entry.config
-    text = f"{cfg.get('method')} {cfg.get('pattern', 'unstructured')} {float(cfg.get('sparsity', 0)):.0%}"
+    text = f"{cfg.get('method')} {entry_kind(cfg)} {float(cfg.get('sparsity', 0)):.0%}"
     metric, values = metric_values(entry.sidecar or {})
     if values:
         text += "; " + ", ".join(f"{label} {metric} {v:.4g}" for label, v in sorted(values.items()))

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..methods import get_method, list_methods
 from ..publishing.cards import _evaluation_dataset, _fmt, base_name, metric_values
 from ..publishing.provenance import hub_base_model
+
+
+def entry_kind(cfg: dict[str, Any]) -> str:
+    """What an entry's repo name, table row and summary call its kind: "structured" for a method that removes whole
+    heads and channels (its pattern setting means nothing there), else its pattern."""
+    method = cfg.get("method")
+    if method in list_methods() and get_method(method).structured:
+        return "structured"
+    return cfg.get("pattern", "unstructured")
 
 
 def render_zoo_table(
@@ -39,7 +49,7 @@ def render_zoo_table(
             model,
             base_cell,
             f"`{cfg.get('method')}`",
-            f"`{cfg.get('pattern', 'unstructured')}`",
+            f"`{entry_kind(cfg)}`",
             f"{float(sparsity):.2%}",
             metric or "-",
             _fmt(metric, values.get("dense")),
