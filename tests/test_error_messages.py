@@ -269,16 +269,16 @@ def test_the_old_report_attribute_points_to_the_pruning_map(pruned_at_60):
 def test_recovery_refusals_name_cli_options(assets, monkeypatch, capsys, no_loading, tmp_path):
     out = tmp_path / "out"
     code, line = run_cli(monkeypatch, capsys, "recover", assets["model"], "--output", out, "--resume")
-    assert code == 2 and "--resume needs --output-dir" in line and "=True" not in line
+    assert code == 2 and "--resume needs the --output-dir" in line and "=True" not in line
     code, line = run_cli(monkeypatch, capsys, "recover", assets["model"], "--output", out, "--save-steps", "5")
-    assert code == 2 and "--save-steps needs --output-dir" in line
+    assert code == 2 and "--save-steps needs an --output-dir" in line
     runs = tmp_path / "runs"
     (runs / "checkpoint-5").mkdir(parents=True)
     code, line = run_cli(monkeypatch, capsys, "recover", assets["model"], "--output", out, "--output-dir", runs)
     assert code == 2 and "pass --resume, or use an empty --output-dir" in line
     from optimum_gblm.recovery import RecoveryConfig
 
-    with pytest.raises(ValueError, match="resume=True needs output_dir"):
+    with pytest.raises(ValueError, match="resume=True needs the output_dir"):
         RecoveryConfig(resume=True)
 
 

@@ -117,11 +117,9 @@ class RecoveryConfig:
             )
         self.subset = list(dict.fromkeys(self.subset))
         if self.resume and not self.output_dir:
-            raise OptionError(
-                "resume", "{flag} needs {name:output_dir}, the folder that holds the Trainer's checkpoints"
-            )
+            raise OptionError("resume", "{flag} needs the {name:output_dir} that holds the Trainer's checkpoints")
         if self.save_steps and not self.output_dir:
-            raise OptionError("save_steps", "{name} needs {name:output_dir}, the folder to write the checkpoints to")
+            raise OptionError("save_steps", "{name} needs an {name:output_dir} to write the checkpoints to")
 
     @property
     def lora(self) -> str | None:
