@@ -110,7 +110,8 @@ class RecoverCommand(GBLMSubcommand):
             # how the prune walked the model does not apply here: recovery loads the whole model
             defaults = {f.name: f.default for f in fields(GBLMConfig) if f.name in PRUNE_ONLY_OPTIONS}
             config = GBLMConfig.from_dict({**sidecar["config"], **defaults, **overrides})
-        pruner = GBLMPruner.from_pretrained(args.model, config)  # recover() continues the side-car's record
+        # recover() continues the side-car's record; the planner has no recovery phase (its phases would be noise)
+        pruner = GBLMPruner.from_pretrained(args.model, config, check_memory=False)
         evaluate = eval_kwargs(pruner, args, config.seqlen) if args.eval else False
         pruner.recover(recovery, evaluate=evaluate, progress=self.progress)
         # a model without a pruning record is saved as exactly that (the card says so), as the description promises

@@ -78,7 +78,7 @@ def run_task_evaluation(args: argparse.Namespace, config: Any, pruned: bool, pro
     if args.compare:
         models.insert(0, ("dense" if pruned else "compared", args.compare))
     for name, model in models:
-        pruner = GBLMPruner.from_pretrained(model, config)
+        pruner = GBLMPruner.from_pretrained(model, config, check_memory=False)  # it evaluates; it plans no prune
         pruner.evaluate_tasks(args.tasks, name, progress=progress, **options)
         runs[name] = pruner.task_results[name]
         del pruner

@@ -174,6 +174,32 @@ def _quiet(lm: Any) -> Any:
     return lm
 
 
+@contextlib.contextmanager
+def _git_stderr_discarded() -> Iterator[None]:
+    """lm-eval records the working directory's git commit by running `git describe`, whose "fatal: not a git
+    repository" reaches the terminal when the user works outside a repository (lm-eval then falls back by itself).
+    For the duration, that one call runs with this process's stderr pointed at /dev/null; nothing else is hidden."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.get_git_commit_hash
+
+    def quiet() -> Any:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                return original()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
 def token_stats(counts: list[int]) -> dict[str, float]:
     """Mean and distribution (min, percentiles, max) of generated tokens per answer."""
     if not counts:
@@ -239,20 +265,21 @@ def run_tasks(
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     lm = lm if progress else _quiet(lm)
-    out = simple_evaluate(
-        model=lm,
-        tasks=resolved.names,
-        task_manager=resolved.manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
-        log_samples=True,
-        bootstrap_iters=1000,  # only for metrics without a closed-form standard error
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    with _git_stderr_discarded():
+        out = simple_evaluate(
+            model=lm,
+            tasks=resolved.names,
+            task_manager=resolved.manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+            log_samples=True,
+            bootstrap_iters=1000,  # only for metrics without a closed-form standard error
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     results: dict[str, dict[str, Any]] = {}
     for task, row in out["results"].items():
         config = (out.get("configs") or {}).get(task) or {}

@@ -74,7 +74,28 @@ class KeepMasks(TrainerCallback):
         apply_masks(self.subset)
 
 
-class DistillTrainer(Trainer):
+def tied_names(model: nn.Module) -> set[str]:
+    """Names of parameters that are another parameter (a head tied to the input embeddings): checkpoints store
+    the tensor once, under its first name."""
+    first: dict[int, str] = {}
+    tied = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(param), name) != name:
+            tied.add(name)
+    return tied
+
+
+class RecoveryTrainer(Trainer):
+    """The Trainer, except that resuming does not warn about tied parameters "missing" from the checkpoint: it
+    stores a tied tensor once, and loading it under its first name restores both."""
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        tied = tied_names(self.model)
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+
+class DistillTrainer(RecoveryTrainer):
     """Cross-entropy mixed with the KL divergence to a dense teacher's softened next-token distribution."""
 
     def __init__(self, *args: Any, teacher: nn.Module, weight: float, temperature: float, **kwargs: Any) -> None:
@@ -192,7 +213,7 @@ def train(
             teacher.to(args.device).eval().requires_grad_(False)
             trainer = DistillTrainer(**kwargs, teacher=teacher, weight=cfg.distill_weight, temperature=cfg.temperature)
         else:
-            trainer = Trainer(**kwargs)
+            trainer = RecoveryTrainer(**kwargs)
         if cfg.output_dir and not cfg.resume:  # what a later resume must match (check_output_dir)
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             write_text_atomic(Path(cfg.output_dir) / RESUME_RECORD, json.dumps(resume_settings(cfg), indent=2) + "\n")
