@@ -12,42 +12,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .fields import OptionError, Spelling
+from .fields import OptionError, PerReader
 
 if TYPE_CHECKING:
     from .configuration import GBLMConfig
 
-ROUTE = {
-    True: (
-        "collect them first with `optimum-cli gblm gradients --output CACHE` (the same model, calibration and "
-        "gradient options, without --placement disk), then run `optimum-cli gblm prune --placement disk "
-        "--gradients CACHE`"
-    ),
-    False: (
+ROUTE = PerReader(  # the route that works, for each reader
+    library=(
         "collect them first into a cache with placement='memory' or 'cpu' "
         "(GBLMPruner.from_pretrained(model, config).collect_gradients(cache_path=CACHE)), then call "
         "prune(gradients=CACHE) with placement='disk'"
     ),
-}
-
-
-class _Options:
-    """`{o[blockwise_gradients][flag]}` in a template: another option, spelled like the message's own."""
-
-    def __init__(self, spelling: Spelling) -> None:
-        self.spelling = spelling
-
-    def __getitem__(self, option: str) -> dict[str, str]:
-        return self.spelling.placeholders(option)
+    cli=(
+        "collect them first with `optimum-cli gblm gradients --output CACHE` (the same model, calibration and "
+        "gradient options, without --placement disk), then run `optimum-cli gblm prune --placement disk "
+        "--gradients CACHE`"
+    ),
+)
 
 
 class GradientRouteError(OptionError):
     """A placement that cannot run the gradient pass the config needs; the message names the route that works."""
-
-    def render(self, spelling: Spelling) -> str:
-        return self.template.format(
-            **spelling.placeholders(self.option), o=_Options(spelling), route=ROUTE[spelling.cli], **self.values
-        )
 
 
 def check_gradient_route(config: GBLMConfig, gradients: Any = None) -> None:
@@ -67,7 +52,8 @@ def check_gradient_route(config: GBLMConfig, gradients: Any = None) -> None:
             raise GradientRouteError(
                 "placement",
                 "{opt}'disk' never holds the whole model, which the gradient pass needs, also with "
-                + f"{{o[{option}][flag]}} ({why}): drop {{o[{option}][name]}} and {{route}}",
+                + f"{{flag:{option}}} ({why}): drop {{name:{option}}} and {{route}}",
+                route=ROUTE,
             )
     if reusable_cache(gradients):
         return
@@ -83,13 +69,5 @@ def check_gradient_route(config: GBLMConfig, gradients: Any = None) -> None:
         method=config.method,
         allocation=config.effective_allocation,
         missing=missing,
+        route=ROUTE,
     )
-
-
-def route_problem(config: GBLMConfig, cache: str | Path | None = None) -> Any:
-    """The planner's question: the `GradientRouteError` pruning would raise for these options, or None."""
-    try:
-        check_gradient_route(config, cache)
-    except GradientRouteError as err:
-        return err
-    return None
