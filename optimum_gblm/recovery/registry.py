@@ -37,6 +37,9 @@ class RecoverySubset:
         An empty dict is a subset this model lacks; a model it can never apply to raises ValueError."""
         return {}
 
+    # Facts every recover stage records, whether or not the subset is trained (`settings` gives their values then).
+    recorded: ClassVar[dict[str, Any]] = {}
+
     def settings(self, model: nn.Module) -> dict[str, Any]:
         """Extra facts the recover stage records (e.g. whether the head is tied to the embeddings)."""
         return {}

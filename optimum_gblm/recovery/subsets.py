@@ -54,6 +54,7 @@ class HeadSubset(RecoverySubset):
     name = "head"
     help = "output head; tied to the input embeddings in SmolLM2, then both are trained as one matrix"
     card_text = "output head"
+    recorded = {"tied_head": False}  # whether a tied head was trained: on every stage, as side-cars always had it
 
     def parameters(self, model: nn.Module, targets: list[PruneTarget]) -> dict[str, nn.Parameter]:
         head = model.get_output_embeddings()
@@ -95,8 +96,7 @@ class TrainableSubset:
     names: dict[str, list[str]] = field(default_factory=dict)
     lora_modules: dict[str, tuple[nn.Module, torch.Tensor]] = field(default_factory=dict)
     masked_params: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
-    # every recover stage has recorded tied_head (False unless the head subset found a tied head)
-    settings: dict[str, Any] = field(default_factory=lambda: {"tied_head": False})
+    settings: dict[str, Any] = field(default_factory=dict)  # the subsets' recorded facts (RecoverySubset.recorded)
     trainable: int = 0
     total: int = 0
     requires_grad: dict[str, bool] = field(default_factory=dict)
@@ -116,6 +116,8 @@ def make_trainable(
 ) -> TrainableSubset:
     """Freeze everything, then unfreeze the configured subsets (adding the LoRA parametrization where asked)."""
     subset = TrainableSubset(requires_grad=requires_grad_flags(model))  # put back by merge, after the Trainer run
+    for name in list_recovery_subsets():
+        subset.settings.update(get_recovery_subset(name).recorded)
     subset.total = sum(p.numel() for p in model.parameters())
     model.requires_grad_(False)
     chosen: dict[str, nn.Parameter] = {}
