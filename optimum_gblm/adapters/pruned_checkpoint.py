@@ -77,6 +77,11 @@ def is_per_layer(config: Any) -> bool:
     return isinstance(getattr(config, STRUCTURE_KEY, None), dict)
 
 
+def _is_local(source: str | Path) -> bool:
+    """A local folder (or a name only a path can be), not a Hub id."""
+    return looks_like_local_path(str(source)) or Path(source).expanduser().is_dir()
+
+
 def _hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in HUB_OPTIONS if kwargs.get(k) is not None}
 
@@ -84,7 +89,7 @@ def _hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 def config_file(source: str | Path, **kwargs: Any) -> Path | None:
     """config.json of a local folder, or of a Hub repo through huggingface_hub (its cache, HF_HUB_OFFLINE, the
     endpoint); None when the Hub repo has none or cannot be reached. A local folder without one is `NotAModel`."""
-    if looks_like_local_path(str(source)) or Path(source).expanduser().is_dir():
+    if _is_local(source):
         folder = Path(source).expanduser()
         if not (folder / "config.json").is_file():
             raise NotAModel(f"{str(source)!r} is not a model folder: it has no config.json")
@@ -150,7 +155,7 @@ def _resize_block(block: nn.Module, widths: dict[str, int], head_dim: int) -> No
 
 def checkpoint_folder(source: str | Path, **kwargs: Any) -> Path:
     """A local folder as is; a Hub repo's config and safetensors weights, downloaded (or read from the cache)."""
-    if looks_like_local_path(str(source)) or Path(source).expanduser().is_dir():
+    if _is_local(source):
         return Path(source).expanduser()
     from huggingface_hub import snapshot_download
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..pruning_map import STRUCTURED
+from ..utils import looks_like_local_path
 from .sidecar import upgrade_sidecar
 
 DENSE, SPARSE, STRUCTURED_KIND, UNRECORDED = "dense", "sparse", "structured", "unrecorded"
@@ -108,7 +109,7 @@ def _overall(pruning_map: dict[str, Any] | None) -> float:
 def load_snippet(artefact: Artefact, repo: str) -> str:
     """Python that loads the checkpoint at `repo` (a Hub id or a folder) with the call its kind needs."""
     if artefact.library == "timm":
-        prefix = "local-dir:" if repo.startswith(("/", ".", "~")) else "hf-hub:"
+        prefix = "local-dir:" if looks_like_local_path(repo) else "hf-hub:"
         return f'import timm\n\nmodel = timm.create_model("{prefix}{repo}", pretrained=True)'
     tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{repo}")'
     if artefact.per_layer:
