@@ -17,7 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.text import load_texts, sample_windows, tokenize_stream
 from ..fields import OptionError
-from ..utils import write_text_atomic
+from ..utils import read_json, write_text_atomic
 from .config import RecoveryConfig
 from .subsets import TrainableSubset, apply_masks
 
@@ -147,7 +147,7 @@ def check_output_dir(cfg: RecoveryConfig) -> None:
     record = folder / RESUME_RECORD
     if not cfg.resume or not record.is_file():
         return
-    then = json.loads(record.read_text(encoding="utf-8"))
+    then = read_json(record)  # a corrupt record is named, not a JSON traceback
     for name, now in resume_settings(cfg).items():
         if name in then and then[name] != now:
             raise OptionError(
